@@ -1,0 +1,79 @@
+"""Facts about each dataset FCN is trained on, defined once.
+
+Class names, BGR means, where a model folder finds the data, and the PASCAL
+VOC colour palette. Data layers, scoring, inference and the fetch command all
+read these; nothing else should repeat them.
+"""
+import numpy as np
+
+VOID = 255  # label ignored by the loss and by scoring
+
+# Where the data lives, relative to a model folder (nets/<model>/): the
+# reference release's `../data/<dataset>` convention. nets/data is a link to
+# the repository's data/ folder, where the fetch command unpacks.
+DATA_DIR = '../data'
+
+VOC_CLASSES = (
+    'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus',
+    'car', 'cat', 'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike',
+    'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor')
+
+# Gupta et al.'s 40-class NYUDv2 task, label 1..40 in the files (0 void).
+NYUD_CLASSES = (
+    'wall', 'floor', 'cabinet', 'bed', 'chair', 'sofa', 'table', 'door',
+    'window', 'bookshelf', 'picture', 'counter', 'blinds', 'desk', 'shelves',
+    'curtain', 'dresser', 'pillow', 'mirror', 'floor mat', 'clothes',
+    'ceiling', 'books', 'refridgerator', 'television', 'paper', 'towel',
+    'shower curtain', 'box', 'whiteboard', 'person', 'night stand', 'toilet',
+    'sink', 'lamp', 'bathtub', 'bag', 'otherstructure', 'otherfurniture',
+    'otherprop')
+
+# SIFT Flow semantic classes, label 1..33 in the files (0 void).
+SIFTFLOW_CLASSES = (
+    'awning', 'balcony', 'bird', 'boat', 'bridge', 'building', 'bus', 'car',
+    'cow', 'crosswalk', 'desert', 'door', 'fence', 'field', 'grass', 'moon',
+    'mountain', 'person', 'plant', 'pole', 'river', 'road', 'rock', 'sand',
+    'sea', 'sidewalk', 'sign', 'sky', 'staircase', 'streetlight', 'sun',
+    'tree', 'window')
+# Absent from the SIFT Flow test set: excluded from the test means (the
+# reference release's "not quite right" evaluation counted them as zero).
+SIFTFLOW_ABSENT_FROM_TEST = ('cow', 'desert', 'moon')
+SIFTFLOW_GEO_CLASSES = ('sky', 'horizontal', 'vertical')
+
+# PASCAL-Context 59-class task (as in its 59_labels.txt) plus background 0.
+# The data layer maps labels with the dataset's own files; these names are for
+# reports when those files are not at hand.
+CONTEXT_CLASSES = ('background',) + (
+    'aeroplane', 'bag', 'bed', 'bedcloth', 'bench', 'bicycle', 'bird', 'boat',
+    'book', 'bottle', 'building', 'bus', 'cabinet', 'car', 'cat', 'ceiling',
+    'chair', 'clothes', 'computer', 'cow', 'cup', 'curtain', 'dog', 'door',
+    'fence', 'floor', 'flower', 'food', 'grass', 'ground', 'horse',
+    'keyboard', 'light', 'motorbike', 'mountain', 'mouse', 'person', 'plate',
+    'platform', 'pottedplant', 'road', 'rock', 'sheep', 'shelves', 'sidewalk',
+    'sign', 'sky', 'snow', 'sofa', 'diningtable', 'track', 'train', 'tree',
+    'truck', 'tvmonitor', 'wall', 'water', 'window', 'wood')
+
+# BGR means, subtracted after RGB->BGR (reference release values).
+VOC_MEAN = (104.00699, 116.66877, 122.67892)
+NYUD_MEAN = (116.190, 97.203, 92.318)
+NYUD_HHA_MEAN = (132.431, 94.076, 118.477)  # in the HHA file's channel order
+NYUD_LOG_DEPTH_MEAN = 7.844
+SIFTFLOW_MEAN = (114.578, 115.294, 108.353)
+
+
+def voc_palette(n=256):
+    """The PASCAL VOC colour map: n x 3 uint8, entry 255 (void) included.
+
+    Colour of index i interleaves i's bits into the high bits of R, G, B
+    (VOCdevkit's labelcolormap.m).
+    """
+    palette = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette

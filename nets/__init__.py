@@ -1,0 +1,39 @@
+"""FCN net definitions: building blocks, trunks, data sources, and one
+folder per model (nets/<model>/net.py) that says only what differs.
+
+    python -m nets            regenerate every model folder's prototxts
+    python -m nets voc-fcn8s  regenerate one
+"""
+import glob
+import importlib.util
+import os
+
+from nets.model import NETS_DIR, Model
+from nets.sources import NYUD, VOC, Context, Head, SIFTFlow, Source
+
+__all__ = ['Model', 'Source', 'Head', 'VOC', 'NYUD', 'SIFTFlow', 'Context',
+           'NETS_DIR', 'model_names', 'load']
+
+
+def model_names():
+    """Every model folder (a folder of nets/ with a net.py defining `model`)."""
+    return sorted(os.path.basename(os.path.dirname(p))
+                  for p in glob.glob(os.path.join(NETS_DIR, '*', 'net.py'))
+                  if os.path.basename(os.path.dirname(p)) != 'ilsvrc-nets')
+
+
+def load(name_or_folder):
+    """The Model defined by a model folder's net.py (a name under nets/ or a path)."""
+    folder = name_or_folder if os.path.isdir(name_or_folder) else os.path.join(NETS_DIR, name_or_folder)
+    folder = os.path.abspath(folder)
+    path = os.path.join(folder, 'net.py')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: no net.py; model folders are {", ".join(model_names())}')
+    spec = importlib.util.spec_from_file_location(f'fcn_model_{os.path.basename(folder)}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = getattr(module, 'model', None)
+    if not isinstance(model, Model):
+        raise TypeError(f'{path} must define `model = Model(...)`')
+    object.__setattr__(model, 'folder', folder)
+    return model

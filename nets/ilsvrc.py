@@ -1,0 +1,40 @@
+"""The ILSVRC classifiers FCN starts from, as surgery needs them: each
+classifier as published (fully connected fc6/fc7/fc8, the layout of its
+ILSVRC caffemodel) and its fully convolutional twin (same layer names, fc
+layers as convolutions). surgery.py convert transplants one into the other.
+Written to nets/ilsvrc-nets/<trunk>-{classifier,fcn}.prototxt.
+"""
+import os
+
+import caffe
+from caffe import layers as L
+from nets import blocks
+from nets.model import GENERATED_HEADER, NETS_DIR
+from nets.trunks import TRUNKS
+
+ILSVRC_DIR = os.path.join(NETS_DIR, 'ilsvrc-nets')
+ILSVRC_CLASSES = 1000
+INPUT_SIZE = {'vgg16': 224, 'caffenet': 227}  # the classifiers' crop sizes
+FCN_INPUT_SIZE = 500
+
+
+def ilsvrc_net(trunk, fully_conv):
+    n = caffe.NetSpec()
+    size = FCN_INPUT_SIZE if fully_conv else INPUT_SIZE[trunk]
+    n.data = L.Input(name='input', shape=[dict(dim=[1, 3, size, size])])
+    fc7 = TRUNKS[trunk](n, n.data, train=False, fully_conv=fully_conv)['fc7']
+    n.fc8 = blocks.score(fc7, ILSVRC_CLASSES) if fully_conv else \
+        L.InnerProduct(fc7, num_output=ILSVRC_CLASSES, param=blocks.LEARNED)
+    n.prob = L.Softmax(n.fc8)
+    return n
+
+
+def prototxts():
+    return {f'{trunk}-{kind}.prototxt': GENERATED_HEADER + str(ilsvrc_net(trunk, kind == 'fcn').to_proto())
+            for trunk in INPUT_SIZE for kind in ('classifier', 'fcn')}
+
+
+def write(folder=ILSVRC_DIR):
+    for name, text in prototxts().items():
+        with open(os.path.join(folder, name), 'w') as f:
+            f.write(text)

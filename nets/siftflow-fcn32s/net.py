@@ -1,0 +1,7 @@
+"""FCN-32s, SIFT Flow, VGG16, two heads: 33 semantic + 3 geometric classes."""
+from nets import Model, SIFTFlow
+
+model = Model(SIFTFlow(), trunk='vgg16', stride=32, base_lr=1e-10, init=('vgg16',))
+
+if __name__ == '__main__':
+    model.write(__file__)

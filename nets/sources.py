@@ -1,0 +1,149 @@
+"""Where each model's data comes from: the Python data layer (from layers.py)
+that feeds the train and val nets, and the Input layer of the deploy net.
+
+A Source says, for one dataset: its splits, the prototxt names the reference
+release used, its heads (class score outputs with their label tops), and the
+input tops (one stream, early fusion of colour and depth, or two streams for
+late fusion). Paths are relative to the model folder (nets/<model>/).
+"""
+from dataclasses import dataclass
+from typing import Tuple
+
+import datasets
+from caffe import layers as L
+
+SEED = 1337  # reference release seed for the shuffled training order
+DEPLOY_SIZE = 500  # deploy nets are declared 500x500; they reshape to any input
+
+
+@dataclass(frozen=True)
+class Head:
+    """One class-score output: its layer-name suffix, classes, label top and
+    loss layer name (SIFT Flow has two heads, every other dataset one)."""
+    suffix: str
+    classes: Tuple[str, ...]
+    label: str = 'label'
+    loss: str = 'loss'
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str                      # dataset key: voc, nyud, siftflow, context
+    train_split: str
+    val_split: str
+    train_file: str                # prototxt names of the reference release
+    val_file: str
+    heads: Tuple[Head, ...]
+    test_interval: int             # iterations between scorings (FACTS section 4)
+    val_size: int                  # images in the val split (solver test_iter)
+    inputs: Tuple[str, ...] = ('data',)   # data tops the net reads
+    fusion: str = ''               # '', 'early' (concat to `data`) or 'late' (two streams)
+
+    def data_layer_params(self, split):
+        """(layer class in layers.py, param_str dict) for a split."""
+        raise NotImplementedError
+
+    def data_layer(self, split):
+        layer, params = self.data_layer_params(split)
+        tops = list(self.inputs) + [h.label for h in self.heads]
+        return tops, L.Python(module='layers', layer=layer, ntop=len(tops), param_str=str(params))
+
+    def input_channels(self, top):
+        return {'depth': 1}.get(top, 3)
+
+    def deploy_input(self):
+        """The deploy net's Input layer, named `input`; early fusion declares
+        the concatenated 4-channel `data` blob directly."""
+        tops = ['data'] if self.fusion == 'early' else list(self.inputs)
+        channels = [sum(self.input_channels(t) for t in self.inputs)] if self.fusion == 'early' \
+            else [self.input_channels(t) for t in tops]
+        shape = [dict(dim=[1, c, DEPLOY_SIZE, DEPLOY_SIZE]) for c in channels]
+        return tops, L.Input(name='input', ntop=len(tops), shape=shape)
+
+
+@dataclass(frozen=True)
+class VOC(Source):
+    # Train on SBD's 8,498 images, validate on seg11valid (VOC2011 seg val
+    # minus SBD train), as the reference release does.
+    name: str = 'voc'
+    train_split: str = 'train'
+    val_split: str = 'seg11valid'
+    train_file: str = 'train.prototxt'
+    val_file: str = 'val.prototxt'
+    heads: Tuple[Head, ...] = (Head('', datasets.VOC_CLASSES),)
+    test_interval: int = 4000
+    val_size: int = 736
+
+    def data_layer_params(self, split):
+        params = dict(split=split, mean=datasets.VOC_MEAN, seed=SEED)
+        if split == self.train_split:
+            return 'SBDDSegDataLayer', dict(params, sbdd_dir=f'{datasets.DATA_DIR}/sbdd/dataset')
+        return 'VOCSegDataLayer', dict(params, voc_dir=f'{datasets.DATA_DIR}/pascal/VOC2011')
+
+
+@dataclass(frozen=True)
+class Context(Source):
+    name: str = 'context'
+    train_split: str = 'train'
+    val_split: str = 'val'
+    train_file: str = 'train.prototxt'
+    val_file: str = 'val.prototxt'
+    heads: Tuple[Head, ...] = (Head('', datasets.CONTEXT_CLASSES),)
+    test_interval: int = 8000
+    val_size: int = 5105
+
+    def data_layer_params(self, split):
+        return 'PASCALContextSegDataLayer', dict(
+            voc_dir=f'{datasets.DATA_DIR}/pascal', context_dir=f'{datasets.DATA_DIR}/pascal-context',
+            split=split, seed=SEED)
+
+
+@dataclass(frozen=True)
+class SIFTFlow(Source):
+    # One trunk, two heads: 33 semantic and 3 geometric classes.
+    name: str = 'siftflow'
+    train_split: str = 'trainval'
+    val_split: str = 'test'
+    train_file: str = 'trainval.prototxt'
+    val_file: str = 'test.prototxt'
+    heads: Tuple[Head, ...] = (Head('_sem', datasets.SIFTFLOW_CLASSES, 'sem', 'loss'),
+                               Head('_geo', datasets.SIFTFLOW_GEO_CLASSES, 'geo', 'loss_geo'))
+    test_interval: int = 2000
+    val_size: int = 200
+
+    def data_layer_params(self, split):
+        return 'SIFTFlowSegDataLayer', dict(siftflow_dir=f'{datasets.DATA_DIR}/sift-flow',
+                                            split=split, seed=SEED)
+
+
+@dataclass(frozen=True)
+class NYUD(Source):
+    """NYUDv2 40 classes. `modalities` picks colour, HHA, colour+depth (early
+    fusion) or colour+HHA (late fusion, two streams named by modality)."""
+    name: str = 'nyud'
+    train_split: str = 'trainval'
+    val_split: str = 'test'
+    train_file: str = 'trainval.prototxt'
+    val_file: str = 'test.prototxt'
+    heads: Tuple[Head, ...] = (Head('', datasets.NYUD_CLASSES),)
+    test_interval: int = 2000
+    val_size: int = 654
+    modalities: Tuple[str, ...] = ('color',)
+
+    def __post_init__(self):
+        fusion = {('color',): '', ('hha',): '', ('color', 'depth'): 'early',
+                  ('color', 'hha'): 'late'}.get(self.modalities)
+        if fusion is None:
+            raise ValueError(f'NYUD modalities {self.modalities!r}: expected (color,), (hha,), '
+                             '(color, depth) or (color, hha)')
+        # A single modality arrives as the `data` top, as in the reference nets.
+        object.__setattr__(self, 'fusion', fusion)
+        object.__setattr__(self, 'inputs', ('data',) if len(self.modalities) == 1 else self.modalities)
+
+    def data_layer_params(self, split):
+        return 'NYUDSegDataLayer', dict(nyud_dir=f'{datasets.DATA_DIR}/nyud', split=split,
+                                        tops=list(self.modalities) + ['label'], seed=SEED)

@@ -1,0 +1,239 @@
+"""nets/: the generated model folders are the published nets."""
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+import caffe
+import nets
+from nets import ilsvrc
+from nets.__main__ import generated, stale
+
+caffe.set_mode_cpu()
+
+ALL_MODELS = [
+    'voc-fcn32s', 'voc-fcn16s', 'voc-fcn8s', 'voc-fcn8s-atonce', 'voc-fcn-alexnet',
+    'voc-fcn-googlenet', 'nyud-fcn32s', 'nyud-fcn32s-hha', 'nyud-fcn32s-color-d',
+    'nyud-fcn32s-color-hha', 'nyud-fcn16s-color-hha', 'siftflow-fcn32s', 'siftflow-fcn16s',
+    'siftflow-fcn8s', 'pascalcontext-fcn32s', 'pascalcontext-fcn16s', 'pascalcontext-fcn8s']
+
+# 20+ input sizes between 32 and 640, odd and even.
+SIZES = [(32, 32), (33, 47), (64, 95), (100, 101), (127, 128), (161, 200), (187, 250),
+         (224, 224), (255, 301), (256, 256), (299, 333), (320, 480), (375, 500), (400, 401),
+         (437, 512), (480, 640), (500, 375), (511, 513), (555, 600), (640, 639), (601, 33)]
+
+
+def deploy_net(name):
+    return caffe.Net(os.path.join(nets.NETS_DIR, name, 'deploy.prototxt'), caffe.TEST)
+
+
+def net_param(path):
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    param = caffe_pb2.NetParameter()
+    with open(path) as f:
+        text_format.Merge(f.read(), param)
+    return param
+
+
+def test_every_model_folder_exists():
+    assert nets.model_names() == sorted(ALL_MODELS)
+    for name in ALL_MODELS:
+        model = nets.load(name)
+        files = set(os.listdir(model.folder))
+        assert {'net.py', 'solver.prototxt', 'deploy.prototxt',
+                model.source.train_file, model.source.val_file} <= files
+
+
+def test_committed_prototxts_match_generators():
+    assert stale(generated()) == []
+
+
+def test_stale_detects_a_changed_file():
+    files = generated()
+    path = next(iter(files))
+    assert stale({path: files[path] + '# edited\n'}) == [path]
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_deploy_score_matches_input_size(name):
+    net = deploy_net(name)
+    inputs = [b for b in net.inputs]
+    assert net._layer_names[0] == 'input'
+    heads = [k for k in net.blobs if k.startswith('score') and k in net.outputs]
+    assert heads, f'{name}: no score output'
+    # Every size for the staple VOC nets; a spread of sizes for the rest keeps
+    # the suite quick (the VGG16 trunk and heads are the same code).
+    sizes = SIZES if name.startswith('voc') else SIZES[::4]
+    for h, w in sizes:
+        for blob in inputs:
+            c = net.blobs[blob].data.shape[1]
+            net.blobs[blob].reshape(1, c, h, w)
+        net.reshape()
+        for head in heads:
+            assert net.blobs[head].data.shape[2:] == (h, w), (name, head, h, w)
+
+
+def test_deploy_nets_have_no_loss_or_dropout():
+    for name in ALL_MODELS:
+        types = {l.type for l in net_param(os.path.join(nets.NETS_DIR, name, 'deploy.prototxt')).layer}
+        assert not types & {'SoftmaxWithLoss', 'Dropout', 'Python'}, name
+
+
+def crop_offsets(name, file='deploy.prototxt'):
+    param = net_param(os.path.join(nets.NETS_DIR, name, file))
+    return {l.name: list(l.crop_param.offset) for l in param.layer if l.type == 'Crop'}
+
+
+def test_crop_offsets_are_the_published_ones():
+    assert crop_offsets('voc-fcn32s') == {'score': [19]}
+    assert crop_offsets('voc-fcn16s') == {'score_pool4c': [5], 'score': [27]}
+    assert crop_offsets('voc-fcn8s') == {'score_pool4c': [5], 'score_pool3c': [9], 'score': [31]}
+    assert crop_offsets('voc-fcn8s-atonce') == crop_offsets('voc-fcn8s')
+    assert crop_offsets('voc-fcn-alexnet') == {'score': [18]}
+    for split in ('train.prototxt', 'val.prototxt'):
+        assert crop_offsets('voc-fcn8s', split) == crop_offsets('voc-fcn8s')
+
+
+def test_published_parameter_shapes():
+    net = deploy_net('voc-fcn8s')
+    shapes = {k: [p.data.shape for p in v] for k, v in net.params.items()}
+    assert shapes['conv1_1'] == [(64, 3, 3, 3), (64,)]
+    assert shapes['fc6'] == [(4096, 512, 7, 7), (4096,)]
+    assert shapes['fc7'] == [(4096, 4096, 1, 1), (4096,)]
+    assert shapes['score_fr'] == [(21, 4096, 1, 1), (21,)]
+    assert shapes['upscore2'] == [(21, 21, 4, 4)]
+    assert shapes['score_pool4'] == [(21, 512, 1, 1), (21,)]
+    assert shapes['upscore_pool4'] == [(21, 21, 4, 4)]
+    assert shapes['score_pool3'] == [(21, 256, 1, 1), (21,)]
+    assert shapes['upscore8'] == [(21, 21, 16, 16)]
+    total = sum(p.data.size for v in net.params.values() for p in v)
+    assert 134e6 < total < 135e6, total
+
+    assert [p.data.shape for p in deploy_net('voc-fcn32s').params['upscore']] == [(21, 21, 64, 64)]
+    assert [p.data.shape for p in deploy_net('voc-fcn16s').params['upscore16']] == [(21, 21, 32, 32)]
+    alex = deploy_net('voc-fcn-alexnet')
+    assert alex.params['conv1'][0].data.shape == (96, 3, 11, 11)
+    assert alex.params['conv2'][0].data.shape == (256, 48, 5, 5)  # grouped
+    assert alex.params['fc6'][0].data.shape == (4096, 256, 6, 6)
+    assert alex.params['upscore'][0].data.shape == (21, 21, 63, 63)
+    assert deploy_net('pascalcontext-fcn8s').params['score_fr'][0].data.shape == (60, 4096, 1, 1)
+    assert deploy_net('nyud-fcn32s').params['score_fr'][0].data.shape == (40, 4096, 1, 1)
+
+
+def test_dataset_variants():
+    sift = deploy_net('siftflow-fcn16s')
+    assert sift.params['score_fr_sem'][0].data.shape == (33, 4096, 1, 1)
+    assert sift.params['score_fr_geo'][0].data.shape == (3, 4096, 1, 1)
+    assert 'score_pool4_semc' in sift.blobs and 'upscore16_geo' in sift.params
+    assert set(sift.outputs) == {'score_sem', 'score_geo'}
+    sift_layers = {l.name for l in net_param(os.path.join(nets.NETS_DIR, 'siftflow-fcn8s', 'trainval.prototxt')).layer}
+    assert {'loss', 'loss_geo'} <= sift_layers
+
+    early = deploy_net('nyud-fcn32s-color-d')
+    assert early.blobs['data'].data.shape == (1, 4, 500, 500)
+    assert early.params['conv1_1_bgrd'][0].data.shape == (64, 4, 3, 3)
+    assert 'conv1_1' not in early.params
+
+    late = net_param(os.path.join(nets.NETS_DIR, 'nyud-fcn32s-color-hha', 'trainval.prototxt'))
+    by_name = {l.name: l for l in late.layer}
+    assert {'conv1_1color', 'conv1_1hha', 'fc7color', 'fc7hha', 'score_frcolor', 'score_frhha'} <= set(by_name)
+    fused = by_name['score_fused']
+    assert fused.type == 'Eltwise' and list(fused.eltwise_param.coeff) == [0.5, 0.5]
+    assert list(fused.bottom) == ['score_frcolor', 'score_frhha']
+    late16 = deploy_net('nyud-fcn16s-color-hha')
+    assert {'score_pool4color', 'score_pool4hha'} <= set(late16.params)
+    assert list(late16.inputs) == ['color', 'hha']
+
+    atonce = {l.name: l for l in net_param(os.path.join(nets.NETS_DIR, 'voc-fcn8s-atonce', 'train.prototxt')).layer}
+    assert atonce['scale_pool4'].scale_param.filler.value == pytest.approx(0.01)
+    assert atonce['scale_pool3'].scale_param.filler.value == pytest.approx(0.0001)
+    assert atonce['scale_pool4'].param[0].lr_mult == 0
+    assert list(atonce['score_pool4'].bottom) == ['scale_pool4']
+
+
+def test_learning_rates_losses_and_data_layers():
+    import ast
+    layers = {l.name: l for l in net_param(os.path.join(nets.NETS_DIR, 'voc-fcn8s', 'train.prototxt')).layer}
+    for name in ('conv1_1', 'fc6', 'score_fr', 'score_pool3'):
+        assert [(p.lr_mult, p.decay_mult) for p in layers[name].param] == [(1, 1), (2, 0)]
+    for name in ('upscore2', 'upscore_pool4', 'upscore8'):
+        assert [p.lr_mult for p in layers[name].param] == [0]
+        assert layers[name].convolution_param.bias_term is False
+    loss = layers['loss']
+    assert loss.loss_param.normalize is False and loss.loss_param.ignore_label == 255
+    assert layers['drop6'].dropout_param.dropout_ratio == pytest.approx(0.5)
+
+    data = layers['data']
+    assert data.python_param.module == 'layers'
+    assert data.python_param.layer == 'SBDDSegDataLayer'
+    params = ast.literal_eval(data.python_param.param_str)
+    assert params['split'] == 'train' and params['seed'] == 1337
+    assert params['sbdd_dir'].startswith('../data/')
+    val = {l.name: l for l in net_param(os.path.join(nets.NETS_DIR, 'voc-fcn8s', 'val.prototxt')).layer}
+    vparams = ast.literal_eval(val['data'].python_param.param_str)
+    assert val['data'].python_param.layer == 'VOCSegDataLayer' and vparams['split'] == 'seg11valid'
+
+    alex = {l.name: l for l in net_param(os.path.join(nets.NETS_DIR, 'voc-fcn-alexnet', 'train.prototxt')).layer}
+    assert alex['loss'].loss_param.normalize is True
+    nyud = {l.name: l for l in net_param(os.path.join(nets.NETS_DIR, 'nyud-fcn32s-color-hha', 'trainval.prototxt')).layer}
+    nparams = ast.literal_eval(nyud['color'].python_param.param_str)
+    assert nparams['tops'] == ['color', 'hha', 'label'] and nparams['split'] == 'trainval'
+
+
+def solver_settings(name):
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    s = caffe_pb2.SolverParameter()
+    with open(os.path.join(nets.NETS_DIR, name, 'solver.prototxt')) as f:
+        text_format.Merge(f.read(), s)
+    return s
+
+
+def test_solver_settings_are_the_reference_ones():
+    lrs = {'voc-fcn32s': 1e-10, 'voc-fcn16s': 1e-12, 'voc-fcn8s': 1e-14, 'voc-fcn8s-atonce': 1e-10,
+           'nyud-fcn32s': 1e-10, 'nyud-fcn32s-hha': 1e-10, 'nyud-fcn32s-color-d': 1e-10,
+           'nyud-fcn32s-color-hha': 1e-12, 'pascalcontext-fcn32s': 1e-10,
+           'pascalcontext-fcn16s': 1e-12, 'pascalcontext-fcn8s': 1e-14, 'siftflow-fcn32s': 1e-10,
+           'siftflow-fcn16s': 1e-12, 'siftflow-fcn8s': 1e-12, 'voc-fcn-alexnet': 1e-4}
+    for name, lr in lrs.items():
+        s = solver_settings(name)
+        assert s.base_lr == pytest.approx(lr), name
+        assert s.lr_policy == 'fixed' and s.weight_decay == pytest.approx(5e-4)
+        if name == 'voc-fcn-alexnet':
+            assert (s.momentum, s.iter_size) == (pytest.approx(0.9), 20)
+        else:
+            assert (s.momentum, s.iter_size) == (pytest.approx(0.99), 1)
+    assert solver_settings('voc-fcn8s').snapshot == 4000
+    assert solver_settings('nyud-fcn32s').snapshot == 2000
+    assert solver_settings('siftflow-fcn8s').snapshot == 2000
+    assert solver_settings('pascalcontext-fcn8s').snapshot == 8000
+    assert solver_settings('voc-fcn8s').test_iter == [736]
+
+
+def test_ilsvrc_nets_convolutionalize():
+    classifier = caffe.Net(os.path.join(ilsvrc.ILSVRC_DIR, 'vgg16-classifier.prototxt'), caffe.TEST)
+    fcn = caffe.Net(os.path.join(ilsvrc.ILSVRC_DIR, 'vgg16-fcn.prototxt'), caffe.TEST)
+    assert classifier.params['fc6'][0].data.shape == (4096, 25088)
+    assert fcn.params['fc6'][0].data.shape == (4096, 512, 7, 7)
+    assert fcn.params['fc8'][0].data.shape == (1000, 4096, 1, 1)
+    assert classifier.params.keys() == fcn.params.keys()
+    cn = caffe.Net(os.path.join(ilsvrc.ILSVRC_DIR, 'caffenet-fcn.prototxt'), caffe.TEST)
+    assert cn.params['fc6'][0].data.shape == (4096, 256, 6, 6)
+
+
+def test_model_folder_is_declarative():
+    """net.py says only what differs: a short declaration, no layer code."""
+    for name in ALL_MODELS:
+        with open(os.path.join(nets.NETS_DIR, name, 'net.py')) as f:
+            text = f.read()
+        assert len(text.splitlines()) <= 15, name
+        assert 'caffe' not in text.replace('caffenet', ''), name
+
+
+def test_write_regenerates_a_folder(tmp_path):
+    model = nets.load('voc-fcn32s')
+    model.write(str(tmp_path))
+    for name, text in model.prototxts().items():
+        assert (tmp_path / name).read_text() == text
