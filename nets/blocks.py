@@ -21,16 +21,22 @@ if 'Concat' not in coord_map.PASS_THROUGH_LAYERS:
 crop = coord_map.crop  # offsets derived from the net's coordinate mapping
 
 
-def conv_relu(bottom, nout, ks=3, stride=1, pad=1, group=1, param=LEARNED):
-    grouped = dict(group=group) if group > 1 else {}  # CaffeNet's two-GPU groups
+def conv_relu(bottom, nout, ks=3, stride=1, pad=1, group=1, param=LEARNED, filler=None):
+    """Convolution + in-place ReLU. The published nets name no filler: their
+    weights always come from a trained net; `filler` is for training a
+    trunk from scratch (the offline mini-reproduction)."""
+    extra = dict(group=group) if group > 1 else {}  # CaffeNet's two-GPU groups
+    if filler:
+        extra['weight_filler'] = dict(type=filler)
     conv = L.Convolution(bottom, kernel_size=ks, stride=stride, num_output=nout,
-                         pad=pad, param=param, **grouped)
+                         pad=pad, param=param, **extra)
     return conv, L.ReLU(conv, in_place=True)
 
 
-def fc_relu(bottom, nout, param=LEARNED):
+def fc_relu(bottom, nout, param=LEARNED, filler=None):
     """A fully connected layer as the ILSVRC classifiers have it."""
-    fc = L.InnerProduct(bottom, num_output=nout, param=param)
+    extra = dict(weight_filler=dict(type=filler)) if filler else {}
+    fc = L.InnerProduct(bottom, num_output=nout, param=param, **extra)
     return fc, L.ReLU(fc, in_place=True)
 
 

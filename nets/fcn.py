@@ -6,6 +6,8 @@ pool features with a zero-initialised 1x1 layer, crop them into alignment and
 sum; finally upsample to the input resolution and crop. Stride 32 has no
 skips, 16 adds pool4, 8 adds pool4 and pool3.
 """
+import functools
+
 import caffe
 from nets import blocks
 from nets.blocks import crop
@@ -77,6 +79,8 @@ def fcn(model, phase):
 
     trunk = TRUNKS[model.trunk]
     trunk_param = blocks.FROZEN if model.fixed_trunk else blocks.LEARNED
+    if model.trunk_width != 1.0 or model.trunk_filler:  # only the VGG16 trunk scales
+        trunk = functools.partial(trunk, width=model.trunk_width, filler=model.trunk_filler)
     if source.fusion == 'late':
         features = {m: trunk(n, n[m], suffix=m, train=train, param=trunk_param) for m in source.inputs}
         crop_to = n[source.inputs[0]]

@@ -27,6 +27,8 @@ class Model:
     at_once: bool = False           # all-at-once FCN-8s (scaled skips)
     fixed_trunk: bool = False       # FCN-32s-fixed: only the score layer learns
     learned_upsampling: bool = False
+    trunk_width: float = 1.0        # channel scale of the trunk (1.0: published)
+    trunk_filler: str = ''          # weight filler for training a trunk from scratch
     normalize_loss: bool = False    # reference: summed loss, tiny lr
     momentum: float = 0.99
     iter_size: int = 1

@@ -77,12 +77,15 @@ class VOC(Source):
     heads: Tuple[Head, ...] = (Head('', datasets.VOC_CLASSES),)
     test_interval: int = 4000
     val_size: int = 736
+    voc_dir: str = f'{datasets.DATA_DIR}/pascal/VOC2011'
+    sbdd_dir: str = f'{datasets.DATA_DIR}/sbdd/dataset'  # '' trains on voc_dir's train split
+    mean: Tuple[float, ...] = datasets.VOC_MEAN
 
     def data_layer_params(self, split):
-        params = dict(split=split, mean=datasets.VOC_MEAN, seed=SEED)
-        if split == self.train_split:
-            return 'SBDDSegDataLayer', dict(params, sbdd_dir=f'{datasets.DATA_DIR}/sbdd/dataset')
-        return 'VOCSegDataLayer', dict(params, voc_dir=f'{datasets.DATA_DIR}/pascal/VOC2011')
+        params = dict(split=split, mean=self.mean, seed=SEED)
+        if split == self.train_split and self.sbdd_dir:
+            return 'SBDDSegDataLayer', dict(params, sbdd_dir=self.sbdd_dir)
+        return 'VOCSegDataLayer', dict(params, voc_dir=self.voc_dir)
 
 
 @dataclass(frozen=True)

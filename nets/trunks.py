@@ -18,36 +18,48 @@ from caffe import layers as L
 FCN_PAD = 100
 
 
-def vgg16(n, data, suffix='', train=True, param=LEARNED, fully_conv=True, first_conv='conv1_1'):
+VGG16_WIDTHS = (64, 128, 256, 512, 512)
+VGG16_FC_WIDTH = 4096
+
+
+def vgg16(n, data, suffix='', train=True, param=LEARNED, fully_conv=True, first_conv='conv1_1',
+          width=1.0, filler=None):
     """VGG16 (Simonyan & Zisserman, configuration D). `first_conv` renames
-    conv1_1 where its input differs from RGB (early fusion: conv1_1_bgrd)."""
+    conv1_1 where its input differs from RGB (early fusion: conv1_1_bgrd).
+    `width` scales every layer's channels (1.0: the published net; the
+    offline mini-reproduction uses a narrow one) and `filler` initialises
+    weights for training from scratch."""
     def name(base):
         return base + suffix
 
+    def channels(c):
+        return max(1, int(round(c * width)))
+
     top = data
-    blocks = [(1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512)]
-    for block, convs, width in blocks:
+    for block, (convs, block_width) in enumerate(zip((2, 2, 3, 3, 3), VGG16_WIDTHS), start=1):
         for i in range(1, convs + 1):
             conv = f'conv{block}_{i}'
             if conv == 'conv1_1':
                 conv = first_conv
             pad = FCN_PAD if (block, i) == (1, 1) and fully_conv else 1
-            n[name(conv)], n[name(f'relu{block}_{i}')] = conv_relu(top, width, pad=pad, param=param)
+            n[name(conv)], n[name(f'relu{block}_{i}')] = conv_relu(
+                top, channels(block_width), pad=pad, param=param, filler=filler)
             top = n[name(f'relu{block}_{i}')]
         n[name(f'pool{block}')] = top = max_pool(top)
     features = {'pool3': n[name('pool3')], 'pool4': n[name('pool4')]}
 
+    fc_width = channels(VGG16_FC_WIDTH)
     if fully_conv:  # fc6 -> 7x7 convolution, fc7 -> 1x1 convolution
-        n[name('fc6')], n[name('relu6')] = conv_relu(top, 4096, ks=7, pad=0, param=param)
+        n[name('fc6')], n[name('relu6')] = conv_relu(top, fc_width, ks=7, pad=0, param=param, filler=filler)
     else:
-        n[name('fc6')], n[name('relu6')] = fc_relu(top, 4096, param=param)
+        n[name('fc6')], n[name('relu6')] = fc_relu(top, fc_width, param=param, filler=filler)
     top = n[name('relu6')]
     if train:
         n[name('drop6')] = top = dropout(top)
     if fully_conv:
-        n[name('fc7')], n[name('relu7')] = conv_relu(top, 4096, ks=1, pad=0, param=param)
+        n[name('fc7')], n[name('relu7')] = conv_relu(top, fc_width, ks=1, pad=0, param=param, filler=filler)
     else:
-        n[name('fc7')], n[name('relu7')] = fc_relu(top, 4096, param=param)
+        n[name('fc7')], n[name('relu7')] = fc_relu(top, fc_width, param=param, filler=filler)
     top = n[name('relu7')]
     if train:
         n[name('drop7')] = top = dropout(top)

@@ -1,0 +1,387 @@
+"""Scoring segmentation nets: confusion matrices and the FCN paper's metrics.
+
+With n_ij the pixels of class i predicted as j and t_i = sum_j n_ij:
+  pixel accuracy   sum_i n_ii / sum_i t_i
+  mean accuracy    mean over counted classes of n_ii / t_i
+  mean IU          mean over counted classes of n_ii / (t_i + sum_j n_ji - n_ii)
+  f.w. IU          sum_i t_i IU_i / sum_i t_i over counted classes
+Metrics are fractions in [0, 1] everywhere in the API (dicts, JSON, the
+'>>>' log lines); only the command's table prints percentages, as the paper.
+
+Counted classes: a class with no ground-truth pixels (t_i = 0) has no
+accuracy, and any stray prediction of it would give IU 0, so it is left out
+of the means whether or not it is predicted; those stray predictions still
+count, as misses of the pixels' true classes. Classes in an explicit
+`exclude` list are treated as void: their ground-truth pixels leave every
+metric (stray predictions of them still count against the true classes).
+SIFT Flow's test set lacks cow, desert and moon
+(datasets.SIFTFLOW_ABSENT_FROM_TEST): the reference release averaged over
+all 33 classes and called its semantic scores "not quite right"; here they
+do not count.
+
+The command evaluates a model folder's val/test net on a split:
+
+    python score.py --model voc-fcn8s --weights W --split seg11valid \\
+        [--gpu N] [--save-dir D] [--json out.json] [--limit N]
+
+It scores the images the net's data layer (layers.py) lists for the split,
+in file order (--limit: the first N), every head the net has (SIFT Flow:
+semantic and geometric), and prints the paper's table.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+from collections import namedtuple
+from datetime import datetime
+
+import numpy as np
+from PIL import Image
+
+import datasets
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def fast_hist(a, b, n):
+    """n x n confusion matrix of ground truth `a` (rows) vs prediction `b`.
+
+    Pixels whose ground truth is outside [0, n) (void, 255) are ignored.
+    A prediction outside [0, n) on a scored pixel raises ValueError.
+    """
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f'fast_hist: {a.size} labels vs {b.size} predictions')
+    k = (a >= 0) & (a < n)
+    a, b = a[k].astype(np.int64), b[k].astype(np.int64)
+    if b.size and (b.min() < 0 or b.max() >= n):
+        raise ValueError(f'fast_hist: prediction outside [0, {n})')
+    return np.bincount(n * a + b, minlength=n ** 2).reshape(n, n)
+
+
+def _class_scores(hist):
+    """Per-class (hits n_ii, pixels t_i, accuracy, IU) of a confusion matrix."""
+    tp, gt, pred = np.diag(hist), hist.sum(1), hist.sum(0)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return tp, gt, tp / gt, tp / (gt + pred - tp)
+
+
+def metrics(hist, class_names=None, exclude=()):
+    """The paper's metrics (fractions) of confusion matrix `hist`.
+
+    Returns {'pixel_acc', 'mean_acc', 'mean_iu', 'fw_iu', 'n_counted',
+    'per_class': {name: {'iu', 'acc', 'pixels', 'counted'}}}, classes named
+    by `class_names` (default '0', '1', ...). See the module docstring for
+    which classes count; `exclude` holds class names, and an excluded class's
+    per-class entry says what it would have scored. A class's 'iu' or 'acc'
+    is nan where undefined; the means are nan if no class counts.
+    """
+    hist = np.asarray(hist, dtype=np.float64)
+    n = hist.shape[0]
+    names = [str(i) for i in range(n)] if class_names is None else list(class_names)
+    if len(names) != n:
+        raise ValueError(f'metrics: {len(names)} class names for {n} classes')
+    unknown = set(exclude) - set(names)
+    if unknown:
+        raise ValueError(f'metrics: excluded classes not among the names: {sorted(unknown)}')
+    excluded = np.isin(names, list(exclude))
+    # excluded classes' ground truth is void: their rows leave the matrix
+    tp, gt, acc, iu = _class_scores(np.where(excluded[:, None], 0, hist))
+    counted = gt > 0
+    pixels = gt.sum()
+    if pixels:
+        summary = dict(pixel_acc=tp.sum() / pixels, mean_acc=acc[counted].mean(),
+                       mean_iu=iu[counted].mean(), fw_iu=(gt * iu)[counted].sum() / pixels)
+    else:
+        summary = dict.fromkeys(('pixel_acc', 'mean_acc', 'mean_iu', 'fw_iu'), math.nan)
+    result = {k: float(v) for k, v in summary.items()}
+    result['n_counted'] = int(counted.sum())
+    _, gt, acc, iu = (np.where(excluded, whole, voided) for whole, voided
+                      in zip(_class_scores(hist), (tp, gt, acc, iu)))
+    result['per_class'] = {name: {'iu': float(iu[i]), 'acc': float(acc[i]),
+                                  'pixels': int(gt[i]), 'counted': bool(counted[i])}
+                           for i, name in enumerate(names)}
+    return result
+
+
+def save_prediction(label_map, path):
+    """Write a class-index map as a PASCAL VOC palette PNG."""
+    h, w = label_map.shape
+    im = Image.frombytes('P', (w, h), np.ascontiguousarray(label_map, dtype=np.uint8).tobytes())
+    im.putpalette(datasets.voc_palette().tobytes())
+    im.save(path)
+
+
+# One output of a net to score: score blob, ground-truth blob, loss blob
+# (None or absent from the net: no loss), folder for prediction PNGs or None.
+Head = namedtuple('Head', 'layer gt loss save_dir', defaults=('label', 'loss', None))
+
+
+def compute_hists(net, dataset, heads):
+    """Run net.forward() once per id in `dataset`, scoring every head.
+
+    Returns [(hist, mean loss)] in the order of `heads` (mean loss nan where
+    the net has no such loss blob). Predictions are argmax over channels of
+    image 0; they are saved as `<save_dir>/<id>.png` where a head has one.
+    """
+    hists = []
+    for head in heads:
+        n_cl = net.blobs[head.layer].channels
+        hists.append(np.zeros((n_cl, n_cl), dtype=np.int64))
+        if head.save_dir:
+            os.makedirs(head.save_dir, exist_ok=True)
+    losses = np.zeros(len(heads))
+    count = 0
+    for idx in dataset:
+        net.forward()
+        for head, hist in zip(heads, hists):
+            pred = net.blobs[head.layer].data[0].argmax(axis=0)
+            hist += fast_hist(net.blobs[head.gt].data[0, 0], pred, hist.shape[0])
+            if head.save_dir:
+                save_prediction(pred, os.path.join(head.save_dir, f'{idx}.png'))
+        losses += [net.blobs[h.loss].data.flat[0] if h.loss in net.blobs else math.nan
+                   for h in heads]
+        count += 1
+    losses = losses / count if count else np.full(len(heads), math.nan)
+    return [(hist, float(loss)) for hist, loss in zip(hists, losses)]
+
+
+def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss'):
+    """(confusion matrix, mean loss) of one head over `dataset` (a list of ids)."""
+    return compute_hists(net, dataset, [Head(layer, gt, loss, save_dir or None)])[0]
+
+
+def seg_tests(solver, save_format, dataset, layer='score', gt='label', loss='loss',
+              class_names=None, exclude=()):
+    """Score the solver's current weights with its first test net."""
+    print('>>>', datetime.now(), 'Begin seg tests')
+    solver.test_nets[0].share_with(solver.net)
+    return do_seg_tests(solver.test_nets[0], solver.iter, save_format, dataset,
+                        layer, gt, loss, class_names, exclude)
+
+
+def do_seg_tests(net, iter, save_format, dataset, layer='score', gt='label', loss='loss',
+                 class_names=None, exclude=()):
+    """Score `net` over `dataset`, print the reference's '>>>' lines.
+
+    `save_format` names the prediction folder, '{}' standing for `iter`, or
+    is False/None for no saving. Returns the `metrics` dict plus 'loss',
+    'iteration' and 'hist' (the confusion matrix).
+    """
+    save_dir = save_format.format(iter) if save_format else None
+    hist, mean_loss = compute_hist(net, save_dir, dataset, layer, gt, loss)
+    result = metrics(hist, class_names, exclude)
+    for what, value in (('loss', mean_loss), ('overall accuracy', result['pixel_acc']),
+                        ('mean accuracy', result['mean_acc']),
+                        ('mean IU', result['mean_iu']), ('fwavacc', result['fw_iu'])):
+        print('>>>', datetime.now(), 'Iteration', iter, what, value)
+    result.update(loss=mean_loss, iteration=iter, hist=hist)
+    return result
+
+
+# --- evaluating a model folder ----------------------------------------------
+
+# Heads a net may have, scored where both blobs exist: one-headed nets, and
+# SIFT Flow's semantic and geometric heads (losses named as the reference's).
+HEADS = (Head('score', 'label', 'loss'), Head('score_sem', 'sem', 'loss'),
+         Head('score_geo', 'geo', 'loss_geo'))
+
+# Class names of each data layer of layers.py, by ground-truth blob.
+CLASS_NAMES = {
+    'VOCSegDataLayer': {'label': datasets.VOC_CLASSES},
+    'SBDDSegDataLayer': {'label': datasets.VOC_CLASSES},
+    'NYUDSegDataLayer': {'label': datasets.NYUD_CLASSES},
+    'PASCALContextSegDataLayer': {'label': datasets.CONTEXT_CLASSES},
+    'SIFTFlowSegDataLayer': {'sem': datasets.SIFTFLOW_CLASSES,
+                             'geo': datasets.SIFTFLOW_GEO_CLASSES},
+}
+# Classes absent from a split, left out of its means: (layer, split, gt).
+ABSENT = {('SIFTFlowSegDataLayer', 'test', 'sem'): datasets.SIFTFLOW_ABSENT_FROM_TEST}
+
+# What scoring overrides in the data layer: every example once, in file
+# order, unaugmented; prefetching only overlaps loading with the forward.
+EVAL_PARAMS = dict(randomize=False, mirror=False, jitter=0, prefetch=True)
+
+
+def data_layer(net_param):
+    """The data layer of a NetParameter: its first Python layer from layers.py."""
+    for layer in net_param.layer:
+        if layer.type == 'Python' and layer.python_param.module == 'layers':
+            return layer
+    raise ValueError("no Python data layer of module 'layers'")
+
+
+def eval_params(layer, split=None):
+    """The data layer's params (defaults filled in) for scoring `split`
+    (default: the prototxt's), validated by layers.py."""
+    import layers
+    name = layer.python_param.layer
+    cls = getattr(layers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, layers.SegDataLayerBase)):
+        raise ValueError(f'{layer.name}: {name} is not a data layer of layers.py')
+    params = layers.parse_params(layer.python_param.param_str, name, cls.required,
+                                 {**layers.COMMON_DEFAULTS, **cls.defaults})
+    if split:
+        if 'split' not in params:
+            raise ValueError(f'{layer.name}: {name} has no split (it reads its own list)')
+        params['split'] = split
+    return {**params, **EVAL_PARAMS}
+
+
+def example_id(example):
+    """A name for an example: its id, or for an (image, label) pair the image's stem."""
+    if isinstance(example, str):
+        return example
+    return os.path.splitext(os.path.basename(example[0]))[0]
+
+
+def model_net(model):
+    """A model folder's (directory, evaluation prototxt).
+
+    `model` is a folder under nets/ or a path to one; the prototxt is its
+    val.prototxt (VOC, PASCAL-Context) or else test.prototxt (NYUD, SIFT Flow).
+    """
+    model_dir = model if os.path.isdir(model) else os.path.join(ROOT, 'nets', model)
+    for proto in ('val.prototxt', 'test.prototxt'):
+        if os.path.isfile(os.path.join(model_dir, proto)):
+            return model_dir, os.path.join(model_dir, proto)
+    raise FileNotFoundError(f'no val.prototxt or test.prototxt in {model_dir}')
+
+
+@contextlib.contextmanager
+def working_dir(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True):
+    """Score `weights` with a model folder's evaluation net on `split`.
+
+    The data layer's params are rewritten (split, EVAL_PARAMS) in a temporary
+    copy of the prototxt; the net runs with cwd = the model folder, since the
+    data layer's paths are relative to it. The images scored are the data
+    layer's own list of examples (its split file), the first `limit` of them.
+    Returns {'model', 'weights', 'split', 'images', 'heads': {score blob:
+    metrics + 'loss', 'hist', 'excluded'}}. Caffe's mode is the caller's.
+    """
+    import caffe
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    model_dir, proto = model_net(model)
+    weights = os.path.abspath(weights)
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f'weights not found: {weights}')
+    net_param = caffe_pb2.NetParameter()
+    with open(proto) as f:
+        text_format.Merge(f.read(), net_param)
+    layer = data_layer(net_param)
+    params = eval_params(layer, split)
+    layer.python_param.param_str = repr(params)
+    save_dir = save_dir and os.path.abspath(save_dir)
+
+    with tempfile.TemporaryDirectory() as tmp, working_dir(model_dir):
+        tmp_proto = os.path.join(tmp, os.path.basename(proto))
+        with open(tmp_proto, 'w') as f:
+            f.write(text_format.MessageToString(net_param))
+        net = caffe.Net(tmp_proto, caffe.TEST, weights=weights)
+        ids = [example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
+        heads = [h for h in HEADS if h.layer in net.blobs and h.gt in net.blobs]
+        if not heads:
+            raise ValueError(f'{proto}: no score/label blob pair among {HEADS}')
+        if save_dir:
+            heads = [h._replace(save_dir=save_dir if len(heads) == 1 else
+                                os.path.join(save_dir, h.layer)) for h in heads]
+        if progress:
+            from tqdm import tqdm
+            ids_iter = tqdm(ids, desc=f'{os.path.basename(model_dir)} {params.get("split", "")}')
+        else:
+            ids_iter = ids
+        results = compute_hists(net, ids_iter, heads)
+
+    kind, split = layer.python_param.layer, params.get('split')
+    report = {'model': os.path.basename(os.path.normpath(model_dir)), 'weights': weights,
+              'split': split, 'images': len(ids), 'heads': {}}
+    for head, (hist, mean_loss) in zip(heads, results):
+        names = CLASS_NAMES.get(kind, {}).get(head.gt)
+        if names is not None and len(names) != hist.shape[0]:
+            names = None  # a net with other classes than its dataset's: number them
+        exclude = ABSENT.get((kind, split, head.gt), ()) if names else ()
+        result = metrics(hist, names, exclude)
+        result.update(loss=mean_loss, hist=hist, excluded=list(exclude))
+        report['heads'][head.layer] = result
+    return report
+
+
+def format_report(report):
+    """The paper's table (percent), then per-class IU and accuracy."""
+    lines = [f"{report['model']} on {report['split']} ({report['images']} images), "
+             f"weights {report['weights']}",
+             f"{'head':<12}{'pixel acc.':>12}{'mean acc.':>12}{'mean IU':>12}"
+             f"{'f.w. IU':>12}{'loss':>14}   (metrics in %)"]
+    for layer, r in report['heads'].items():
+        lines.append(f"{layer:<12}" + ''.join(
+            f'{100 * r[k]:>12.1f}' for k in ('pixel_acc', 'mean_acc', 'mean_iu', 'fw_iu'))
+            + f"{r['loss']:>14.6g}")
+    for layer, r in report['heads'].items():
+        lines.append(f'\n{layer}: per class (%)    IU    acc.   pixels')
+        for name, c in r['per_class'].items():
+            note = '' if c['counted'] else ('  excluded' if name in r['excluded']
+                                            else '  (absent: not counted)')
+            lines.append(f"  {name:<20}{100 * c['iu']:>6.1f}{100 * c['acc']:>7.1f}"
+                         f"{c['pixels']:>10d}{note}")
+    return '\n'.join(lines)
+
+
+def jsonable(x):
+    """`x` with arrays as lists and nan as None (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Score a model folder\'s evaluation net on a dataset split '
+                    '(pixel acc., mean acc., mean IU, f.w. IU).')
+    parser.add_argument('--model', required=True,
+                        help='model folder under nets/ (e.g. voc-fcn8s) or a path to one')
+    parser.add_argument('--weights', required=True, help='caffemodel to score')
+    parser.add_argument('--split', help="split to score (default: the prototxt's)")
+    parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
+    parser.add_argument('--save-dir', help='write predictions as palette PNGs here')
+    parser.add_argument('--json', help='write the metrics (fractions) here')
+    parser.add_argument('--limit', type=int, help='score only the first N images')
+    args = parser.parse_args(argv)
+
+    import caffe
+    if args.gpu is None:
+        caffe.set_mode_cpu()
+    else:
+        caffe.set_device(args.gpu)
+        caffe.set_mode_gpu()
+    try:
+        report = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit)
+    except (OSError, ValueError) as e:
+        sys.exit(f'score.py: error: {e}')
+    print(format_report(report))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(jsonable(report), f, indent=1, allow_nan=False)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,397 @@
+"""Train a model folder: the one training loop every nets/<model>/solve.py uses.
+
+    cd nets/voc-fcn8s && python solve.py [--gpu 0[,1...] | --cpu] [--weights W]
+        [--max-iter N] [--test-interval N] [--resume [SOLVERSTATE]]
+
+Defaults reproduce the reference release: start from the previous stage's
+trained weights (or the convolutionalized ILSVRC net), fill every upsampling
+layer with bilinear weights, train with the folder's solver.prototxt, and
+every test interval score the val split and snapshot.
+
+Snapshots go to <folder>/snapshot/ (train_iter_N.caffemodel/.solverstate);
+`snapshot/latest.json` names the newest *complete* pair and is replaced
+atomically after both files are on disk, so a crash mid-write never leaves a
+corrupt "latest". `--resume` restarts from it at its iteration; the data
+order and Caffe's random state are re-derived from the iteration, so a
+resumed run ends with the same weights as an uninterrupted one.
+Progress: snapshot/log.jsonl (one JSON object per line) and
+snapshot/curves.png (loss and mean IU against iteration).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+import nets
+import score
+import surgery
+
+SNAPSHOT_DIR = 'snapshot'
+SEED = 1337
+ILSVRC_WEIGHTS = {  # ILSVRC starting points, as `surgery.py convert` / fetch write them
+    'vgg16': os.path.join(nets.NETS_DIR, 'ilsvrc-nets', 'vgg16-fcn.caffemodel'),
+    'caffenet': os.path.join(nets.NETS_DIR, 'ilsvrc-nets', 'caffenet-fcn.caffemodel'),
+    'googlenet': os.path.join(nets.NETS_DIR, 'ilsvrc-nets', 'bvlc_googlenet.caffemodel'),
+}
+
+
+class TrainingError(Exception):
+    """A problem the user must act on; the message says what to do."""
+
+
+class Diverged(TrainingError):
+    pass
+
+
+# ------------------------------------------------------------------ weights
+def trained_weights(model_name):
+    """The trained weights of another model folder: its latest complete
+    snapshot, else its published caffemodel (python -m fetch weights NAME)."""
+    folder = os.path.join(nets.NETS_DIR, model_name)
+    latest = Snapshots(os.path.join(folder, SNAPSHOT_DIR)).latest()
+    if latest:
+        return latest['caffemodel']
+    published = sorted(f for f in os.listdir(folder) if f.endswith('.caffemodel')) \
+        if os.path.isdir(folder) else []
+    if published:
+        return os.path.join(folder, published[0])
+    raise TrainingError(
+        f'no trained weights for {model_name}: train it first '
+        f'(cd nets/{model_name} && python solve.py) or fetch its published caffemodel '
+        f'(python -m fetch weights {model_name})')
+
+
+def start_weights(model):
+    """{stream suffix: caffemodel path} the model starts from (reference
+    defaults): ILSVRC nets for first stages, the previous stage otherwise,
+    the single-modality nets for late fusion."""
+    if not model.init:
+        return {}
+    paths = []
+    for source in model.init:
+        if source in ILSVRC_WEIGHTS:
+            path = ILSVRC_WEIGHTS[source]
+            if not os.path.isfile(path):
+                how = (f'python -m fetch weights {source}' if source != 'googlenet' else
+                       'download bvlc_googlenet.caffemodel into nets/ilsvrc-nets/')
+                raise TrainingError(
+                    f'missing start weights {path}: the convolutionalized ILSVRC {source} net. '
+                    f'Get it with `{how}` (which runs `python surgery.py convert --net {source} ...`).')
+            paths.append(path)
+        else:
+            paths.append(trained_weights(source))
+    if len(paths) == 1:
+        return {'': paths[0]}
+    return dict(zip(model.stream_suffixes, paths))
+
+
+def initialize(solver, model, weights):
+    """Load start weights into the solver's net and fill upsampling layers."""
+    import caffe
+    net = solver.net
+    for suffix, path in weights.items():
+        if not os.path.isfile(path):
+            raise TrainingError(f'start weights {path} do not exist')
+        if not suffix and model.source.fusion != 'early':
+            net.copy_from(path)
+            continue
+        # Streams (late fusion) and the 4-channel early-fusion conv need the
+        # source weights in a net of their own.
+        source_proto = _source_proto(model, path)
+        source_net = caffe.Net(source_proto, caffe.TEST, weights=path)
+        if suffix:
+            surgery.transplant(net, source_net, suffix=suffix)
+        else:
+            surgery.transplant(net, source_net)
+            surgery.init_early_fusion(net, source_net)
+    upsampling = [k for k in net.params if k.startswith('upscore')]
+    surgery.interp(net, upsampling)
+
+
+def _source_proto(model, weights_path):
+    """The deploy prototxt matching a start-weights file: the ILSVRC fcn twin
+    or the deploy net of the model folder the weights come from."""
+    for trunk, path in ILSVRC_WEIGHTS.items():
+        if os.path.abspath(weights_path) == os.path.abspath(path):
+            return os.path.join(nets.NETS_DIR, 'ilsvrc-nets', f'{trunk}-fcn.prototxt')
+    folder = os.path.dirname(os.path.abspath(weights_path))
+    if os.path.basename(folder) == SNAPSHOT_DIR:
+        folder = os.path.dirname(folder)
+    return os.path.join(folder, 'deploy.prototxt')
+
+
+# ---------------------------------------------------------------- snapshots
+class Snapshots:
+    """Complete snapshots in a folder, with an atomic `latest.json` pointer."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.pointer = os.path.join(folder, 'latest.json')
+
+    def latest(self):
+        """{'iteration', 'solverstate', 'caffemodel'} of the newest complete
+        snapshot (absolute paths), or None."""
+        try:
+            with open(self.pointer) as f:
+                entry = json.load(f)
+        except FileNotFoundError:
+            return None
+        for key in ('solverstate', 'caffemodel'):
+            path = os.path.join(self.folder, entry[key])
+            if not os.path.isfile(path) or os.path.getsize(path) != entry[key + '_bytes']:
+                raise TrainingError(f'{self.pointer} names {path}, which is missing or changed')
+            entry[key] = path
+        return entry
+
+    def save(self, solver):
+        """Snapshot the solver; point latest.json at it once it is on disk."""
+        solver.snapshot()
+        prefix = f'{solver_prefix(solver)}_iter_{solver.iter}'
+        entry = {'iteration': solver.iter}
+        for key, ext in (('solverstate', '.solverstate'), ('caffemodel', '.caffemodel')):
+            path = prefix + ext
+            _fsync(path)
+            entry[key] = os.path.relpath(path, self.folder)
+            entry[key + '_bytes'] = os.path.getsize(path)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix='.latest')
+        with os.fdopen(fd, 'w') as f:
+            json.dump(entry, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.pointer)
+        _fsync(self.folder)
+        return entry
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def solver_prefix(solver):
+    return solver.param.snapshot_prefix if hasattr(solver, 'param') else os.path.join(SNAPSHOT_DIR, 'train')
+
+
+# --------------------------------------------------------------- progress
+class Progress:
+    """log.jsonl (one JSON object per line) and curves.png, kept current."""
+
+    def __init__(self, folder, resume_iter=None):
+        self.log_path = os.path.join(folder, 'log.jsonl')
+        self.plot_path = os.path.join(folder, 'curves.png')
+        self.records = []
+        if resume_iter is not None and os.path.exists(self.log_path):
+            with open(self.log_path) as f:  # drop what came after the snapshot
+                self.records = [r for r in map(json.loads, f) if r['iteration'] <= resume_iter]
+        with open(self.log_path, 'w') as f:
+            for r in self.records:
+                f.write(json.dumps(r) + '\n')
+
+    def add(self, record):
+        self.records.append(record)
+        with open(self.log_path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+
+    def plot(self, title):
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        losses = [(r['iteration'], r['loss']) for r in self.records if 'loss' in r]
+        ious = [(r['iteration'], m['mean_iu']) for r in self.records
+                for m in r.get('metrics', {}).values()]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if losses:
+            ax.plot(*zip(*losses), color='tab:blue', label='training loss')
+        ax.set_xlabel('iteration')
+        ax.set_ylabel('loss', color='tab:blue')
+        if ious:
+            ax2 = ax.twinx()
+            ax2.plot(*zip(*ious), 'o-', color='tab:red', label='mean IU')
+            ax2.set_ylabel('val mean IU', color='tab:red')
+        ax.set_title(title)
+        fig.tight_layout()
+        tmp = self.plot_path + '.tmp.png'
+        fig.savefig(tmp)
+        plt.close(fig)
+        os.replace(tmp, self.plot_path)
+
+
+# ------------------------------------------------------------------ solver
+def make_solver(model, test_interval, max_iter):
+    """An SGDSolver from the folder's solver.prototxt; Caffe's own snapshots
+    are turned off because this loop writes them (atomically)."""
+    import caffe
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    param = caffe_pb2.SolverParameter()
+    with open('solver.prototxt') as f:
+        text_format.Merge(f.read(), param)
+    param.snapshot = 0
+    param.max_iter = max_iter
+    param.random_seed = SEED
+    os.makedirs(os.path.dirname(param.snapshot_prefix) or '.', exist_ok=True)
+    fd, path = tempfile.mkstemp(dir='.', prefix='.solver-', suffix='.prototxt')
+    with os.fdopen(fd, 'w') as f:
+        f.write(text_format.MessageToString(param))
+    try:
+        solver = caffe.SGDSolver(path)
+    finally:
+        os.remove(path)
+    solver.param = param  # pycaffe does not expose it
+    return solver
+
+
+def data_layers(net):
+    return [layer for layer in net.layers if hasattr(layer, 'seek')]
+
+
+def position_data(solver, iteration):
+    """Put the training data where an uninterrupted run would be at
+    `iteration`, and derive Caffe's random state (dropout) from it."""
+    import caffe
+    caffe.set_random_seed(SEED + iteration)
+    for layer in data_layers(solver.net):
+        layer.seek(iteration * solver.param.iter_size)
+
+
+def loss_blobs(model):
+    return [h.loss for h in model.source.heads]
+
+
+def val_examples(solver, limit=None):
+    """The val split's examples, in the test net's data layer's order."""
+    layers = data_layers(solver.test_nets[0]) if solver.test_nets else []
+    examples = list(layers[0].examples) if layers else []
+    return examples[:limit] if limit else examples
+
+
+SCALAR_METRICS = ('pixel_acc', 'mean_acc', 'mean_iu', 'fw_iu', 'loss')
+
+
+def evaluate(solver, model, examples):
+    """Score every head on the val split: {head name: scalar metrics}."""
+    for layer in data_layers(solver.test_nets[0]):
+        layer.seek(0)  # every scoring sees the same images
+    val_layer = model.source.data_layer_params(model.source.val_split)[0]
+    results = {}
+    for head in model.source.heads:
+        exclude = score.ABSENT.get((val_layer, model.source.val_split, head.label), ())
+        result = score.seg_tests(solver, False, examples, layer='score' + head.suffix, gt=head.label,
+                                 loss=head.loss, class_names=head.classes, exclude=exclude)
+        results[head.suffix.lstrip('_') or 'score'] = {
+            k: (None if not math.isfinite(result[k]) else float(result[k])) for k in SCALAR_METRICS}
+    return results
+
+
+def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, mode='cpu',
+          gpus=(0,), val_limit=None, quiet=False):
+    """Train the model in `folder`. Returns the Progress records."""
+    import caffe
+    model = nets.load(folder)
+    os.chdir(model.folder)  # prototxt paths are relative to the folder
+    if mode == 'gpu':
+        caffe.set_device(gpus[0])
+        caffe.set_mode_gpu()
+    else:
+        caffe.set_mode_cpu()
+    test_interval = test_interval or model.source.test_interval
+    max_iter = max_iter or model.max_iter
+    snapshots = Snapshots(SNAPSHOT_DIR)
+    os.makedirs(SNAPSHOT_DIR, exist_ok=True)
+
+    solver = make_solver(model, test_interval, max_iter)
+    if resume:
+        state = snapshots.latest()['solverstate'] if resume is True else os.path.abspath(resume)
+        if resume is True and state is None:
+            raise TrainingError(f'no complete snapshot in {os.path.abspath(SNAPSHOT_DIR)}: '
+                                'start without --resume')
+        if not os.path.isfile(state):
+            raise TrainingError(f'--resume {state}: no such solverstate')
+        solver.restore(state)
+    else:
+        initialize(solver, model, {'': weights} if weights else start_weights(model))
+    start = solver.iter
+    progress = Progress(SNAPSHOT_DIR, resume_iter=start if resume else None)
+    examples = val_examples(solver, val_limit)
+    losses = loss_blobs(model)
+    t0 = time.time()
+    bar = tqdm(total=max_iter, initial=start, desc=model.name, unit='it', disable=quiet,
+               dynamic_ncols=True)
+    window = []
+    try:
+        while solver.iter < max_iter:
+            position_data(solver, solver.iter)  # at each snapshot boundary
+            stop = min(max_iter, (solver.iter // test_interval + 1) * test_interval)
+            while solver.iter < stop:
+                solver.step(1)
+                loss = sum(float(solver.net.blobs[b].data) for b in losses)
+                if not math.isfinite(loss):
+                    last = snapshots.latest()
+                    kept = f'the last good snapshot is {last["caffemodel"]} (iteration {last["iteration"]})' \
+                        if last else 'no snapshot was written yet'
+                    raise Diverged(f'loss is {loss} at iteration {solver.iter}: training stopped; {kept}. '
+                                   'Lower base_lr in solver.prototxt (or check the data) and --resume.')
+                window.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f'{loss:.4g}')
+                if solver.iter % solver.param.display == 0 if solver.param.display else False:
+                    progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
+                                      seconds=round(time.time() - t0, 3)))
+                    window = []
+            snapshot = snapshots.save(solver)
+            metrics = evaluate(solver, model, examples) if examples else {}
+            progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
+                              metrics=metrics, seconds=round(time.time() - t0, 3),
+                              snapshot=snapshot['caffemodel']))
+            window = []
+            progress.plot(model.name)
+    except KeyboardInterrupt:
+        # Interrupted between iterations: keep the work done so far.
+        entry = snapshots.save(solver)
+        print(f'\ninterrupted: snapshot at iteration {entry["iteration"]} '
+              f'({entry["caffemodel"]}); continue with --resume', file=sys.stderr)
+        raise
+    finally:
+        bar.close()
+    return progress.records
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description='Train this model folder (FCN reference settings).')
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument('--gpu', help='GPU id(s), e.g. 0 or 0,1 (several: NCCL data parallelism)')
+    device.add_argument('--cpu', action='store_true', help='train on the CPU (default without --gpu)')
+    parser.add_argument('--weights', help='start weights (default: the reference start for this model)')
+    parser.add_argument('--max-iter', type=int, help='stop at this iteration (default: solver max_iter)')
+    parser.add_argument('--test-interval', type=int,
+                        help='iterations between scoring and snapshots (default: dataset reference)')
+    parser.add_argument('--resume', nargs='?', const=True, metavar='SOLVERSTATE',
+                        help='continue from the latest complete snapshot (or the one given)')
+    parser.add_argument('--val-limit', type=int, help='score only the first N val images')
+    return parser.parse_args(argv)
+
+
+def main(folder, argv=None):
+    """Entry point of every model folder's solve.py."""
+    args = parse_args(argv)
+    folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
+    gpus = [int(g) for g in args.gpu.split(',')] if args.gpu else []
+    try:
+        if len(gpus) > 1:
+            import parallel
+            parallel.train(folder, gpus, args)
+        else:
+            train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
+                  resume=args.resume, mode='gpu' if gpus else 'cpu', gpus=gpus or (0,),
+                  val_limit=args.val_limit)
+    except TrainingError as e:
+        sys.exit(f'solve.py: {e}')
