@@ -1,0 +1,151 @@
+"""python -m fetch {data,weights,classes,splits,score-all,sources} ... (see --help)."""
+import argparse
+import sys
+
+from . import DATA_ROOT, NETS_ROOT, REPO, FetchError
+from .catalog import MODELS, SOURCES
+from .install import DATASETS, fetch_dataset, fetch_weights, weight_names
+from .scoreall import score_all
+from .splits import write_class_lists, write_derived_splits
+
+
+def _overrides(values, sources, option):
+    """Parse repeated --url/--file values, 'KEY=VALUE' or a bare VALUE (allowed
+    when only one source is being fetched) into {source key: value}."""
+    result = {}
+    for value in values or ():
+        key, sep, rest = value.partition('=')
+        if sep and key in SOURCES:
+            result[key] = rest
+        elif len(sources) == 1:
+            result[sources[0]] = value
+        else:
+            raise FetchError(f'{option} {value!r}: several sources are being fetched '
+                             f'({", ".join(sources)}); write {option} SOURCE=VALUE')
+    unknown = set(result) - set(sources)
+    if unknown:
+        raise FetchError(f'{option}: {", ".join(sorted(unknown))} is not being fetched')
+    return result
+
+
+def _download_args(args):
+    return dict(retries=args.retries, progress=not args.quiet)
+
+
+def cmd_data(args):
+    names = list(DATASETS) if 'all' in args.names else args.names
+    sources = [step.source for n in names for step in DATASETS[n].steps]
+    urls = _overrides(args.url, sources, '--url')
+    files = _overrides(args.file, sources, '--file')
+    for name in names:
+        fetch_dataset(name, args.dest, urls, files, force=args.force,
+                      remove_archives=args.remove_archives, **_download_args(args))
+
+
+def cmd_weights(args):
+    names = ([m.folder for m in MODELS.values() if m.weights]
+             if 'published' in args.names else args.names)
+    urls = _overrides(args.url, names, '--url')
+    files = _overrides(args.file, names, '--file')
+    for name in names:
+        fetch_weights(name, args.dest, url=urls.get(name), file=files.get(name),
+                      convert=not args.no_convert, force=args.force, **_download_args(args))
+
+
+def cmd_classes(args):
+    for path in write_class_lists(args.dest):
+        print(f'wrote {path}')
+
+
+def cmd_splits(args):
+    written = write_derived_splits(args.dest)
+    for path in written:
+        print(f'wrote {path}')
+    if not written:
+        print('nothing to derive: fetch the datasets first')
+
+
+def cmd_score_all(args):
+    return score_all(args.nets, gpu=args.gpu, limit=args.limit, models=args.models,
+                     scorer=args.scorer)
+
+
+def cmd_sources(args):
+    for key, source in SOURCES.items():
+        note = f'  [{source.note}]' if source.note else ''
+        print(f'{key:24} {source.url}{note}')
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog='python -m fetch', description=__doc__)
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    def downloading(p):
+        p.add_argument('--url', action='append', metavar='[SOURCE=]URL',
+                       help='download from this URL (a mirror) instead')
+        p.add_argument('--file', action='append', metavar='[SOURCE=]PATH',
+                       help='use this local file instead of downloading it (it is verified)')
+        p.add_argument('--force', action='store_true',
+                       help='redo unpacking/conversion even if the result is present')
+        p.add_argument('--retries', type=int, default=3,
+                       help='resume attempts after a network failure (default 3)')
+        p.add_argument('--quiet', action='store_true', help='no progress bars')
+
+    p = sub.add_parser('data', help='download and unpack datasets into data/')
+    p.add_argument('names', nargs='+', choices=list(DATASETS) + ['all'], metavar='DATASET',
+                   help=f'{", ".join(DATASETS)} or all')
+    p.add_argument('--dest', default=DATA_ROOT, help=f'data root (default {DATA_ROOT})')
+    p.add_argument('--remove-archives', action='store_true',
+                   help='delete downloaded archives once unpacked')
+    downloading(p)
+    p.set_defaults(run=cmd_data)
+
+    p = sub.add_parser('weights', help='download ILSVRC nets (and convert them) or '
+                                       'published FCN models into nets/')
+    p.add_argument('names', nargs='+', choices=weight_names() + ['published'],
+                   metavar='NAME', help='vgg16, caffenet, a model folder (e.g. voc-fcn8s) '
+                                        'or published (every published FCN model)')
+    p.add_argument('--dest', default=NETS_ROOT, help=f'nets root (default {NETS_ROOT})')
+    p.add_argument('--no-convert', action='store_true',
+                   help='do not run surgery.py convert on ILSVRC nets')
+    downloading(p)
+    p.set_defaults(run=cmd_weights)
+
+    p = sub.add_parser('classes', help='write data/<dataset>/classes.txt from datasets.py')
+    p.add_argument('--dest', default=DATA_ROOT, help=f'data root (default {DATA_ROOT})')
+    p.set_defaults(run=cmd_classes)
+
+    p = sub.add_parser('splits', help='(re)write derived splits: seg11valid, NYUD '
+                                      'trainval, SIFT Flow trainval/test')
+    p.add_argument('--dest', default=DATA_ROOT, help=f'data root (default {DATA_ROOT})')
+    p.set_defaults(run=cmd_splits)
+
+    p = sub.add_parser('score-all', help='score every downloaded published model and '
+                                         'print the results next to the published figures')
+    p.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
+    p.add_argument('--limit', type=int, help='score only the first N images of each split')
+    p.add_argument('--models', nargs='+', choices=list(MODELS), metavar='MODEL',
+                   help='only these model folders')
+    p.add_argument('--nets', default=NETS_ROOT, help=f'nets root (default {NETS_ROOT})')
+    p.add_argument('--scorer', default=REPO / 'score.py', help='the score.py to run')
+    p.set_defaults(run=cmd_score_all)
+
+    p = sub.add_parser('sources', help='list every download URL')
+    p.set_defaults(run=cmd_sources)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except FetchError as e:
+        print(f'fetch: error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('\nfetch: interrupted; run the same command again to resume', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

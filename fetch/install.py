@@ -1,0 +1,156 @@
+"""How each dataset and each set of weights is fetched and put in place."""
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import REPO, FetchError
+from .archive import unpack_folder
+from .catalog import ILSVRC_CONVERTED, ILSVRC_DIR, ILSVRC_NETS, MODELS, SOURCES
+from .download import adopt, download, part_path
+from .splits import write_derived_splits
+
+
+@dataclass(frozen=True)
+class Unpack:
+    """Unpack the archive folder holding `marker` into <data root>/<dest>;
+    <dest>/<marker> existing means this step is done."""
+    source: str
+    dest: str
+    marker: str
+    root_name: str | None = None  # the folder's own name, where it is known
+
+    def done(self, data_root):
+        return (Path(data_root) / self.dest / self.marker).exists()
+
+
+@dataclass(frozen=True)
+class Place:
+    """Copy a single downloaded file to <data root>/<dest>."""
+    source: str
+    dest: str
+
+    def done(self, data_root):
+        return (Path(data_root) / self.dest).exists()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    steps: tuple
+    # {file the models read: why it could be missing}; archive layouts are
+    # partly unverified, so a missing one is reported after fetching.
+    needs: dict = field(default_factory=dict)
+
+
+DATASETS = {
+    'voc2011': Dataset((Unpack('voc2011', 'pascal/VOC2011', 'JPEGImages', 'VOC2011'),), {
+        'pascal/VOC2011/ImageSets/Segmentation/seg11valid.txt':
+            'seg11valid is derived once sbd is fetched too'}),
+    'voc2012': Dataset((Unpack('voc2012', 'pascal/VOC2012', 'JPEGImages', 'VOC2012'),)),
+    'sbd': Dataset((Unpack('sbd', 'sbdd/dataset', 'cls', 'dataset'),), {
+        'sbdd/dataset/train.txt': 'not in the archive'}),
+    'nyud': Dataset((Unpack('nyud', 'nyud', 'segmentation'),), {
+        'nyud/trainval.txt': 'derived from train.txt and val.txt, expected in the archive',
+        'nyud/test.txt': 'expected in the archive'}),
+    'siftflow': Dataset((Unpack('siftflow', 'sift-flow', 'SemanticLabels'),), {
+        f'sift-flow/{split}.txt': "derived from the archive's TestSet1.txt"
+        for split in ('trainval', 'test')}),
+    'context': Dataset((Unpack('voc2010', 'pascal/VOC2010', 'JPEGImages', 'VOC2010'),
+                        Unpack('context-trainval', 'pascal-context', 'trainval'),
+                        Place('context-59-labels', 'pascal-context/59_labels.txt')), {
+        'pascal-context/labels.txt': 'expected in the annotations archive',
+        **{f'pascal/VOC2010/ImageSets/Main/{split}.txt': 'expected in the VOC2010 archive'
+           for split in ('train', 'val')}}),
+}
+DOWNLOADS = 'downloads'  # archives, under the data root
+SURGERY = REPO / 'surgery.py'
+
+
+def _obtain(key, dest, urls, files, **download_args):
+    """The verified file for source `key`: the user's --file, or a download to dest."""
+    if key in files:
+        return adopt(key, SOURCES[key], files[key], dest=None)
+    return download(key, SOURCES[key], dest, url=urls.get(key), **download_args)
+
+
+def fetch_dataset(name, data_root, urls=None, files=None, force=False,
+                  remove_archives=False, **download_args):
+    urls, files = urls or {}, files or {}
+    data_root = Path(data_root)
+    dataset = DATASETS[name]
+    for step in dataset.steps:
+        if step.done(data_root) and not force:
+            print(f'{name}: {data_root / step.dest} already in place')
+            continue
+        archive = _obtain(step.source, data_root / DOWNLOADS / SOURCES[step.source].filename,
+                          urls, files, **download_args)
+        if isinstance(step, Unpack):
+            unpack_folder(archive, data_root / step.dest, step.marker, step.root_name, force,
+                          progress=download_args.get('progress', True))
+        else:
+            dest = data_root / step.dest
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(archive, part_path(dest))
+            os.replace(part_path(dest), dest)
+        if remove_archives and step.source not in files:
+            Path(archive).unlink()
+    for path in write_derived_splits(data_root):
+        print(f'wrote {path}')
+    for rel, why in dataset.needs.items():
+        if not (data_root / rel).exists():
+            print(f'{name}: warning: {data_root / rel} is missing ({why})', file=sys.stderr)
+
+
+def weights_path(name, nets_root):
+    """Where the downloaded weights of `name` (an ILSVRC net or a model folder) go."""
+    if name in ILSVRC_NETS:
+        return Path(nets_root) / ILSVRC_DIR / SOURCES[name].filename
+    if name in MODELS and MODELS[name].weights:
+        return Path(nets_root) / name / MODELS[name].weights
+    raise FetchError(f'no published weights for {name!r}; choose from '
+                     + ', '.join(weight_names()))
+
+
+def weight_names():
+    return list(ILSVRC_NETS) + [m.folder for m in MODELS.values() if m.weights]
+
+
+def converted_path(net, nets_root):
+    return Path(nets_root) / ILSVRC_DIR / f'{net}-fcn.caffemodel'
+
+
+def convert_ilsvrc(net, weights, out, force=False):
+    """Cast an ILSVRC classifier into fully convolutional form with
+    `surgery.py convert`, writing to a .part name first."""
+    out = Path(out)
+    if out.exists() and not force:
+        print(f'{net}: {out} already converted')
+        return out
+    if not SURGERY.exists():
+        raise FetchError(f'{net}: {SURGERY} not found; the download is kept at {weights}, '
+                         'run the command again once surgery.py exists')
+    part = out.with_name(out.name + '.part')
+    part.unlink(missing_ok=True)  # left by a failed run; convert will not overwrite
+    cmd = [sys.executable, str(SURGERY), 'convert', '--net', net,
+           '--weights', str(weights), '--out', str(part)]
+    print('$ ' + subprocess.list2cmdline(cmd))
+    if subprocess.run(cmd, cwd=REPO).returncode != 0 or not part.exists():
+        part.unlink(missing_ok=True)
+        raise FetchError(f'{net}: surgery.py convert failed')
+    os.replace(part, out)
+    print(f'{net}: wrote {out}')
+    return out
+
+
+def fetch_weights(name, nets_root, url=None, file=None, convert=True, force=False,
+                  **download_args):
+    dest = weights_path(name, nets_root)
+    if file is not None:
+        adopt(name, SOURCES[name], file, dest=dest)
+    else:
+        download(name, SOURCES[name], dest, url=url, **download_args)
+    if name in ILSVRC_CONVERTED and convert:
+        convert_ilsvrc(name, dest, converted_path(name, nets_root), force=force)
+    return dest

@@ -1,0 +1,96 @@
+"""Class lists and the split files derived from the datasets' own splits."""
+import os
+from pathlib import Path
+
+import datasets
+
+# Relative to the data root; one name per line in model output order.
+CLASS_LISTS = {
+    'pascal/classes.txt': datasets.VOC_CLASSES,
+    'nyud/classes.txt': datasets.NYUD_CLASSES,
+    'sift-flow/classes.txt': datasets.SIFTFLOW_CLASSES,
+    'sift-flow/geo-classes.txt': datasets.SIFTFLOW_GEO_CLASSES,
+    'pascal-context/classes.txt': datasets.CONTEXT_CLASSES,
+}
+
+# The paper's footnote 7: VOC2011 segval minus SBD train.
+SEG11VALID_SIZE = 736
+SIFTFLOW_SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
+
+
+def read_ids(path):
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def write_lines(path, lines):
+    """Write one item a line, atomically (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(''.join(f'{line}\n' for line in lines))
+    os.replace(tmp, path)
+
+
+def write_class_lists(data_root):
+    written = []
+    for rel, names in CLASS_LISTS.items():
+        write_lines(Path(data_root) / rel, names)
+        written.append(Path(data_root) / rel)
+    return written
+
+
+def seg11valid(voc_val_ids, sbd_train_ids):
+    """VOC2011 segmentation val ids not in SBD train, in VOC val order."""
+    sbd_train = set(sbd_train_ids)
+    return [i for i in voc_val_ids if i not in sbd_train]
+
+
+def siftflow_splits(siftflow_dir):
+    """(trainval, test) ids: test from the dataset's TestSet1.txt, trainval
+    every other image; images lacking a semantic or geometric label file
+    (two in the release) are in neither."""
+    root = Path(siftflow_dir)
+    images = sorted(p.stem for p in (root / 'Images' / SIFTFLOW_SUBDIR).glob('*.jpg'))
+    labelled = {i for i in images
+                if (root / 'SemanticLabels' / SIFTFLOW_SUBDIR / f'{i}.mat').exists()
+                and (root / 'GeoLabels' / SIFTFLOW_SUBDIR / f'{i}.mat').exists()}
+    # Lines are image paths, possibly Windows-style: keep the file stem.
+    listed = [Path(line.replace('\\', '/')).stem for line in read_ids(root / 'TestSet1.txt')]
+    test = [i for i in dict.fromkeys(listed) if i in labelled]
+    test_set = set(test)
+    trainval = [i for i in images if i in labelled and i not in test_set]
+    return trainval, test
+
+
+def write_derived_splits(data_root):
+    """Write every split file that can be derived from what is unpacked;
+    return the paths written."""
+    data_root = Path(data_root)
+    written = []
+
+    voc_val = data_root / 'pascal/VOC2011/ImageSets/Segmentation/val.txt'
+    sbd_train = data_root / 'sbdd/dataset/train.txt'
+    if voc_val.exists() and sbd_train.exists():
+        ids = seg11valid(read_ids(voc_val), read_ids(sbd_train))
+        # The VOC data layer reads <voc_dir>/ImageSets/Segmentation/<split>.txt.
+        for path in (voc_val.parent / 'seg11valid.txt', data_root / 'pascal/seg11valid.txt'):
+            write_lines(path, ids)
+            written.append(path)
+        print(f'seg11valid: {len(ids)} images (the real VOC2011 val and SBD train '
+              f'give {SEG11VALID_SIZE})')
+
+    nyud = data_root / 'nyud'
+    if (nyud / 'train.txt').exists() and (nyud / 'val.txt').exists() \
+            and not (nyud / 'trainval.txt').exists():
+        write_lines(nyud / 'trainval.txt', read_ids(nyud / 'train.txt') + read_ids(nyud / 'val.txt'))
+        written.append(nyud / 'trainval.txt')
+
+    siftflow = data_root / 'sift-flow'
+    if (siftflow / 'TestSet1.txt').exists() and not (siftflow / 'test.txt').exists():
+        trainval, test = siftflow_splits(siftflow)
+        write_lines(siftflow / 'trainval.txt', trainval)
+        write_lines(siftflow / 'test.txt', test)
+        written += [siftflow / 'trainval.txt', siftflow / 'test.txt']
+        print(f'sift-flow: {len(trainval)} trainval, {len(test)} test images')
+    return written
