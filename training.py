@@ -130,8 +130,9 @@ def _source_proto(model, weights_path):
 class Snapshots:
     """Complete snapshots in a folder, with an atomic `latest.json` pointer."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, prefix=None):
         self.folder = folder
+        self.prefix = prefix or os.path.join(folder, 'train')  # the solver's snapshot_prefix
         self.pointer = os.path.join(folder, 'latest.json')
 
     def latest(self):
@@ -152,7 +153,7 @@ class Snapshots:
     def save(self, solver):
         """Snapshot the solver; point latest.json at it once it is on disk."""
         solver.snapshot()
-        prefix = f'{solver_prefix(solver)}_iter_{solver.iter}'
+        prefix = f'{self.prefix}_iter_{solver.iter}'
         entry = {'iteration': solver.iter}
         for key, ext in (('solverstate', '.solverstate'), ('caffemodel', '.caffemodel')):
             path = prefix + ext
@@ -175,10 +176,6 @@ def _fsync(path):
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def solver_prefix(solver):
-    return solver.param.snapshot_prefix if hasattr(solver, 'param') else os.path.join(SNAPSHOT_DIR, 'train')
 
 
 # --------------------------------------------------------------- progress
@@ -207,7 +204,7 @@ class Progress:
         import matplotlib.pyplot as plt
         losses = [(r['iteration'], r['loss']) for r in self.records if 'loss' in r]
         ious = [(r['iteration'], m['mean_iu']) for r in self.records
-                for m in r.get('metrics', {}).values()]
+                for m in r.get('metrics', {}).values() if m['mean_iu'] is not None]
         fig, ax = plt.subplots(figsize=(7, 4))
         if losses:
             ax.plot(*zip(*losses), color='tab:blue', label='training loss')
@@ -246,21 +243,20 @@ def make_solver(model, test_interval, max_iter):
         solver = caffe.SGDSolver(path)
     finally:
         os.remove(path)
-    solver.param = param  # pycaffe does not expose it
-    return solver
+    return solver, param  # pycaffe exposes few of the solver's settings
 
 
 def data_layers(net):
     return [layer for layer in net.layers if hasattr(layer, 'seek')]
 
 
-def position_data(solver, iteration):
+def position_data(solver, param, iteration):
     """Put the training data where an uninterrupted run would be at
     `iteration`, and derive Caffe's random state (dropout) from it."""
     import caffe
     caffe.set_random_seed(SEED + iteration)
     for layer in data_layers(solver.net):
-        layer.seek(iteration * solver.param.iter_size)
+        layer.seek(iteration * param.iter_size)
 
 
 def loss_blobs(model):
@@ -305,10 +301,9 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
         caffe.set_mode_cpu()
     test_interval = test_interval or model.source.test_interval
     max_iter = max_iter or model.max_iter
-    snapshots = Snapshots(SNAPSHOT_DIR)
-    os.makedirs(SNAPSHOT_DIR, exist_ok=True)
 
-    solver = make_solver(model, test_interval, max_iter)
+    solver, param = make_solver(model, test_interval, max_iter)
+    snapshots = Snapshots(SNAPSHOT_DIR, param.snapshot_prefix)
     if resume:
         state = snapshots.latest()['solverstate'] if resume is True else os.path.abspath(resume)
         if resume is True and state is None:
@@ -329,7 +324,7 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
     window = []
     try:
         while solver.iter < max_iter:
-            position_data(solver, solver.iter)  # at each snapshot boundary
+            position_data(solver, param, solver.iter)  # at each snapshot boundary
             stop = min(max_iter, (solver.iter // test_interval + 1) * test_interval)
             while solver.iter < stop:
                 solver.step(1)
@@ -343,7 +338,7 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
                 window.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f'{loss:.4g}')
-                if solver.iter % solver.param.display == 0 if solver.param.display else False:
+                if param.display and solver.iter % param.display == 0:
                     progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
                                       seconds=round(time.time() - t0, 3)))
                     window = []

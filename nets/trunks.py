@@ -48,22 +48,9 @@ def vgg16(n, data, suffix='', train=True, param=LEARNED, fully_conv=True, first_
         n[name(f'pool{block}')] = top = max_pool(top)
     features = {'pool3': n[name('pool3')], 'pool4': n[name('pool4')]}
 
-    fc_width = channels(VGG16_FC_WIDTH)
-    if fully_conv:  # fc6 -> 7x7 convolution, fc7 -> 1x1 convolution
-        n[name('fc6')], n[name('relu6')] = conv_relu(top, fc_width, ks=7, pad=0, param=param, filler=filler)
-    else:
-        n[name('fc6')], n[name('relu6')] = fc_relu(top, fc_width, param=param, filler=filler)
-    top = n[name('relu6')]
-    if train:
-        n[name('drop6')] = top = dropout(top)
-    if fully_conv:
-        n[name('fc7')], n[name('relu7')] = conv_relu(top, fc_width, ks=1, pad=0, param=param, filler=filler)
-    else:
-        n[name('fc7')], n[name('relu7')] = fc_relu(top, fc_width, param=param, filler=filler)
-    top = n[name('relu7')]
-    if train:
-        n[name('drop7')] = top = dropout(top)
-    features['fc7'] = top
+    # fc6 is a 7x7 convolution over pool5, fc7 a 1x1 one.
+    features['fc7'] = classifier_layers(n, top, name, channels(VGG16_FC_WIDTH), 7, train, param,
+                                        fully_conv, filler)
     return features
 
 
@@ -85,15 +72,22 @@ def caffenet(n, data, suffix='', train=True, param=LEARNED, fully_conv=True):
     n[name('conv4')], n[name('relu4')] = conv_relu(n[name('relu3')], 384, group=2, param=param)
     n[name('conv5')], n[name('relu5')] = conv_relu(n[name('relu4')], 256, group=2, param=param)
     n[name('pool5')] = top = max_pool(n[name('relu5')], ks=3, stride=2)
-    for fc, relu, drop, ks in (('fc6', 'relu6', 'drop6', 6), ('fc7', 'relu7', 'drop7', 1)):
+    return {'fc7': classifier_layers(n, top, name, 4096, 6, train, param, fully_conv)}
+
+
+def classifier_layers(n, top, name, width, fc6_kernel, train, param, fully_conv, filler=None):
+    """fc6 and fc7 with ReLU (and dropout 0.5 in training nets): fully
+    connected as in the classifier, or recast as convolutions (fc6 covers
+    the whole pool5 window, fc7 is 1x1) in the FCN. Returns fc7's top."""
+    for fc, relu, drop, ks in (('fc6', 'relu6', 'drop6', fc6_kernel), ('fc7', 'relu7', 'drop7', 1)):
         if fully_conv:
-            n[name(fc)], n[name(relu)] = conv_relu(top, 4096, ks=ks, pad=0, param=param)
+            n[name(fc)], n[name(relu)] = conv_relu(top, width, ks=ks, pad=0, param=param, filler=filler)
         else:
-            n[name(fc)], n[name(relu)] = fc_relu(top, 4096, param=param)
+            n[name(fc)], n[name(relu)] = fc_relu(top, width, param=param, filler=filler)
         top = n[name(relu)]
         if train:
             n[name(drop)] = top = dropout(top)
-    return {'fc7': top}
+    return top
 
 
 # GoogLeNet inception widths: 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj.
