@@ -305,10 +305,11 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
     solver, param = make_solver(model, test_interval, max_iter)
     snapshots = Snapshots(SNAPSHOT_DIR, param.snapshot_prefix)
     if resume:
-        state = snapshots.latest()['solverstate'] if resume is True else os.path.abspath(resume)
-        if resume is True and state is None:
+        latest = snapshots.latest() if resume is True else {'solverstate': os.path.abspath(resume)}
+        if latest is None:
             raise TrainingError(f'no complete snapshot in {os.path.abspath(SNAPSHOT_DIR)}: '
                                 'start without --resume')
+        state = latest['solverstate']
         if not os.path.isfile(state):
             raise TrainingError(f'--resume {state}: no such solverstate')
         solver.restore(state)
@@ -342,11 +343,12 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
                     progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
                                       seconds=round(time.time() - t0, 3)))
                     window = []
-            snapshot = snapshots.save(solver)
+            # Log before snapshotting: a kill in between resumes from the
+            # previous snapshot and drops this record with the work.
             metrics = evaluate(solver, model, examples) if examples else {}
             progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
-                              metrics=metrics, seconds=round(time.time() - t0, 3),
-                              snapshot=snapshot['caffemodel']))
+                              metrics=metrics, seconds=round(time.time() - t0, 3)))
+            snapshots.save(solver)
             window = []
             progress.plot(model.name)
     except KeyboardInterrupt:
