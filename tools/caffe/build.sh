@@ -3,7 +3,7 @@
 # it into the project's virtual environment.
 #
 #   tools/caffe/build.sh [--cuda] [--cuda-arch "90"] [--cudnn] [--venv DIR]
-#                        [--jobs N] [--force] [--info]
+#                        [--jobs N] [--force] [--no-install] [--print-dir] [--info]
 #
 # Source: Debian's `caffe` source package 1.0.0+git20180821.99bd997-8 (its orig
 # tarball is byte-for-byte BVLC/caffe at commit 99bd997, checked by sha256), or
@@ -17,11 +17,19 @@
 # the same key only (re)installs into the venv: seconds.
 #
 # Options:
-#   --cuda            GPU build (CPU_ONLY=OFF). Needs the CUDA toolkit; the
-#                     CUDA-13 source patches are listed in patches/series.cuda.
+#   --cuda            GPU build (CPU_ONLY=OFF). Needs nvcc (CUDA_TOOLKIT_ROOT_DIR,
+#                     default /usr/local/cuda); the CUDA-13 source patches are
+#                     listed in patches/series.cuda. When the toolkit
+#                     lacks cuBLAS / cuRAND (/ cuDNN), the pinned NVIDIA wheels
+#                     below are installed under the cache and combined with it
+#                     into one toolkit root (symbolic links), used for the build.
 #   --cuda-arch LIST  space-separated compute capabilities, e.g. "75 80 86 89 90"
 #                     (default: $CUDA_ARCH or "90"; the highest also gets PTX).
-#   --cudnn           build with cuDNN (only with --cuda).
+#   --cudnn           build with cuDNN (only with --cuda; CUDNN_ROOT=DIR for one
+#                     outside the toolkit); cuDNN-9 patches: patches/series.cudnn.
+#   --no-install      build (or find) the cached build, leave the venv as it is.
+#   --print-dir       as --no-install, then print only the build's cache folder
+#                     on stdout (progress goes to stderr); for scripts.
 #   --venv DIR        virtual environment to install into (default: <repo>/.venv).
 #   --jobs N          parallel compile jobs (default: number of cores).
 #   --force           rebuild even when the cache holds this key.
@@ -37,9 +45,15 @@ ORIG_TARBALL="caffe_1.0.0+git20180821.99bd997.orig.tar.gz"
 ORIG_SHA256="e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c"
 # Bump when a change to this recipe changes what gets built (part of the key).
 RECIPE_VERSION=1
+# CUDA builds only: their own recipe version and the NVIDIA wheels (cuBLAS,
+# cuRAND, cuDNN) used when the CUDA toolkit lacks those libraries.
+CUDA_RECIPE_VERSION=1
+CUDA_WHEEL_CUBLAS="nvidia-cublas==13.0.2.14"
+CUDA_WHEEL_CURAND="nvidia-curand==10.4.0.35"
+CUDA_WHEEL_CUDNN="nvidia-cudnn-cu13==9.28.0.42"
 
 CUDA=0; CUDNN=0; CUDA_ARCH_LIST="${CUDA_ARCH:-90}"
-VENV="$REPO/.venv"; JOBS="$(nproc)"; FORCE=0; INFO=0
+VENV="$REPO/.venv"; JOBS="$(nproc)"; FORCE=0; INFO=0; INSTALL=1; PRINT_DIR=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) CUDA=1 ;;
@@ -48,6 +62,8 @@ while [ $# -gt 0 ]; do
     --venv) VENV="$(cd "$2" && pwd)"; shift ;;
     --jobs) JOBS="$2"; shift ;;
     --force) FORCE=1 ;;
+    --no-install) INSTALL=0 ;;
+    --print-dir) INSTALL=0; PRINT_DIR=1 ;;
     --info) INFO=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -55,6 +71,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ "$CUDNN" = 1 ] && [ "$CUDA" = 0 ] && { echo "build.sh: --cudnn needs --cuda" >&2; exit 2; }
+if [ "$PRINT_DIR" = 1 ]; then exec 3>&1 1>&2; fi   # stdout: the folder alone
 
 PY="$VENV/bin/python"
 [ -x "$PY" ] || { echo "build.sh: no virtual environment at $VENV (run 'make venv' first)" >&2; exit 2; }
@@ -94,6 +111,7 @@ debian_series() { # the Debian series file lists each patch once, in order
 project_series() {
   local f="$HERE/patches/series"
   [ "$CUDA" = 1 ] && f="$f $HERE/patches/series.cuda"
+  [ "$CUDNN" = 1 ] && f="$f $HERE/patches/series.cudnn"
   cat $f 2>/dev/null | grep -v '^\s*#' | sed '/^\s*$/d'
 }
 
@@ -151,20 +169,74 @@ CMAKE_OPTS=(
   # libcaffe is installed next to _caffe.so and the caffe tool: find it there.
   -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$ORIGIN:$ORIGIN/../lib'
 )
+CUDA_KEY_INFO=""
 if [ "$CUDA" = 1 ]; then
+  # ---- the CUDA toolkit: nvcc + runtime from CUDA_TOOLKIT_ROOT_DIR, plus the
+  # pinned NVIDIA wheels for whatever of cuBLAS / cuRAND / cuDNN it lacks.
+  CUDA_BASE="$(readlink -f "${CUDA_TOOLKIT_ROOT_DIR:-/usr/local/cuda}")"
+  [ -x "$CUDA_BASE/bin/nvcc" ] || {
+    echo "build.sh: no nvcc in $CUDA_BASE/bin: install the CUDA toolkit or set CUDA_TOOLKIT_ROOT_DIR" >&2; exit 2; }
+  NVCC_VERSION="$("$CUDA_BASE/bin/nvcc" --version | grep -o 'V[0-9][0-9.]*' | tail -n1)"
+  tk_has() { # $1 header, $2 library name: both in the toolkit?
+    { [ -e "$CUDA_BASE/include/$1" ] || [ -e "$CUDA_BASE/targets/x86_64-linux/include/$1" ]; } &&
+      ls "$CUDA_BASE"/lib64/lib"$2".so* "$CUDA_BASE"/targets/x86_64-linux/lib/lib"$2".so* >/dev/null 2>&1
+  }
+  WHEELS=()
+  tk_has cublas_v2.h cublas || WHEELS+=("$CUDA_WHEEL_CUBLAS")
+  tk_has curand.h curand || WHEELS+=("$CUDA_WHEEL_CURAND")
+  if [ "$CUDNN" = 1 ] && [ -z "${CUDNN_ROOT:-}" ]; then tk_has cudnn.h cudnn || WHEELS+=("$CUDA_WHEEL_CUDNN"); fi
+  CUDA_ROOT="$CUDA_BASE"
+  if [ "${#WHEELS[@]}" -gt 0 ]; then
+    TK_ID="$(echo "$CUDA_BASE $NVCC_VERSION ${WHEELS[*]} $CUDA_RECIPE_VERSION" | sha256sum | cut -c1-12)"
+    TK="$CACHE_ROOT/toolkit/$TK_ID"
+    CUDA_ROOT="$TK/root"
+    if [ ! -f "$TK/.complete" ]; then
+      step "assembling a CUDA toolkit root in $TK: $CUDA_BASE ($NVCC_VERSION) + ${WHEELS[*]}"
+      rm -rf "$TK" && mkdir -p "$TK/root/include" "$TK/root/lib" "$TK/root/targets/x86_64-linux"
+      "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
+        --target "$TK/wheels" "${WHEELS[@]}"
+      for e in "$CUDA_BASE"/*; do # everything but include/ and lib*/ is the toolkit's own
+        case "$(basename "$e")" in include|lib|lib64|targets) ;; *) ln -s "$e" "$TK/root/" ;; esac
+      done
+      for d in "$CUDA_BASE"/include "$TK"/wheels/nvidia/*/include; do
+        for f in "$d"/*; do ln -sfn "$f" "$TK/root/include/"; done
+      done
+      for d in "$CUDA_BASE"/lib64 "$TK"/wheels/nvidia/*/lib; do
+        for f in "$d"/*; do ln -sfn "$f" "$TK/root/lib/"; done
+      done
+      # the wheels ship only versioned libraries (libcublas.so.13): add the names the linker looks for
+      for f in "$TK"/root/lib/lib*.so.[0-9]*; do
+        n="${f%%.so.*}.so"; [ -e "$n" ] || ln -s "$(basename "$f")" "$n"
+      done
+      ln -s lib "$TK/root/lib64"
+      ln -s ../../include "$TK/root/targets/x86_64-linux/include"
+      ln -s ../../lib "$TK/root/targets/x86_64-linux/lib"
+      touch "$TK/.complete"
+    fi
+  fi
+  CUDA_KEY_INFO="cuda $CUDA_BASE $NVCC_VERSION ${WHEELS[*]} recipe $CUDA_RECIPE_VERSION"
   ARCHS=($CUDA_ARCH_LIST)
+  for i in "${!CMAKE_OPTS[@]}"; do # the caffe tool and _caffe.so also find cuBLAS & co. in the toolkit root
+    case "${CMAKE_OPTS[$i]}" in -DCMAKE_INSTALL_RPATH=*) CMAKE_OPTS[$i]="${CMAKE_OPTS[$i]}:$CUDA_ROOT/lib" ;; esac
+  done
   CMAKE_OPTS+=(-DCPU_ONLY=OFF -DCUDA_ARCH_NAME=Manual "-DCUDA_ARCH_BIN=${CUDA_ARCH_LIST}"
-               "-DCUDA_ARCH_PTX=${ARCHS[${#ARCHS[@]}-1]}" -DUSE_CUDNN=$([ "$CUDNN" = 1 ] && echo ON || echo OFF))
-  [ -n "${CUDA_TOOLKIT_ROOT_DIR:-}" ] && CMAKE_OPTS+=("-DCUDA_TOOLKIT_ROOT_DIR=$CUDA_TOOLKIT_ROOT_DIR")
+               "-DCUDA_ARCH_PTX=${ARCHS[${#ARCHS[@]}-1]}" -DUSE_CUDNN=$([ "$CUDNN" = 1 ] && echo ON || echo OFF)
+               "-DCUDA_TOOLKIT_ROOT_DIR=$CUDA_ROOT"
+               # CUDA 13's thrust/cub (CCCL) need C++17: say so for g++ and nvcc alike
+               -DCMAKE_CXX_STANDARD=17 -DCMAKE_CXX_STANDARD_REQUIRED=ON -DCUDA_NVCC_FLAGS=-std=c++17)
+  [ -n "${CUDNN_ROOT:-}" ] && CMAKE_OPTS+=("-DCUDNN_ROOT=$CUDNN_ROOT")
 else
   CMAKE_OPTS+=(-DCPU_ONLY=ON -DUSE_CUDNN=OFF)
 fi
 
 PROJECT_PATCHES="$(project_series)"
 KEY="$( {
-  echo "$SRC_ID"; echo "python $PYVER numpy $NUMPY_VER"; printf '%s\n' "${CMAKE_OPTS[@]}"
+  # The venv's path is left out: any clone's venv with the same Python and
+  # numpy versions shares the build.
+  echo "$SRC_ID"; echo "python $PYVER numpy $NUMPY_VER"; printf '%s\n' "${CMAKE_OPTS[@]}" | grep -v '^-DPYTHON_EXECUTABLE='
   for p in $PROJECT_PATCHES; do echo "$p"; cat "$HERE/patches/$p"; done
   echo "recipe $RECIPE_VERSION"
+  if [ -n "$CUDA_KEY_INFO" ]; then echo "$CUDA_KEY_INFO"; fi   # CUDA builds only
 } | sha256sum | cut -c1-16)"
 VARIANT="$([ "$CUDA" = 1 ] && echo cuda || echo cpu)"
 KEYDIR="$CACHE_ROOT/$VARIANT-$KEY"
@@ -172,6 +244,9 @@ DIST="$KEYDIR/dist"
 LOG="$KEYDIR/build.log"
 
 # ------------------------------------------------------------------ build
+# One run per cache key at a time: a second one waits, then finds the build.
+exec 9>"$CACHE_ROOT/.$VARIANT-$KEY.lock"
+if ! flock -n 9; then step "another run is building $KEYDIR: waiting for it"; flock 9; fi
 if [ "$FORCE" = 1 ] || [ ! -f "$DIST/.complete" ]; then
   rm -rf "$KEYDIR/src" "$DIST"
   mkdir -p "$KEYDIR/src" "$KEYDIR/build"
@@ -201,7 +276,10 @@ if [ "$FORCE" = 1 ] || [ ! -f "$DIST/.complete" ]; then
     echo "build.sh: CMake configuration failed; last lines of $LOG:" >&2; tail -n 30 "$LOG" >&2; exit 1
   fi
   step "compiling caffe, pycaffe and the caffe tool with $JOBS jobs (about 10 minutes on 2 cores; log: $LOG)"
-  if ! make -C "$KEYDIR/build" -j"$JOBS" caffe pycaffe caffe.bin >>"$LOG" 2>&1; then
+  # One goal per make call: CMake's top-level Makefile races when several
+  # goals that share libcaffe are built in parallel.
+  if ! { make -C "$KEYDIR/build" -j"$JOBS" caffe && make -C "$KEYDIR/build" -j"$JOBS" pycaffe &&
+         make -C "$KEYDIR/build" -j"$JOBS" caffe.bin; } >>"$LOG" 2>&1; then
     echo "build.sh: compilation failed. First error:" >&2
     grep -m1 -B2 -A6 -E 'error:|Error [0-9]+|undefined reference' "$LOG" >&2 || tail -n 30 "$LOG" >&2
     echo "build.sh: full log: $LOG" >&2
@@ -230,6 +308,11 @@ else
 fi
 
 # ------------------------------------------------------- install into venv
+if [ "$INSTALL" = 0 ]; then
+  step "built, not installed (--no-install): $KEYDIR"
+  if [ "$PRINT_DIR" = 1 ]; then echo "$KEYDIR" >&3; fi
+  exit 0
+fi
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 INSTALLED_KEY="$(cat "$SITE/caffe/.build-key" 2>/dev/null || true)"
 if [ "$INSTALLED_KEY" != "$VARIANT-$KEY" ] || [ "$FORCE" = 1 ]; then
