@@ -237,3 +237,23 @@ def test_write_regenerates_a_folder(tmp_path):
     model.write(str(tmp_path))
     for name, text in model.prototxts().items():
         assert (tmp_path / name).read_text() == text
+
+
+@pytest.mark.parametrize('name', ['voc-fcn32s', 'voc-fcn8s'])
+def test_val_net_runs_on_fixture_data(tmp_path, name, monkeypatch):
+    """The committed val net, as is, reads VOC-layout data from ../data and
+    scores every pixel of each image."""
+    from test_training import write_voc
+    write_voc(str(tmp_path / 'nets' / 'data' / 'pascal' / 'VOC2011'), n_train=1, n_val=2)
+    os.rename(tmp_path / 'nets' / 'data' / 'pascal' / 'VOC2011' / 'ImageSets' / 'Segmentation' / 'val.txt',
+              tmp_path / 'nets' / 'data' / 'pascal' / 'VOC2011' / 'ImageSets' / 'Segmentation' / 'seg11valid.txt')
+    folder = tmp_path / 'nets' / name
+    folder.mkdir()
+    (folder / 'val.prototxt').write_text(open(os.path.join(nets.NETS_DIR, name, 'val.prototxt')).read())
+    monkeypatch.chdir(folder)
+    net = caffe.Net('val.prototxt', caffe.TEST)
+    for _ in range(2):
+        net.forward()
+        assert net.blobs['score'].data.shape[2:] == net.blobs['label'].data.shape[2:]
+        assert net.blobs['score'].data.shape[1] == 21
+        assert np.isfinite(float(net.blobs['loss'].data))
