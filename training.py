@@ -289,16 +289,22 @@ def evaluate(solver, model, examples):
 
 
 def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, mode='cpu',
-          gpus=(0,), val_limit=None, quiet=False):
-    """Train the model in `folder`. Returns the Progress records."""
+          gpus=(0,), val_limit=None, quiet=False, nccl_uid=None, rank=0):
+    """Train the model in `folder`. Returns the Progress records.
+    With `nccl_uid`, this process is solver `rank` of len(gpus) (see
+    train_parallel): only rank 0 scores, snapshots and logs."""
     import caffe
     model = nets.load(folder)
     os.chdir(model.folder)  # prototxt paths are relative to the folder
     if mode == 'gpu':
-        caffe.set_device(gpus[0])
+        caffe.set_device(gpus[rank])
         caffe.set_mode_gpu()
     else:
         caffe.set_mode_cpu()
+    if nccl_uid is not None:
+        caffe.set_solver_count(len(gpus))
+        caffe.set_solver_rank(rank)
+        caffe.set_multiprocess(True)
     test_interval = test_interval or model.source.test_interval
     max_iter = max_iter or model.max_iter
 
@@ -315,12 +321,19 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
         solver.restore(state)
     else:
         initialize(solver, model, {'': weights} if weights else start_weights(model))
+    if nccl_uid is not None:  # Caffe's data parallelism: share weights, sum gradients
+        nccl = caffe.NCCL(solver, nccl_uid)
+        nccl.bcast()
+        solver.add_callback(nccl)
+        if solver.param.layer_wise_reduce:
+            solver.net.after_backward(nccl)
+    leader = rank == 0
     start = solver.iter
     progress = Progress(SNAPSHOT_DIR, resume_iter=start if resume else None)
     examples = val_examples(solver, val_limit)
     losses = loss_blobs(model)
     t0 = time.time()
-    bar = tqdm(total=max_iter, initial=start, desc=model.name, unit='it', disable=quiet,
+    bar = tqdm(total=max_iter, initial=start, desc=model.name, unit='it', disable=quiet or not leader,
                dynamic_ncols=True)
     window = []
     try:
@@ -343,6 +356,8 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
                     progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
                                       seconds=round(time.time() - t0, 3)))
                     window = []
+            if not leader:
+                continue
             # Log before snapshotting: a kill in between resumes from the
             # previous snapshot and drops this record with the work.
             metrics = evaluate(solver, model, examples) if examples else {}
@@ -352,6 +367,8 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
             window = []
             progress.plot(model.name)
     except KeyboardInterrupt:
+        if not leader:
+            raise
         # Interrupted between iterations: keep the work done so far.
         entry = snapshots.save(solver)
         print(f'\ninterrupted: snapshot at iteration {entry["iteration"]} '
@@ -360,6 +377,37 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
     finally:
         bar.close()
     return progress.records
+
+
+def _parallel_worker(folder, gpus, rank, uid, args):
+    try:
+        train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
+              resume=args.resume, mode='gpu', gpus=gpus, val_limit=args.val_limit,
+              nccl_uid=uid, rank=rank)
+    except TrainingError as e:
+        sys.exit(f'solve.py (GPU {gpus[rank]}): {e}')
+
+
+def train_parallel(folder, gpus, args):
+    """Caffe's own multi-GPU training (as its python/train.py): one process
+    per GPU, NCCL summing gradients; each Python data layer reads its share
+    of the sequence (layers.py: every solver_count-th example)."""
+    import multiprocessing
+    import caffe
+    if not caffe.has_nccl():
+        raise TrainingError('several --gpu ids need a Caffe built with NCCL (USE_NCCL=ON); '
+                            'this build has none: train on one GPU')
+    uid = caffe.NCCL.new_uid()
+    context = multiprocessing.get_context('spawn')  # a fresh CUDA context per process
+    procs = [context.Process(target=_parallel_worker, args=(folder, gpus, rank, uid, args))
+             for rank in range(len(gpus))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [gpus[i] for i, p in enumerate(procs) if p.exitcode]
+    if failed:
+        raise TrainingError(f'training failed on GPU(s) {failed}')
 
 
 def parse_args(argv):
@@ -384,8 +432,7 @@ def main(folder, argv=None):
     gpus = [int(g) for g in args.gpu.split(',')] if args.gpu else []
     try:
         if len(gpus) > 1:
-            import parallel
-            parallel.train(folder, gpus, args)
+            train_parallel(folder, gpus, args)
         else:
             train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
                   resume=args.resume, mode='gpu' if gpus else 'cpu', gpus=gpus or (0,),

@@ -219,3 +219,11 @@ def test_resume_without_snapshot_is_an_error(workspace):
     folder = make_model(workspace, 'fresh')
     with pytest.raises(training.TrainingError, match='no complete snapshot'):
         training.train(folder, max_iter=4, test_interval=2, resume=True, quiet=True)
+
+
+def test_several_gpus_need_an_nccl_build(workspace):
+    folder = make_model(workspace, 'multi-gpu')
+    if caffe.has_nccl():
+        pytest.skip('this Caffe has NCCL; multi-GPU needs GPUs to test')
+    with pytest.raises(SystemExit, match='NCCL'):
+        training.main(folder, ['--gpu', '0,1'])
