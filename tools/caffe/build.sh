@@ -193,16 +193,26 @@ if [ "$CUDA" = 1 ]; then
     if [ ! -f "$TK/.complete" ]; then
       step "assembling a CUDA toolkit root in $TK: $CUDA_BASE ($NVCC_VERSION) + ${WHEELS[*]}"
       rm -rf "$TK" && mkdir -p "$TK/root/include" "$TK/root/lib" "$TK/root/targets/x86_64-linux"
-      "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
-        --target "$TK/wheels" "${WHEELS[@]}"
+      WHEEL_DIRS=()
+      for w in "${WHEELS[@]}"; do # each pinned wheel installed once, shared by the toolkit roots
+        wd="$CACHE_ROOT/toolkit/wheels/$w"
+        if [ ! -f "$wd/.complete" ]; then
+          rm -rf "$wd"
+          "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-compile --target "$wd" "$w"
+          touch "$wd/.complete"
+        fi
+        WHEEL_DIRS+=("$wd")
+      done
       for e in "$CUDA_BASE"/*; do # everything but include/ and lib*/ is the toolkit's own
         case "$(basename "$e")" in include|lib|lib64|targets) ;; *) ln -s "$e" "$TK/root/" ;; esac
       done
-      for d in "$CUDA_BASE"/include "$TK"/wheels/nvidia/*/include; do
-        for f in "$d"/*; do ln -sfn "$f" "$TK/root/include/"; done
+      INC_DIRS=("$CUDA_BASE/include"); LIB_DIRS=("$CUDA_BASE/lib64")
+      for wd in "${WHEEL_DIRS[@]}"; do INC_DIRS+=("$wd"/nvidia/*/include); LIB_DIRS+=("$wd"/nvidia/*/lib); done
+      for d in "${INC_DIRS[@]}"; do
+        if [ -d "$d" ]; then for f in "$d"/*; do ln -sfn "$f" "$TK/root/include/"; done; fi
       done
-      for d in "$CUDA_BASE"/lib64 "$TK"/wheels/nvidia/*/lib; do
-        for f in "$d"/*; do ln -sfn "$f" "$TK/root/lib/"; done
+      for d in "${LIB_DIRS[@]}"; do
+        if [ -d "$d" ]; then for f in "$d"/*; do ln -sfn "$f" "$TK/root/lib/"; done; fi
       done
       # the wheels ship only versioned libraries (libcublas.so.13): add the names the linker looks for
       for f in "$TK"/root/lib/lib*.so.[0-9]*; do
