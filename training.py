@@ -224,8 +224,9 @@ class Progress:
 
 # ------------------------------------------------------------------ solver
 def make_solver(model, test_interval, max_iter):
-    """An SGDSolver from the folder's solver.prototxt; Caffe's own snapshots
-    are turned off because this loop writes them (atomically)."""
+    """The solver of the folder's solver.prototxt (SGD unless it names
+    another type); Caffe's own snapshots are turned off because this loop
+    writes them (atomically)."""
     import caffe
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
@@ -240,7 +241,7 @@ def make_solver(model, test_interval, max_iter):
     with os.fdopen(fd, 'w') as f:
         f.write(text_format.MessageToString(param))
     try:
-        solver = caffe.SGDSolver(path)
+        solver = caffe.get_solver(path)
     finally:
         os.remove(path)
     return solver, param  # pycaffe exposes few of the solver's settings

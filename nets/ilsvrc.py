@@ -18,13 +18,16 @@ INPUT_SIZE = {'vgg16': 224, 'caffenet': 227}  # the classifiers' crop sizes
 FCN_INPUT_SIZE = 500
 
 
-def ilsvrc_net(trunk, fully_conv):
+def ilsvrc_net(trunk, fully_conv, num_classes=ILSVRC_CLASSES, **trunk_options):
+    """`num_classes` and `trunk_options` (VGG16's width and filler) are for
+    the offline mini-reproduction's small classifier; the defaults give the
+    published nets."""
     n = caffe.NetSpec()
     size = FCN_INPUT_SIZE if fully_conv else INPUT_SIZE[trunk]
     n.data = L.Input(name='input', shape=[dict(dim=[1, 3, size, size])])
-    fc7 = TRUNKS[trunk](n, n.data, train=False, fully_conv=fully_conv)['fc7']
-    n.fc8 = blocks.score(fc7, ILSVRC_CLASSES) if fully_conv else \
-        L.InnerProduct(fc7, num_output=ILSVRC_CLASSES, param=blocks.LEARNED)
+    fc7 = TRUNKS[trunk](n, n.data, train=False, fully_conv=fully_conv, **trunk_options)['fc7']
+    n.fc8 = blocks.score(fc7, num_classes) if fully_conv else \
+        L.InnerProduct(fc7, num_output=num_classes, param=blocks.LEARNED)
     n.prob = L.Softmax(n.fc8)
     return n
 

@@ -31,6 +31,7 @@ class Model:
     trunk_filler: str = ''          # weight filler for training a trunk from scratch
     normalize_loss: bool = False    # reference: summed loss, tiny lr
     momentum: float = 0.99
+    solver_type: str = 'SGD'        # Caffe solver type; the reference release uses SGD
     iter_size: int = 1
     weight_decay: float = 5e-4
     max_iter: int = 100000          # reference solve.py: 25 x 4,000 for VOC
@@ -69,6 +70,7 @@ class Model:
             f'base_lr: {self.base_lr:g}',
             f'momentum: {self.momentum:g}',
             f'iter_size: {self.iter_size}',
+            *([f'type: "{self.solver_type}"'] if self.solver_type != 'SGD' else []),
             f'max_iter: {self.max_iter}',
             f'weight_decay: {self.weight_decay:g}',
             f'snapshot: {self.source.test_interval}',

@@ -177,20 +177,30 @@ def test_nan_loss_stops_with_the_promised_message(workspace):
         assert all(np.isfinite(b).all() for b in blobs)
 
 
+def run_training(folder, steps, interval, resume=False, wait=True):
+    """Train in a subprocess with single-threaded BLAS, so runs are
+    bit-for-bit repeatable (multithreaded reductions may reorder sums)."""
+    code = textwrap.dedent(f'''
+        import training
+        training.train({folder!r}, max_iter={steps}, test_interval={interval}, resume={resume},
+                       quiet=True)
+    ''')
+    env = dict(os.environ, GLOG_minloglevel='2', OPENBLAS_NUM_THREADS='1', OMP_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, '-c', code], env=env)
+    if wait:
+        assert proc.wait() == 0
+    return proc
+
+
 def test_resume_after_sigkill_ends_with_identical_weights(workspace):
     steps, interval = 24, 8
     reference = make_model(workspace, 'uninterrupted')
-    training.train(reference, max_iter=steps, test_interval=interval, quiet=True)
+    run_training(reference, steps, interval)
     expected = weights_of(training.Snapshots(os.path.join(reference, 'snapshot')).latest()['caffemodel'],
                           reference)
 
     folder = make_model(workspace, 'killed')
-    code = textwrap.dedent(f'''
-        import training
-        training.train({folder!r}, max_iter={steps}, test_interval={interval}, quiet=True)
-    ''')
-    env = dict(os.environ, GLOG_minloglevel='2')
-    proc = subprocess.Popen([sys.executable, '-c', code], env=env)
+    proc = run_training(folder, steps, interval, wait=False)
     pointer = os.path.join(folder, 'snapshot', 'latest.json')
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -203,7 +213,7 @@ def test_resume_after_sigkill_ends_with_identical_weights(workspace):
     killed_at = json.load(open(pointer))['iteration']
     assert interval <= killed_at < steps
 
-    training.train(folder, max_iter=steps, test_interval=interval, resume=True, quiet=True)
+    run_training(folder, steps, interval, resume=True)
     resumed = training.Snapshots(os.path.join(folder, 'snapshot')).latest()
     assert resumed['iteration'] == steps
     got = weights_of(resumed['caffemodel'], folder)

@@ -1,0 +1,545 @@
+"""The FCN recipe in miniature, offline, on the CPU: the paper's Table 2 on
+synthetic data, with the project's own nets/, layers.py, surgery.py,
+training.py, score.py and infer.py.
+
+    python minirepro.py [--out out/minirepro] [--seed 0] [--seeds 3] [--jobs 2] [--quick]
+
+For each seed:
+ 1. synthetic.py writes a VOC-layout segmentation set and a set of object
+    crops (the stand-in for ILSVRC);
+ 2. a narrow VGG16 classifier (fully connected fc6/fc7, 224 x 224 input) is
+    trained on the crops, then convolutionalized by surgery.convolutionalize
+    into its fully convolutional twin: the FCNs' start weights;
+ 3. model folders (net.py + prototxts from nets' Model) are trained by
+    training.train: FCN-32s-fixed (only the score layer learns), FCN-32s,
+    FCN-16s from FCN-32s, FCN-8s from FCN-16s, and all-at-once FCN-8s;
+ 4. every net is scored on val (score.py's metrics, during training).
+Then the table (mean and spread over seeds) goes to table.md / results.json,
+with curves.png (training curves), figure4.png (a val image, its ground
+truth, the 32s/16s/8s predictions) and infer/ (infer.py on that image).
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+
+# Small convolutions gain nothing from BLAS threads; seeds run in parallel
+# processes instead (--jobs). Must precede the first `import caffe`.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+os.environ.setdefault('GLOG_minloglevel', '2')
+
+import numpy as np  # noqa: E402
+
+import datasets  # noqa: E402
+import infer  # noqa: E402
+import layers  # noqa: E402
+import nets  # noqa: E402
+import score  # noqa: E402
+import surgery  # noqa: E402
+import synthetic  # noqa: E402
+import training  # noqa: E402
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+TRUNK = 'vgg16'
+# 1/32 of VGG16's channels (conv 2..16, fc6/fc7 128): each seed trains in
+# a few minutes on one core.
+TRUNK_WIDTH = 1 / 32
+TRUNK_FILLER = 'msra'  # the classifier trains from scratch
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Data sizes and iteration counts."""
+    train_scenes: int = 200
+    val_scenes: int = 40
+    crops_train: int = 480
+    crops_val: int = 60
+    classifier_iter: int = 300
+    classifier_batch: int = 6
+    classifier_lr: float = 1e-3
+    stage_iter: int = 300         # FCN-32s-fixed, FCN-16s, FCN-8s
+    first_stage_iter: int = 600   # FCN-32s and all-at-once FCN-8s: from the classifier, all layers
+    scorings: int = 2             # val scorings per net (the last gives the table)
+
+
+FULL = Schedule()
+# End to end in seconds (the test suite's run): nothing here is meaningful but the plumbing.
+QUICK = Schedule(train_scenes=6, val_scenes=3, crops_train=12, crops_val=6, classifier_iter=3,
+                 classifier_batch=2, stage_iter=2, first_stage_iter=2, scorings=1)
+
+
+@dataclass(frozen=True)
+class Stage:
+    folder: str        # model folder name (under the seed's output folder)
+    title: str         # row of the table (the paper's names)
+    stride: int
+    start: str         # 'classifier' or the folder whose latest snapshot it starts from
+    fixed_trunk: bool = False
+    at_once: bool = False
+    first_stage: bool = False  # trains every layer from the classifier: the long run
+
+    def iterations(self, schedule):
+        return schedule.first_stage_iter if self.first_stage else schedule.stage_iter
+
+
+# In training order; the table lists them in the paper's order (the same).
+STAGES = (
+    Stage('fcn32s-fixed', 'FCN-32s-fixed', 32, 'classifier', fixed_trunk=True),
+    Stage('fcn32s', 'FCN-32s', 32, 'classifier', first_stage=True),
+    Stage('fcn16s', 'FCN-16s', 16, 'fcn32s'),
+    Stage('fcn8s', 'FCN-8s', 8, 'fcn16s'),
+    Stage('fcn8s-atonce', 'FCN-8s all-at-once', 8, 'classifier', at_once=True, first_stage=True),
+)
+# The paper's qualitative result, checked on mean IU: each net beats the previous.
+ORDER = ('fcn32s-fixed', 'fcn32s', 'fcn16s', 'fcn8s')
+METRICS = (('pixel_acc', 'pixel acc.'), ('mean_acc', 'mean acc.'), ('mean_iu', 'mean IU'),
+           ('fw_iu', 'f.w. IU'))
+
+# The solver. The reference trains with SGD, momentum 0.99, one image per
+# step, a loss summed over the pixels and lr 1e-10, for 100,000 iterations.
+# Here there are a few hundred: momentum 0.99 averages over about 100 steps,
+# and the small classifier's features are tens of units large, so SGD either
+# leaves the trunk as it is (lr small enough for the zero-initialised score
+# layers) or wrecks it (lr large enough for the trunk). Adam scales each
+# weight's step by its own gradient history and fine-tunes all layers in a
+# few hundred steps. The loss is normalized (a mean over the pixels), so one
+# lr suits scenes of any size. (With Adam, the all-at-once net's fixed skip
+# scales of 0.01 and 0.0001 keep those skips nearly silent: its step size
+# does not grow to make up for them as SGD's gradient-sized steps would not
+# either; see the report.)
+FCN_SOLVER = 'Adam'
+FCN_LR = 1e-3
+FCN_MOMENTUM = 0.9  # Adam's first-moment decay
+
+NET_PY = '''\
+"""{title} on the synthetic VOC-layout set: the offline mini-reproduction's
+model folder (written by minirepro.py). Starts from {start}."""
+from nets import VOC, Head, Model
+
+source = VOC(voc_dir={voc_dir!r}, sbdd_dir='', val_split='val', val_size={val_size},
+             test_interval={test_interval}, mean={mean!r},
+             heads=(Head('', {classes!r}),))
+# Adam, normalized loss, lr {lr:g}: see FCN_SOLVER in minirepro.py.
+model = Model(source, trunk={trunk!r}, stride={stride}, base_lr={lr!r}, init=(),
+              at_once={at_once}, fixed_trunk={fixed_trunk}, trunk_width={width!r},
+              normalize_loss=True, solver_type={solver!r}, momentum={momentum!r},
+              max_iter={max_iter})
+
+if __name__ == '__main__':
+    model.write(__file__)
+'''
+
+GENERATED_HEADER = '# Generated by minirepro.py (the classifier of the mini-reproduction).\n'
+CLASSIFIER_SOLVER = '''\
+train_net: "train.prototxt"
+type: "Adam"
+base_lr: {lr:g}
+lr_policy: "fixed"
+momentum: 0.9
+weight_decay: 0.0005
+random_seed: {seed}
+display: 0
+snapshot_prefix: "snapshot/train"
+'''
+
+
+# --------------------------------------------------------------- the "ILSVRC" stage
+def classifier_nets(num_classes):
+    """(classifier deploy net, its training net, fully convolutional twin) as
+    NetSpecs, by nets.ilsvrc's function for the published classifiers."""
+    from caffe import layers as L
+
+    from nets import ilsvrc
+    options = dict(num_classes=num_classes, width=TRUNK_WIDTH, filler=TRUNK_FILLER)
+    deploy = ilsvrc.ilsvrc_net(TRUNK, False, **options)
+    train = ilsvrc.ilsvrc_net(TRUNK, False, **options)
+    train.label = L.Input(shape=[dict(dim=[1])])
+    train.loss = L.SoftmaxWithLoss(train.fc8, train.label)
+    train.accuracy = L.Accuracy(train.fc8, train.label)
+    return deploy, train, ilsvrc.ilsvrc_net(TRUNK, True, **options)
+
+
+def crop_batch(examples, mean):
+    """Data (N x 3 x H x W, the data layers' preprocessing) and labels of crops."""
+    data = np.stack([layers.preprocess(layers.load_image(path), mean) for path, _ in examples])
+    return data, np.array([cls for _, cls in examples], np.float32)
+
+
+def classifier_accuracy(net, examples, mean, batch):
+    hits = 0
+    for i in range(0, len(examples), batch):
+        data, labels = crop_batch(examples[i:i + batch], mean)
+        net.blobs['data'].reshape(*data.shape)
+        net.blobs['label'].reshape(len(labels))
+        net.blobs['data'].data[...] = data
+        net.forward()
+        hits += int((net.blobs['fc8'].data.argmax(axis=1) == labels).sum())
+    return hits / len(examples)
+
+
+def train_classifier(folder, crops_dir, mean, seed, schedule, quiet=True):
+    """Train the classifier on the crops and convolutionalize it. Returns
+    {'fcn_weights', 'val_accuracy', 'losses'}."""
+    import caffe
+    from tqdm import tqdm
+    os.makedirs(os.path.join(folder, 'snapshot'), exist_ok=True)
+    deploy, train, fcn = classifier_nets(len(synthetic.CLASSES))
+    files = {'classifier.prototxt': deploy, 'train.prototxt': train, 'fcn.prototxt': fcn}
+    for name, spec in files.items():
+        with open(os.path.join(folder, name), 'w') as f:
+            f.write(GENERATED_HEADER + str(spec.to_proto()))
+    with open(os.path.join(folder, 'solver.prototxt'), 'w') as f:
+        f.write(CLASSIFIER_SOLVER.format(lr=schedule.classifier_lr, seed=seed))
+
+    train_set = synthetic.read_crops(crops_dir, 'train')
+    val_set = synthetic.read_crops(crops_dir, 'val')
+    rng = np.random.default_rng(seed)
+    order = []
+    losses = []
+    with score.working_dir(folder):
+        solver = caffe.get_solver('solver.prototxt')
+        net = solver.net
+        for it in tqdm(range(schedule.classifier_iter), desc='classifier', unit='it', disable=quiet,
+                       dynamic_ncols=True):
+            batch = []
+            while len(batch) < schedule.classifier_batch:
+                if not order:  # a new epoch in a new order
+                    order = list(rng.permutation(len(train_set)))
+                batch.append(train_set[order.pop()])
+            data, labels = crop_batch(batch, mean)
+            net.blobs['data'].reshape(*data.shape)
+            net.blobs['label'].reshape(len(labels))
+            net.blobs['data'].data[...] = data
+            net.blobs['label'].data[...] = labels
+            solver.step(1)
+            losses.append(float(net.blobs['loss'].data))
+        accuracy = classifier_accuracy(net, val_set, mean, schedule.classifier_batch)
+        net.save('classifier.caffemodel')
+        # The FCN start weights: fc6/fc7 cast to convolutions (transplant
+        # lists what it did; keep that in a file rather than on screen).
+        with open('surgery.log', 'w') as log, contextlib.redirect_stdout(log):
+            surgery.convolutionalize('classifier.caffemodel', 'classifier.prototxt', 'fcn.prototxt',
+                                     'fcn.caffemodel', force=True)
+    with open(os.path.join(folder, 'log.json'), 'w') as f:
+        json.dump(dict(losses=losses, val_accuracy=accuracy), f)
+    return dict(fcn_weights=os.path.join(folder, 'fcn.caffemodel'), val_accuracy=accuracy,
+                losses=losses)
+
+
+# --------------------------------------------------------------- the FCNs
+def write_model_folder(folder, stage, schedule, mean, voc_dir, start):
+    """Write <folder>/net.py for `stage` and its prototxts; returns the Model."""
+    iters = stage.iterations(schedule)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'net.py'), 'w') as f:
+        f.write(NET_PY.format(
+            title=stage.title, start=start, voc_dir=os.path.relpath(voc_dir, folder),
+            val_size=schedule.val_scenes, test_interval=max(1, iters // schedule.scorings),
+            mean=mean, classes=synthetic.CLASSES, trunk=TRUNK, stride=stage.stride, lr=FCN_LR,
+            at_once=stage.at_once, fixed_trunk=stage.fixed_trunk, width=TRUNK_WIDTH,
+            solver=FCN_SOLVER, momentum=FCN_MOMENTUM, max_iter=iters))
+    model = nets.load(folder)
+    model.write(folder)
+    return model
+
+
+def latest_weights(folder):
+    return training.Snapshots(os.path.join(folder, training.SNAPSHOT_DIR)).latest()['caffemodel']
+
+
+def train_stage(folder, start_weights, quiet):
+    """training.train on a model folder (it works inside the folder)."""
+    with score.working_dir(os.getcwd()):
+        records = training.train(folder, weights=start_weights, quiet=quiet)
+    final = [r for r in records if 'metrics' in r][-1]
+    return records, final['metrics']['score']
+
+
+def run_seed(seed, out, schedule=FULL, quiet=True):
+    """The whole recipe for one seed under `out`; returns its results (also
+    written to <out>/result.json)."""
+    t0 = time.time()
+    seconds = {}
+    data_dir = os.path.join(out, 'data')
+    _, _, mean = synthetic.write(data_dir, seed, schedule.train_scenes, schedule.val_scenes,
+                                 schedule.crops_train, schedule.crops_val)
+    voc_dir = os.path.join(data_dir, 'voc')
+    seconds['data'] = time.time() - t0
+
+    t = time.time()
+    classifier = train_classifier(os.path.join(out, 'classifier'), os.path.join(data_dir, 'crops'),
+                                  mean, seed, schedule, quiet)
+    seconds['classifier'] = time.time() - t
+
+    results, curves = {}, {}
+    for stage in STAGES:
+        t = time.time()
+        folder = os.path.join(out, stage.folder)
+        if stage.start == 'classifier':
+            start, start_weights = ('the convolutionalized classifier (../classifier/fcn.caffemodel)',
+                                    classifier['fcn_weights'])
+        else:
+            start, start_weights = (f'the latest snapshot of ../{stage.start}',
+                                    latest_weights(os.path.join(out, stage.start)))
+        write_model_folder(folder, stage, schedule, mean, voc_dir, start)
+        records, metrics = train_stage(folder, start_weights, quiet)
+        results[stage.folder] = metrics
+        curves[stage.folder] = records
+        seconds[stage.folder] = time.time() - t
+    seconds['total'] = time.time() - t0
+    result = dict(seed=seed, folder=os.path.abspath(out), mean_bgr=mean,
+                  classifier_val_accuracy=classifier['val_accuracy'],
+                  classifier_losses=classifier['losses'], metrics=results, curves=curves,
+                  seconds={k: round(v, 1) for k, v in seconds.items()})
+    with open(os.path.join(out, 'result.json'), 'w') as f:
+        json.dump(score.jsonable(result), f, indent=1)
+    return result
+
+
+def _run_seed_quietly(args):
+    """A worker process's job (--jobs > 1)."""
+    seed, out, schedule = args
+    with open(os.path.join(out, 'run.log'), 'w') as log, contextlib.redirect_stdout(log):
+        return run_seed(seed, out, schedule, quiet=True)
+
+
+# --------------------------------------------------------------- reporting
+def summarize(results):
+    """{stage: {metric: {'mean', 'std', 'values'}}} over the seeds."""
+    summary = {}
+    for stage in STAGES:
+        summary[stage.folder] = {}
+        for key, _ in METRICS:
+            values = [r['metrics'][stage.folder][key] for r in results]
+            summary[stage.folder][key] = dict(mean=float(np.mean(values)),
+                                              std=float(np.std(values)), values=values)
+    return summary
+
+
+def check_order(summary, results):
+    """Is each net of ORDER better in mean IU than the previous, by more than
+    the seed-to-seed spread (largest standard deviation of the two)? Also per seed."""
+    checks = []
+    for worse, better in zip(ORDER, ORDER[1:]):
+        a, b = summary[worse]['mean_iu'], summary[better]['mean_iu']
+        margin, spread = b['mean'] - a['mean'], max(a['std'], b['std'])
+        wins = sum(r['metrics'][better]['mean_iu'] > r['metrics'][worse]['mean_iu'] for r in results)
+        checks.append(dict(worse=worse, better=better, margin=margin, spread=spread,
+                           holds=margin > spread, seeds_better=wins, seeds=len(results)))
+    return checks
+
+
+def format_table(summary, results, markdown=False):
+    """The paper's Table 2 layout: percent, mean +- std over seeds."""
+    n = len(results)
+    head = ['net'] + [name for _, name in METRICS]
+    rows = []
+    for stage in STAGES:
+        cells = []
+        for key, _ in METRICS:
+            m = summary[stage.folder][key]
+            cells.append(f"{100 * m['mean']:.1f}" + (f" ± {100 * m['std']:.1f}" if n > 1 else ''))
+        rows.append([stage.title] + cells)
+    if markdown:
+        lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+        lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+    else:
+        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+        lines = ['  '.join(c.ljust(w) if i == 0 else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(r, widths))) for r in [head] + rows]
+    return '\n'.join(lines)
+
+
+def format_seeds(results, markdown=False):
+    """Mean IU (%) of every net for every seed."""
+    head = ['seed'] + [s.title for s in STAGES] + ['classifier acc.', 'seconds']
+    rows = [[str(r['seed'])] + [f"{100 * r['metrics'][s.folder]['mean_iu']:.1f}" for s in STAGES]
+            + [f"{100 * r['classifier_val_accuracy']:.1f}", f"{r['seconds']['total']:.0f}"]
+            for r in results]
+    if markdown:
+        return '\n'.join(['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+                         + ['| ' + ' | '.join(r) + ' |' for r in rows])
+    return '\n'.join('  '.join(c.rjust(len(h)) for c, h in zip(r, head)) for r in [head] + rows)
+
+
+def format_checks(checks):
+    titles = {s.folder: s.title for s in STAGES}
+    return '\n'.join(
+        f"{titles[c['worse']]} < {titles[c['better']]}: mean IU +{100 * c['margin']:.1f} "
+        f"(spread {100 * c['spread']:.1f}; better in {c['seeds_better']}/{c['seeds']} seeds): "
+        + ('holds' if c['holds'] else 'NOT by more than the spread')
+        for c in checks)
+
+
+def plot_curves(results, path):
+    """Training loss and val mean IU of every net against iteration (first seed)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    curves = results[0]['curves']
+    fig, (ax_loss, ax_iu) = plt.subplots(1, 2, figsize=(11, 4))
+    for stage in STAGES:
+        records = curves[stage.folder]
+        loss = [(r['iteration'], r['loss']) for r in records if r.get('loss') is not None]
+        iu = [(r['iteration'], 100 * r['metrics']['score']['mean_iu']) for r in records
+              if r.get('metrics') and r['metrics']['score']['mean_iu'] is not None]
+        if loss:
+            ax_loss.plot(*zip(*loss), label=stage.title)
+        if iu:
+            ax_iu.plot(*zip(*iu), 'o-', label=stage.title)
+    ax_loss.set(xlabel='iteration (within its stage)', ylabel='training loss (per pixel)',
+                title='training loss')
+    ax_iu.set(xlabel='iteration (within its stage)', ylabel='val mean IU (%)', title='val mean IU')
+    ax_loss.legend(fontsize=8)
+    ax_iu.legend(fontsize=8)
+    fig.suptitle(f"mini-reproduction, seed {results[0]['seed']} (16s and 8s continue the previous stage)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figure_image(voc_dir, ids):
+    """The val image the figure shows: the first with a thin-part class and
+    at least two object classes (the kind of scene where strides differ)."""
+    thin = [synthetic.CLASSES.index(c) for c in ('ring', 'cross')]
+    for idx in ids:
+        label = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'))
+        present = set(np.unique(label).tolist()) - {0, 255}
+        if len(present) >= 2 and present & set(thin):
+            return idx
+    return ids[0]
+
+
+def predictions(out, idx, stage_folders):
+    """{stage folder: H x W labels} of a val image by each net's deploy net."""
+    import caffe
+    rgb = layers.load_image(os.path.join(out, 'data', 'voc', 'JPEGImages', idx + '.jpg'))
+    preds = {}
+    for name in stage_folders:
+        model = nets.load(os.path.join(out, name))
+        net = caffe.Net(os.path.join(model.folder, 'deploy.prototxt'), caffe.TEST,
+                        weights=latest_weights(model.folder))
+        preds[name] = infer.segment(net, rgb, model.source.mean)
+    return rgb, preds
+
+
+def plot_figure4(out, idx, path):
+    """The paper's Figure 4 layout: image, ground truth, 32s, 16s, 8s."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    palette = datasets.voc_palette()
+    shown = ('fcn32s', 'fcn16s', 'fcn8s')
+    rgb, preds = predictions(out, idx, shown)
+    gt = layers.load_voc_label(os.path.join(out, 'data', 'voc', 'SegmentationClass', idx + '.png'))
+    titles = {s.folder: s.title for s in STAGES}
+    panels = [('image', rgb), ('ground truth', palette[gt])] + \
+        [(titles[name], palette[preds[name]]) for name in shown]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8))
+    for ax, (title, im) in zip(axes, panels):
+        ax.imshow(im, interpolation='nearest')
+        ax.set_title(title, fontsize=10)
+        ax.axis('off')
+    fig.suptitle(f'val image {idx}: refining fully convolutional nets (cf. the paper\'s Figure 4)',
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(out, results, schedule, elapsed):
+    summary = summarize(results)
+    checks = check_order(summary, results)
+    seeds = [r['seed'] for r in results]
+    report = dict(seeds=seeds, schedule=schedule.__dict__, trunk=TRUNK, trunk_width=TRUNK_WIDTH,
+                  fcn_solver=FCN_SOLVER, fcn_lr=FCN_LR, momentum=FCN_MOMENTUM, summary=summary, checks=checks,
+                  seconds=round(elapsed, 1),
+                  per_seed=[{k: v for k, v in r.items() if k != 'curves'} for r in results])
+    with open(os.path.join(out, 'results.json'), 'w') as f:
+        json.dump(score.jsonable(report), f, indent=1)
+    n = len(results)
+    spread = f'mean ± standard deviation over {n} seeds ({", ".join(map(str, seeds))})' if n > 1 \
+        else f'seed {seeds[0]}'
+    md = [
+        '# FCN mini-reproduction (synthetic data, CPU)', '',
+        f'Synthetic PASCAL-VOC-layout scenes ({schedule.train_scenes} train, {schedule.val_scenes} val), '
+        f'VGG16 trunk at width {TRUNK_WIDTH:g}, classifier pre-trained on {schedule.crops_train} '
+        f'object crops. Metrics in % on val, {spread}; cf. the paper\'s Table 2.', '',
+        format_table(summary, results, markdown=True), '',
+        '## Mean IU per seed', '', format_seeds(results, markdown=True), '',
+        '## The paper\'s ordering (mean IU)', '',
+        *[f'- {line}' for line in format_checks(checks).splitlines()], '',
+        f'Total time {elapsed / 60:.1f} min. Training curves: curves.png; '
+        'predictions: figure4.png; infer.py outputs: infer/.', '']
+    with open(os.path.join(out, 'table.md'), 'w') as f:
+        f.write('\n'.join(md))
+    return summary, checks
+
+
+# --------------------------------------------------------------- command
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--out', default=os.path.join('out', 'minirepro'), help='output folder')
+    parser.add_argument('--seed', type=int, default=0, help='first seed')
+    parser.add_argument('--seeds', type=int, default=3, help='how many seeds (seed, seed+1, ...)')
+    parser.add_argument('--jobs', type=int,
+                        help='seeds trained at once, one process each (default: all)')
+    parser.add_argument('--quick', action='store_true',
+                        help='a few iterations on a few images (tests the plumbing only)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    schedule = QUICK if args.quick else FULL
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    jobs = [(seed, os.path.join(out, f'seed-{seed}'), schedule) for seed in seeds]
+    workers = min(args.jobs or len(seeds), len(seeds))
+    for _, folder, _ in jobs:
+        os.makedirs(folder, exist_ok=True)
+    print(f'mini-reproduction: seeds {seeds}, {workers} at a time, output {out}')
+    t0 = time.time()
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+            results = []
+            for result in pool.map(_run_seed_quietly, jobs):
+                print(f"seed {result['seed']}: done in {result['seconds']['total']:.0f} s")
+                results.append(result)
+    else:
+        results = []
+        for seed, folder, _ in jobs:
+            results.append(run_seed(seed, folder, schedule, quiet=args.quick))
+            print(f"seed {seed}: done in {results[-1]['seconds']['total']:.0f} s")
+
+    first = jobs[0][1]
+    plot_curves(results, os.path.join(out, 'curves.png'))
+    voc_dir = os.path.join(first, 'data', 'voc')
+    idx = figure_image(voc_dir, layers.read_split(os.path.join(voc_dir, 'ImageSets', 'Segmentation',
+                                                               'val.txt')))
+    plot_figure4(first, idx, os.path.join(out, 'figure4.png'))
+    infer.run([os.path.join(voc_dir, 'JPEGImages', idx + '.jpg')], model=os.path.join(first, 'fcn8s'),
+              weights=latest_weights(os.path.join(first, 'fcn8s')), out=os.path.join(out, 'infer'),
+              progress=False)
+    elapsed = time.time() - t0
+    summary, checks = write_report(out, results, schedule, elapsed)
+
+    print()
+    print(format_table(summary, results))
+    print()
+    print(format_seeds(results))
+    print()
+    print(format_checks(checks))
+    print(f'\n{elapsed / 60:.1f} min; wrote {out}/table.md, results.json, curves.png, figure4.png, infer/')
+    return summary, checks
+
+
+if __name__ == '__main__':
+    main()
