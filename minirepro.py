@@ -21,11 +21,9 @@ truth, the 32s/16s/8s predictions) and infer/ (infer.py on that image).
 import argparse
 import contextlib
 import json
-import math
 import os
-import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 # Small convolutions gain nothing from BLAS threads; seeds run in parallel
 # processes instead (--jobs). Must precede the first `import caffe`.
@@ -43,7 +41,6 @@ import surgery  # noqa: E402
 import synthetic  # noqa: E402
 import training  # noqa: E402
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
 TRUNK = 'vgg16'
 # 1/32 of VGG16's channels (conv 2..16, fc6/fc7 128): each seed trains in
 # a few minutes on one core.
@@ -61,15 +58,23 @@ class Schedule:
     classifier_iter: int = 400
     classifier_batch: int = 6
     classifier_lr: float = 1e-3
-    stage_iter: int = 300         # FCN-32s-fixed, FCN-16s, FCN-8s, all-at-once FCN-8s
-    first_stage_iter: int = 800   # FCN-32s: every layer from the classifier
+    fixed_iter: int = 200         # FCN-32s-fixed: one layer learns, soon done
+    first_iter: int = 700         # FCN-32s: every layer from the classifier
+    refine_iter: int = 400        # FCN-16s from FCN-32s, FCN-8s from FCN-16s
+    # All-at-once FCN-8s. Its fixed skip scales (0.01 for pool4, 0.0001 for
+    # pool3) suit VGG16's feature magnitudes; this narrow trunk's pool3,
+    # pool4 and fc7 are all of about the same size, so its skips start (and
+    # within a few hundred steps stay) nearly silent and it learns like
+    # FCN-32s: it gets a short run, and the report says so.
+    atonce_iter: int = 300
     scorings: int = 2             # val scorings per net (the last gives the table)
 
 
 FULL = Schedule()
 # End to end in seconds (the test suite's run): nothing here is meaningful but the plumbing.
 QUICK = Schedule(train_scenes=6, val_scenes=3, crops_train=12, crops_val=6, classifier_iter=3,
-                 classifier_batch=2, stage_iter=2, first_stage_iter=2, scorings=1)
+                 classifier_batch=2, fixed_iter=2, first_iter=2, refine_iter=2, atonce_iter=2,
+                 scorings=1)
 
 
 @dataclass(frozen=True)
@@ -80,16 +85,23 @@ class Stage:
     start: str         # 'classifier' or the folder whose latest snapshot it starts from
     fixed_trunk: bool = False
     at_once: bool = False
-    first_stage: bool = False  # FCN-32s: the long run
 
     def iterations(self, schedule):
-        return schedule.first_stage_iter if self.first_stage else schedule.stage_iter
+        if self.fixed_trunk:
+            return schedule.fixed_iter
+        if self.at_once:
+            return schedule.atonce_iter
+        return schedule.first_iter if self.start == 'classifier' else schedule.refine_iter
+
+    @property
+    def base_lr(self):
+        return FCN_LR if self.start == 'classifier' else FCN_REFINE_LR
 
 
 # In training order; the table lists them in the paper's order (the same).
 STAGES = (
     Stage('fcn32s-fixed', 'FCN-32s-fixed', 32, 'classifier', fixed_trunk=True),
-    Stage('fcn32s', 'FCN-32s', 32, 'classifier', first_stage=True),
+    Stage('fcn32s', 'FCN-32s', 32, 'classifier'),
     Stage('fcn16s', 'FCN-16s', 16, 'fcn32s'),
     Stage('fcn8s', 'FCN-8s', 8, 'fcn16s'),
     Stage('fcn8s-atonce', 'FCN-8s all-at-once', 8, 'classifier', at_once=True),
@@ -99,20 +111,20 @@ ORDER = ('fcn32s-fixed', 'fcn32s', 'fcn16s', 'fcn8s')
 METRICS = (('pixel_acc', 'pixel acc.'), ('mean_acc', 'mean acc.'), ('mean_iu', 'mean IU'),
            ('fw_iu', 'f.w. IU'))
 
-# The solver. The reference trains with SGD, momentum 0.99, one image per
-# step, a loss summed over the pixels and lr 1e-10, for 100,000 iterations.
-# Here there are a few hundred: momentum 0.99 averages over about 100 steps,
-# and the small classifier's features are tens of units large, so SGD either
-# leaves the trunk as it is (lr small enough for the zero-initialised score
-# layers) or wrecks it (lr large enough for the trunk). Adam scales each
-# weight's step by its own gradient history and fine-tunes all layers in a
-# few hundred steps. The loss is normalized (a mean over the pixels), so one
-# lr suits scenes of any size. (With Adam, the all-at-once net's fixed skip
-# scales of 0.01 and 0.0001 keep those skips nearly silent: its step size
-# does not grow to make up for them as SGD's gradient-sized steps would not
-# either; see the report.)
+# The solver. The reference trains with SGD (momentum 0.99, one image a
+# step, lr 1e-10 on a loss summed over some 250,000 pixels) for 100,000
+# iterations; here each net gets a few hundred. In trials on this data, SGD
+# at any one rate either left the trunk as the classifier made it (a rate
+# the zero-initialised score layers survive) or collapsed it (a rate that
+# moves the trunk), and momentum 0.99 alone averages over some 100 steps.
+# Adam scales each weight's step by its own gradient history and fine-tunes
+# every layer in a few hundred steps. The loss is normalized (a mean over
+# the pixels), so one rate suits any scene size. The finer stages refine
+# the coarser net's predictions at a lower rate, as the reference lowers its
+# rate 100-fold per stage.
 FCN_SOLVER = 'Adam'
 FCN_LR = 1e-3
+FCN_REFINE_LR = 3e-4
 FCN_MOMENTUM = 0.9  # Adam's first-moment decay
 
 NET_PY = '''\
@@ -239,7 +251,7 @@ def write_model_folder(folder, stage, schedule, mean, voc_dir, start):
         f.write(NET_PY.format(
             title=stage.title, start=start, voc_dir=os.path.relpath(voc_dir, folder),
             val_size=schedule.val_scenes, test_interval=max(1, iters // schedule.scorings),
-            mean=mean, classes=synthetic.CLASSES, trunk=TRUNK, stride=stage.stride, lr=FCN_LR,
+            mean=mean, classes=synthetic.CLASSES, trunk=TRUNK, stride=stage.stride, lr=stage.base_lr,
             at_once=stage.at_once, fixed_trunk=stage.fixed_trunk, width=TRUNK_WIDTH,
             solver=FCN_SOLVER, momentum=FCN_MOMENTUM, max_iter=iters))
     model = nets.load(folder)
@@ -307,14 +319,16 @@ def summarize(results):
         summary[stage.folder] = {}
         for key, _ in METRICS:
             values = [r['metrics'][stage.folder][key] for r in results]
-            summary[stage.folder][key] = dict(mean=float(np.mean(values)),
-                                              std=float(np.std(values)), values=values)
+            # sample standard deviation: the seed-to-seed spread
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            summary[stage.folder][key] = dict(mean=float(np.mean(values)), std=std, values=values)
     return summary
 
 
 def check_order(summary, results):
-    """Is each net of ORDER better in mean IU than the previous, by more than
-    the seed-to-seed spread (largest standard deviation of the two)? Also per seed."""
+    """Is each net of ORDER better in mean IU than the one before it, by more
+    than the seed-to-seed spread (the larger standard deviation of the two)?
+    Also counted seed by seed."""
     checks = []
     for worse, better in zip(ORDER, ORDER[1:]):
         a, b = summary[worse]['mean_iu'], summary[better]['mean_iu']
@@ -325,70 +339,74 @@ def check_order(summary, results):
     return checks
 
 
-def format_table(summary, results, markdown=False):
-    """The paper's Table 2 layout: percent, mean +- std over seeds."""
-    n = len(results)
-    head = ['net'] + [name for _, name in METRICS]
-    rows = []
-    for stage in STAGES:
-        cells = []
-        for key, _ in METRICS:
-            m = summary[stage.folder][key]
-            cells.append(f"{100 * m['mean']:.1f}" + (f" ± {100 * m['std']:.1f}" if n > 1 else ''))
-        rows.append([stage.title] + cells)
+def format_rows(head, rows, markdown=False):
+    """A table as Markdown or as aligned text (first column left-aligned)."""
     if markdown:
-        lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-        lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
-    else:
-        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-        lines = ['  '.join(c.ljust(w) if i == 0 else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(r, widths))) for r in [head] + rows]
-    return '\n'.join(lines)
+        return '\n'.join(['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+                         + ['| ' + ' | '.join(r) + ' |' for r in rows])
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    return '\n'.join('  '.join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))) for r in [head] + rows)
+
+
+def format_table(summary, results, markdown=False):
+    """The paper's Table 2 layout: percent, mean ± standard deviation over seeds."""
+    n = len(results)
+    rows = [[stage.title] + [f"{100 * summary[stage.folder][key]['mean']:.1f}"
+                             + (f" ± {100 * summary[stage.folder][key]['std']:.1f}" if n > 1 else '')
+                             for key, _ in METRICS]
+            for stage in STAGES]
+    return format_rows(['net'] + [name for _, name in METRICS], rows, markdown)
 
 
 def format_seeds(results, markdown=False):
-    """Mean IU (%) of every net for every seed."""
+    """Mean IU (%) of every net for every seed, the classifier's accuracy on
+    its val crops, and the seed's training time."""
     head = ['seed'] + [s.title for s in STAGES] + ['classifier acc.', 'seconds']
     rows = [[str(r['seed'])] + [f"{100 * r['metrics'][s.folder]['mean_iu']:.1f}" for s in STAGES]
             + [f"{100 * r['classifier_val_accuracy']:.1f}", f"{r['seconds']['total']:.0f}"]
             for r in results]
-    if markdown:
-        return '\n'.join(['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-                         + ['| ' + ' | '.join(r) + ' |' for r in rows])
-    return '\n'.join('  '.join(c.rjust(len(h)) for c, h in zip(r, head)) for r in [head] + rows)
+    return format_rows(head, rows, markdown)
 
 
 def format_checks(checks):
     titles = {s.folder: s.title for s in STAGES}
     return '\n'.join(
         f"{titles[c['worse']]} < {titles[c['better']]}: mean IU +{100 * c['margin']:.1f} "
-        f"(spread {100 * c['spread']:.1f}; better in {c['seeds_better']}/{c['seeds']} seeds): "
-        + ('holds' if c['holds'] else 'NOT by more than the spread')
+        f"(seed-to-seed spread {100 * c['spread']:.1f}; better in {c['seeds_better']}/{c['seeds']} "
+        'seeds): ' + ('holds' if c['holds'] else 'NOT by more than the spread')
         for c in checks)
 
 
 def plot_curves(results, path):
-    """Training loss and val mean IU of every net against iteration (first seed)."""
+    """Training loss and val mean IU of every net (first seed) against the
+    iterations since the classifier: FCN-16s and FCN-8s continue where the
+    stage they start from ended."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     curves = results[0]['curves']
+    offset = {'classifier': 0}
     fig, (ax_loss, ax_iu) = plt.subplots(1, 2, figsize=(11, 4))
     for stage in STAGES:
         records = curves[stage.folder]
-        loss = [(r['iteration'], r['loss']) for r in records if r.get('loss') is not None]
-        iu = [(r['iteration'], 100 * r['metrics']['score']['mean_iu']) for r in records
+        start = offset[stage.start]
+        offset[stage.folder] = start + max(r['iteration'] for r in records)
+        loss = [(start + r['iteration'], r['loss']) for r in records if r.get('loss') is not None]
+        iu = [(start + r['iteration'], 100 * r['metrics']['score']['mean_iu']) for r in records
               if r.get('metrics') and r['metrics']['score']['mean_iu'] is not None]
         if loss:
             ax_loss.plot(*zip(*loss), label=stage.title)
         if iu:
             ax_iu.plot(*zip(*iu), 'o-', label=stage.title)
-    ax_loss.set(xlabel='iteration (within its stage)', ylabel='training loss (per pixel)',
+    ax_loss.set(xlabel='iterations since the classifier', ylabel='training loss (per pixel)',
                 title='training loss')
-    ax_iu.set(xlabel='iteration (within its stage)', ylabel='val mean IU (%)', title='val mean IU')
+    ax_iu.set(xlabel='iterations since the classifier', ylabel='val mean IU (%)',
+              title='val mean IU')
     ax_loss.legend(fontsize=8)
     ax_iu.legend(fontsize=8)
-    fig.suptitle(f"mini-reproduction, seed {results[0]['seed']} (16s and 8s continue the previous stage)")
+    fig.suptitle(f"mini-reproduction, training seed {results[0]['seed']}: staged FCN-32s -> 16s -> 8s, "
+                 'and the nets trained from the classifier in one go')
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -444,29 +462,51 @@ def plot_figure4(out, voc_dir, idx, path):
 
 
 def write_report(out, results, schedule, elapsed, data_seed, mean):
+    """results.json and table.md; returns (summary, checks)."""
     summary = summarize(results)
     checks = check_order(summary, results)
     seeds = [r['seed'] for r in results]
-    report = dict(seeds=seeds, data_seed=data_seed, mean_bgr=mean, schedule=schedule.__dict__, trunk=TRUNK, trunk_width=TRUNK_WIDTH,
-                  fcn_solver=FCN_SOLVER, fcn_lr=FCN_LR, momentum=FCN_MOMENTUM, summary=summary, checks=checks,
-                  seconds=round(elapsed, 1),
+    report = dict(seeds=seeds, data_seed=data_seed, mean_bgr=mean, schedule=schedule.__dict__,
+                  trunk=TRUNK, trunk_width=TRUNK_WIDTH, classifier_filler=TRUNK_FILLER,
+                  fcn_solver=FCN_SOLVER, fcn_lr=FCN_LR, fcn_refine_lr=FCN_REFINE_LR,
+                  momentum=FCN_MOMENTUM, summary=summary, checks=checks, seconds=round(elapsed, 1),
                   per_seed=[{k: v for k, v in r.items() if k != 'curves'} for r in results])
     with open(os.path.join(out, 'results.json'), 'w') as f:
         json.dump(score.jsonable(report), f, indent=1)
     n = len(results)
-    spread = f'mean ± standard deviation over {n} seeds ({", ".join(map(str, seeds))})' if n > 1 \
-        else f'seed {seeds[0]}'
+    spread = (f'mean ± standard deviation over {n} training seeds ({", ".join(map(str, seeds))})'
+              if n > 1 else f'training seed {seeds[0]}')
+    s = schedule
     md = [
         '# FCN mini-reproduction (synthetic data, CPU)', '',
-        f'Synthetic PASCAL-VOC-layout scenes ({schedule.train_scenes} train, {schedule.val_scenes} val), '
-        f'VGG16 trunk at width {TRUNK_WIDTH:g}, classifier pre-trained on {schedule.crops_train} '
-        f'object crops. Metrics in % on val, {spread}; cf. the paper\'s Table 2.', '',
+        f'Metrics in % on the val scenes, {spread}; the layout of the paper\'s Table 2. '
+        f'Written by `python minirepro.py` (`make demo`) in {elapsed / 60:.1f} min.', '',
         format_table(summary, results, markdown=True), '',
-        '## Mean IU per seed', '', format_seeds(results, markdown=True), '',
         '## The paper\'s ordering (mean IU)', '',
         *[f'- {line}' for line in format_checks(checks).splitlines()], '',
-        f'Total time {elapsed / 60:.1f} min. Training curves: curves.png; '
-        'predictions: figure4.png; infer.py outputs: infer/.', '']
+        '## Mean IU per training seed', '', format_seeds(results, markdown=True), '',
+        '## Set-up', '',
+        f'- Data (`data/`, data seed {data_seed}): {s.train_scenes} train and {s.val_scenes} val '
+        f'scenes in the PASCAL VOC layout, classes {", ".join(synthetic.CLASSES)}; '
+        f'{s.crops_train} + {s.crops_val} classification crops (synthetic.py).',
+        f'- "ILSVRC" stage (`seed-N/classifier/`): VGG16 at width 1/{1 / TRUNK_WIDTH:g} with fully '
+        f'connected fc6/fc7, {TRUNK_FILLER} initialisation, {s.classifier_iter} Adam steps of '
+        f'{s.classifier_batch} crops at lr {s.classifier_lr:g}; convolutionalized by '
+        '`surgery.convolutionalize` (surgery.log).',
+        f'- FCNs (`seed-N/<net>/`, model folders with net.py, trained by training.py): Adam, '
+        f'normalized loss, one scene a step; lr {FCN_LR:g} from the classifier, {FCN_REFINE_LR:g} '
+        f'for the refining stages. Iterations: FCN-32s-fixed {s.fixed_iter}, FCN-32s '
+        f'{s.first_iter}, FCN-16s and FCN-8s {s.refine_iter} each, all-at-once FCN-8s '
+        f'{s.atonce_iter}. Why Adam: FCN_SOLVER in minirepro.py.',
+        '- Seeds vary the classifier (initialisation, crop order) and so every net; the FCN '
+        "stages' data order and dropout are training.py's fixed ones.",
+        '- All-at-once FCN-8s: its fixed skip scales (0.01, 0.0001) suit VGG16\'s feature '
+        "magnitudes; this narrow trunk's pool3, pool4 and fc7 are of similar size, so the "
+        'scaled skips stay nearly silent and the net behaves like FCN-32s (unlike the paper, '
+        'where it matches staged FCN-8s).', '',
+        'Files: curves.png (training curves, first seed), figure4.png (a val image, its ground '
+        'truth and the 32s/16s/8s predictions, cf. the paper\'s Figure 4), infer/ (infer.py on '
+        'that image), results.json (everything above, per seed and per net).', '']
     with open(os.path.join(out, 'table.md'), 'w') as f:
         f.write('\n'.join(md))
     return summary, checks

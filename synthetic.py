@@ -1,24 +1,24 @@
-"""A deterministic synthetic segmentation dataset in the PASCAL VOC layout,
-and a classification set of object crops, for the offline mini-reproduction.
+"""A deterministic synthetic segmentation data set in the PASCAL VOC
+layout, and a classification set of crops, for the offline mini-reproduction.
 
-    python synthetic.py OUT_DIR [--seed 0] [--train 300] [--val 50] [--crops 480]
+    python synthetic.py OUT_DIR [--seed 0] [--train 300] [--val 60] [--crops 1000]
 
-Scenes: 1-3 objects on a cluttered background. The object classes differ
-by shape, never by colour (every object draws a random colour and texture),
-and three of them have thin parts (the ring's band, the cross's arms, the
-star's spikes) a few pixels wide, which a stride-32 prediction blurs away.
-Labels are palette PNGs with a 1-pixel void (255) border around objects,
-as VOC's boundaries.
+Scenes: 1-3 objects (disc, triangle, ring, cross) of 80-150 pixels on a
+cluttered background of greyish gradients, textured rectangles and blotches.
+Objects are saturated and textured; each class has its own shape and band
+of hues (brightness, saturation and texture vary). The ring's band and the
+cross's arms are thin (6-23 pixels, about a tenth of the object), finer than
+a stride-32 prediction resolves; a ring's hole is background. Labels are
+palette PNGs with a 1-pixel void (255) border around objects, as VOC's.
 
 Layout written under OUT_DIR:
     voc/JPEGImages/<id>.jpg, voc/SegmentationClass/<id>.png,
     voc/ImageSets/Segmentation/{train,val}.txt      (what VOCSegDataLayer reads)
     crops/<id>.jpg, crops/{train,val}.txt           (lines '<id> <class index>')
 
-Crops are CROP_SIZE x CROP_SIZE (the VGG16 classifier's input), one object
-filling much of the frame (or none: class background), like ILSVRC photos;
-scene objects are smaller, so the FCN must adapt across scales as the
-paper's PASCAL nets did.
+Crops (the stand-in for ILSVRC) are CROP_SIZE x CROP_SIZE cut-outs of
+scenes of their own, each labelled with the class at its centre: see crops().
+Every example has its own random stream (seed, split, index).
 """
 import argparse
 import colorsys
@@ -79,10 +79,6 @@ def draw_shape(draw, cls, center, size, angle, rng):
         thickness = size * rng.uniform(0.1, 0.16)
         for a in (angle, angle + np.pi / 2):
             draw.polygon(_bar(center, size, thickness, a), fill=255)
-    elif name == 'star':  # five spikes, thin towards their tips
-        angles = angle + np.arange(10) * np.pi / 5
-        radii = [r if i % 2 == 0 else r * rng.uniform(0.3, 0.4) for i in range(10)]
-        draw.polygon(_polygon(center, radii, angles), fill=255)
     else:
         raise ValueError(f'no shape for class {name!r}')
 
@@ -136,7 +132,8 @@ def texture(shape, rng, saturation=OBJECT_SATURATION, cls=None):
         return np.broadcast_to(a, (h, w, 3))
     elif kind == 1:
         theta, period = rng.uniform(0, np.pi), rng.uniform(4, 10)
-        t = (np.sin((x * np.cos(theta) + y * np.sin(theta)) * 2 * np.pi / period) > 0).astype(np.float32)
+        phase = (x * np.cos(theta) + y * np.sin(theta)) * 2 * np.pi / period
+        t = (np.sin(phase) > 0).astype(np.float32)
     elif kind == 2:
         period = rng.uniform(4, 10)
         t = ((np.floor(x / period) + np.floor(y / period)) % 2).astype(np.float32)
@@ -168,7 +165,8 @@ def background(shape, rng):
         box = ((yy >= y0) & (yy < y0 + rh) & (xx >= x0) & (xx < x0 + rw)).astype(np.float32)
         alpha = ndimage.gaussian_filter(box, 1.0, mode='constant')[..., None] * rng.uniform(0.3, 0.7)
         region = image[top:bottom, left:right]
-        image[top:bottom, left:right] = region * (1 - alpha) + texture(box.shape, rng, BACKGROUND_SATURATION) * alpha
+        image[top:bottom, left:right] = (region * (1 - alpha)
+                                         + texture(box.shape, rng, BACKGROUND_SATURATION) * alpha)
     blotch = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 4)
     blotch = np.clip(blotch / (blotch.std() + 1e-6), -2, 2)[..., None]
     return image + blotch * rng.uniform(5, 20)
@@ -191,7 +189,8 @@ def scene(rng, size=None, include=None):
         extent = rng.uniform(*OBJECT_EXTENT) * CROP_SIZE
         center = (rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h)
         alpha, box = shape_alpha((h, w), cls, center, extent, rng.uniform(0, 2 * np.pi), rng)
-        image[box] = image[box] * (1 - alpha[..., None]) + texture(alpha.shape, rng, cls=cls) * alpha[..., None]
+        a = alpha[..., None]
+        image[box] = image[box] * (1 - a) + texture(alpha.shape, rng, cls=cls) * a
         label[box][alpha >= 0.5] = cls  # later objects occlude earlier ones
     # VOC-style void: the background pixels bordering an object (thin
     # parts stay labelled).
@@ -214,25 +213,31 @@ def crops(rng, fill):
     conv1's padding, which is the mean colour after mean subtraction.
     """
     image, label = scene(rng, include=int(rng.integers(1, len(CLASSES))))
-    h, w = label.shape
     classes = [c for c in range(1, len(CLASSES)) if (label == c).any()]
     if rng.random() < 0.5:
         classes.insert(0, 0)
-    out = []
-    for cls in classes:
-        # a centre well inside the class's region (as far as its thinnest
-        # parts allow), so that the class at the centre is unambiguous
-        depth = ndimage.distance_transform_edt(label == cls)
-        places = np.argwhere(depth >= min(CROP_CENTER_DEPTH, depth.max()))
-        cy, cx = places[rng.integers(len(places))]
-        cut = np.empty((CROP_SIZE, CROP_SIZE, 3), np.uint8)
-        cut[...] = fill
-        top, left = CROP_SIZE // 2 - cy, CROP_SIZE // 2 - cx  # the scene's corner in the crop
-        y0, x0 = max(top, 0), max(left, 0)
-        y1, x1 = min(top + h, CROP_SIZE), min(left + w, CROP_SIZE)
-        cut[y0:y1, x0:x1] = image[y0 - top:y1 - top, x0 - left:x1 - left]
-        out.append((cls, cut))
-    return out
+    return [(cls, cut) for cls in classes
+            for cut in [centred_crop(image, label, cls, rng, fill)] if cut is not None]
+
+
+def centred_crop(image, label, cls, rng, fill):
+    """A CROP_SIZE x CROP_SIZE crop of `image` centred on a pixel of class
+    `cls` well inside its region (as far as its thinnest parts allow, so
+    that the class at the centre is unambiguous), `fill` outside the image;
+    None if the class has no pixel."""
+    depth = ndimage.distance_transform_edt(label == cls)
+    if not depth.any():
+        return None
+    places = np.argwhere(depth >= min(CROP_CENTER_DEPTH, depth.max()))
+    cy, cx = places[rng.integers(len(places))]
+    cut = np.empty((CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    cut[...] = fill
+    h, w = label.shape
+    top, left = CROP_SIZE // 2 - cy, CROP_SIZE // 2 - cx  # the image's corner in the crop
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + h, CROP_SIZE), min(left + w, CROP_SIZE)
+    cut[y0:y1, x0:x1] = image[y0 - top:y1 - top, x0 - left:x1 - left]
+    return cut
 
 
 # ------------------------------------------------------------------ writing
@@ -301,7 +306,7 @@ def mean_bgr(folder, ids):
     return tuple(round(float(v), 3) for v in (total / pixels)[::-1])
 
 
-def write(folder, seed=0, train=300, val=50, crops_train=480, crops_val=120):
+def write(folder, seed=0, train=300, val=60, crops_train=1000, crops_val=100):
     """Write both sets under `folder` (voc/ and crops/); returns (scene
     splits, crop splits, the scenes' BGR mean)."""
     voc_dir = os.path.join(folder, 'voc')
@@ -317,12 +322,12 @@ def main(argv=None):
     parser.add_argument('out', help='folder to write voc/ and crops/ into')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--train', type=int, default=300, help='training scenes')
-    parser.add_argument('--val', type=int, default=50, help='validation scenes')
-    parser.add_argument('--crops', type=int, default=480, help='training crops (val: a quarter)')
+    parser.add_argument('--val', type=int, default=60, help='validation scenes')
+    parser.add_argument('--crops', type=int, default=1000, help='training crops (val: a tenth)')
     args = parser.parse_args(argv)
-    write(args.out, args.seed, args.train, args.val, args.crops, args.crops // 4)
-    print(f'wrote {args.out}: voc/ ({args.train} train, {args.val} val scenes), '
-          f'crops/ ({args.crops} train, {args.crops // 4} val)')
+    _, _, mean = write(args.out, args.seed, args.train, args.val, args.crops, args.crops // 10)
+    print(f'wrote {args.out}: voc/ ({args.train} train, {args.val} val scenes, BGR mean {mean}), '
+          f'crops/ ({args.crops} train, {args.crops // 10} val)')
 
 
 if __name__ == '__main__':
