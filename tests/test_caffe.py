@@ -124,7 +124,8 @@ def test_sgd_lowers_softmax_loss(tmp_path):
     net_path = classifier_net(tmp_path)
     solver_path = tmp_path / 'solver.prototxt'
     solver_path.write_text(f'train_net: "{net_path}"\nbase_lr: 0.001\nmomentum: 0.9\n'
-                           'lr_policy: "fixed"\nmax_iter: 100\ndisplay: 0\nsnapshot: 0\n')
+                           'lr_policy: "fixed"\nmax_iter: 100\ndisplay: 0\nsnapshot: 0\n'
+                           'random_seed: 1\n')
     solver = caffe.SGDSolver(str(solver_path))
     solver.net.forward()
     first = float(solver.net.blobs['loss'].data)

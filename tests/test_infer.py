@@ -35,6 +35,9 @@ def tiny_model(tmp_path_factory):
     (folder / 'net.py').write_text(NET_PY)
     model = nets.load(str(folder))
     model.write(str(folder))
+    # Caffe's fillers draw the random trunk: seed them, or some draws give
+    # one class everywhere on these noise images (seen about 1 run in 6).
+    caffe.set_random_seed(0)
     net = caffe.Net(str(folder / 'deploy.prototxt'), caffe.TEST)
     rng = np.random.RandomState(0)
     # the fine skip dominates, so that classes change within small images
