@@ -15,7 +15,8 @@ from nets.trunks import TRUNKS, UPSCORE_KERNEL
 
 SKIPS = {32: (), 16: ('pool4',), 8: ('pool4', 'pool3')}
 # All-at-once training scales the skip features so the finer scores start
-# small (PAMI sec. 4.3); fixed constants, not learned.
+# small (PAMI sec. 4.3); fixed constants, not learned. The published ones,
+# the default of Model.at_once_scales.
 AT_ONCE_SCALE = {'pool4': 0.01, 'pool3': 0.0001}
 # Late fusion averages the streams' scores.
 LATE_FUSION_COEFF = (0.5, 0.5)
@@ -35,10 +36,11 @@ def score_streams(n, bottoms, name, num_classes, param, fused_name=None):
     return n[fused_name]
 
 
-def skip_head(n, features, head, stride, crop_to, at_once=False, score_param=blocks.LEARNED,
+def skip_head(n, features, head, stride, crop_to, at_once_scales=None, score_param=blocks.LEARNED,
               learned_upsampling=False, final_kernel=None):
     """Scores at the input's resolution for one head; returns the score top.
-    `features` maps each stream ('' for a single one) to its trunk features."""
+    `features` maps each stream ('' for a single one) to its trunk features;
+    `at_once_scales` ({pool: constant}) scales the skips (all-at-once)."""
     s, k = head.suffix, head.num_classes
     # 'score_fused' is the reference name of the late-fusion average.
     top = score_streams(n, {m: f['fc7'] for m, f in features.items()}, 'score_fr' + s, k,
@@ -48,9 +50,9 @@ def skip_head(n, features, head, stride, crop_to, at_once=False, score_param=blo
         up = 'upscore2' + s if i == 0 else f'upscore_{skips[i - 1]}{s}'
         n[up] = blocks.upsample(top, k, 2, learned=learned_upsampling)
         bottoms = {m: f[pool] for m, f in features.items()}
-        if at_once:
+        if at_once_scales:
             assert len(bottoms) == 1, 'all-at-once scaling is defined for a single stream'
-            n[f'scale_{pool}{s}'] = blocks.fixed_scale(bottoms[''], AT_ONCE_SCALE[pool])
+            n[f'scale_{pool}{s}'] = blocks.fixed_scale(bottoms[''], at_once_scales[pool])
             bottoms = {'': n[f'scale_{pool}{s}']}
         scored = score_streams(n, bottoms, f'score_{pool}{s}', k, score_param,
                                fused_name=f'score_{pool}{s}_fused')
@@ -94,8 +96,9 @@ def fcn(model, phase):
         crop_to = n['data']
 
     final_kernel = UPSCORE_KERNEL.get(model.trunk)
+    at_once_scales = dict(zip(('pool4', 'pool3'), model.at_once_scales)) if model.at_once else None
     for head in source.heads:
-        score = skip_head(n, features, head, model.stride, crop_to, at_once=model.at_once,
+        score = skip_head(n, features, head, model.stride, crop_to, at_once_scales=at_once_scales,
                           learned_upsampling=model.learned_upsampling, final_kernel=final_kernel)
         if train:
             n[head.loss] = blocks.softmax_loss(score, n[head.label], normalize=model.normalize_loss)

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Tuple
 
-from nets.fcn import fcn
+from nets.fcn import AT_ONCE_SCALE, fcn
 from nets.sources import Source
 
 NETS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -25,6 +25,8 @@ class Model:
     # ILSVRC net (vgg16, caffenet) convolutionalized by surgery.
     init: Tuple[str, ...]
     at_once: bool = False           # all-at-once FCN-8s (scaled skips)
+    # its constants for the pool4 and pool3 features (published: 0.01, 0.0001)
+    at_once_scales: Tuple[float, float] = (AT_ONCE_SCALE['pool4'], AT_ONCE_SCALE['pool3'])
     fixed_trunk: bool = False       # FCN-32s-fixed: only the score layer learns
     learned_upsampling: bool = False
     trunk_width: float = 1.0        # channel scale of the trunk (1.0: published)

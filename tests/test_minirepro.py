@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 import pytest
+from caffe.proto import caffe_pb2
+from google.protobuf import text_format
 from PIL import Image
 
 import datasets
@@ -73,6 +75,12 @@ def test_model_folders_are_real_and_staged(run):
             model = nets.load(str(folder))
             assert (model.stride, model.fixed_trunk, model.at_once) == \
                 (stage.stride, stage.fixed_trunk, stage.at_once)
+            if stage.at_once:  # the narrow trunk's skip scales, in the generated net
+                assert model.at_once_scales == minirepro.AT_ONCE_SCALES
+                net = caffe_pb2.NetParameter()
+                text_format.Merge((folder / 'train.prototxt').read_text(), net)
+                scales = {l.name: l.scale_param.filler.value for l in net.layer if l.type == 'Scale'}
+                assert (scales['scale_pool4'], scales['scale_pool3']) == minirepro.AT_ONCE_SCALES
             assert model.source.heads[0].classes == synthetic.CLASSES
             assert os.path.samefile(os.path.join(folder, model.source.voc_dir), out / 'data' / 'voc')
             assert 'type: "Adam"' in (folder / 'solver.prototxt').read_text()

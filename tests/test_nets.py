@@ -1,6 +1,7 @@
 """nets/: the generated model folders are the published nets."""
 import os
 import tempfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 import caffe
 import nets
 from nets import ilsvrc
+from nets.fcn import fcn
 from nets.__main__ import generated, stale
 
 caffe.set_mode_cpu()
@@ -151,6 +153,13 @@ def test_dataset_variants():
     assert atonce['scale_pool3'].scale_param.filler.value == pytest.approx(0.0001)
     assert atonce['scale_pool4'].param[0].lr_mult == 0
     assert list(atonce['score_pool4'].bottom) == ['scale_pool4']
+    # other constants (Model.at_once_scales) reach the Scale layers; without
+    # at_once there are none
+    atonce_model = nets.load(os.path.join(nets.NETS_DIR, 'voc-fcn8s-atonce'))
+    rescaled = {l.name: l for l in fcn(replace(atonce_model, at_once_scales=(0.5, 0.25)), 'deploy').to_proto().layer}
+    assert [rescaled[f'scale_{p}'].scale_param.filler.value for p in ('pool4', 'pool3')] == [0.5, 0.25]
+    staged = fcn(replace(atonce_model, at_once=False), 'deploy').to_proto().layer
+    assert not [l for l in staged if l.type == 'Scale']
 
 
 def test_learning_rates_losses_and_data_layers():
