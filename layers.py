@@ -355,6 +355,9 @@ PARAM_CHECKS = {
     'jitter': (lambda v: _is_int(v, 0, MAX_JITTER), f'an int 0..{MAX_JITTER} (pixels)'),
     'tops': (lambda v: isinstance(v, (list, tuple)) and len(v) > 0, 'a non-empty list'),
     'num_classes': (lambda v: _is_int(v, 1, datasets.VOID), f'an int 1..{datasets.VOID}'),
+    'keep': (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
+             'a fraction 0 < keep <= 1'),
+    'cell': (lambda v: _is_int(v, 1, 1024), 'an int 1..1024 (pixels)'),
     'label_map': (lambda v: v is None or isinstance(v, dict) and all(
         _is_int(k, -2**31, 2**31) and _is_int(x, 0, datasets.VOID) for k, x in v.items()),
         f'None or a dict of int -> int 0..{datasets.VOID}'),
@@ -804,3 +807,76 @@ class SegDataLayer(SegDataLayerBase):
         if top == 'data':
             return preprocess(load_image(path), p['mean'])
         return load_label_image(path, p['num_classes'], p['label_map'])
+
+
+# ---------------------------------------------------------------- loss ablations
+# Not data layers: they turn a label top into what an ablation's loss
+# takes (PAMI's loss sampling and sigmoid cross-entropy). No gradient flows
+# to labels, so backward does nothing.
+
+class _LabelTransformLayer(caffe.Layer):
+    required = ()
+    defaults = {}
+
+    def setup(self, bottom, top):
+        name = type(self).__name__
+        self.params = parse_params(self.param_str, name, self.required, self.defaults)
+        if len(bottom) != 1 or len(top) != 1:
+            raise ParamError(f'{name}: takes one bottom (a label) and gives one top, '
+                             f'got {len(bottom)} bottoms and {len(top)} tops')
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+class LossSamplingLayer(_LabelTransformLayer):
+    """Loss sampling: each `cell` x `cell` patch of the label (one cell of a
+    stride-`cell` net's final layer, from the top left) is kept with
+    probability `keep` and otherwise voided (255), so the loss sees a random
+    sample of the final layer's cells. Keys: keep (0 < keep <= 1), cell
+    (pixels), seed (as the data layers': the draws of the n-th forward
+    depend on (seed, n) only, so seek(n) resumes them)."""
+    required = ('keep', 'cell')
+    defaults = {'seed': None}
+
+    def setup(self, bottom, top):
+        super().setup(bottom, top)
+        self.seek(0)
+
+    def seek(self, consumed):
+        """Continue as if `consumed` labels had been sampled (training resumes)."""
+        self._served = consumed
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        p = self.params
+        key = f"loss-sampling-{p['seed']}-{self._served}"
+        rng = np.random.default_rng(None if p['seed'] is None else random.Random(key).getrandbits(64))
+        self._served += 1
+        n, c, h, w = bottom[0].data.shape
+        cell = p['cell']
+        kept = rng.random((n, 1, -(-h // cell), -(-w // cell))) < p['keep']
+        kept = np.repeat(np.repeat(kept, cell, axis=2), cell, axis=3)[:, :, :h, :w]
+        top[0].data[...] = np.where(kept, bottom[0].data, datasets.VOID)
+
+
+class OneHotLabelLayer(_LabelTransformLayer):
+    """A label (N x 1 x H x W, void 255) as N x num_classes x H x W one-hot
+    targets for SigmoidCrossEntropyLoss; a void pixel is 255 in every
+    channel, which that loss's ignore_label 255 skips."""
+    required = ('num_classes',)
+
+    def reshape(self, bottom, top):
+        n, _, h, w = bottom[0].data.shape
+        top[0].reshape(n, self.params['num_classes'], h, w)
+
+    def forward(self, bottom, top):
+        k = self.params['num_classes']
+        label = bottom[0].data[:, 0]
+        if ((label >= k) & (label != datasets.VOID)).any():
+            raise DataError(f'OneHotLabelLayer: label values must be 0..{k - 1} or '
+                            f'{datasets.VOID} (void), got {np.unique(label).tolist()}')
+        onehot = (label[:, None] == np.arange(k)[None, :, None, None]).astype(np.float32)
+        top[0].data[...] = np.where(label[:, None] == datasets.VOID, datasets.VOID, onehot)

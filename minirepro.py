@@ -103,6 +103,7 @@ STAGES = (
 )
 # The paper's qualitative result, checked on mean IU: each net beats the previous.
 ORDER = ('fcn32s-fixed', 'fcn32s', 'fcn16s', 'fcn8s')
+UPPER_BOUND_STRIDES = (32, 16, 8)
 METRICS = (('pixel_acc', 'pixel acc.'), ('mean_acc', 'mean acc.'), ('mean_iu', 'mean IU'),
            ('fw_iu', 'f.w. IU'))
 
@@ -466,7 +467,14 @@ def plot_figure4(out, voc_dir, idx, path):
     plt.close(fig)
 
 
-def write_report(out, results, schedule, elapsed, data_seed, mean):
+def format_bounds(bounds, markdown=False):
+    """score.upper_bounds' metrics (%) for each output stride."""
+    rows = [[str(factor)] + [f"{100 * by_gt['label'][key]:.1f}" for key, _ in METRICS]
+            for factor, by_gt in bounds['factors'].items()]
+    return format_rows(['output stride'] + [name for _, name in METRICS], rows, markdown)
+
+
+def write_report(out, results, schedule, elapsed, data_seed, mean, bounds):
     """results.json and table.md; returns (summary, checks)."""
     summary = summarize(results)
     checks = check_order(summary, results)
@@ -476,6 +484,8 @@ def write_report(out, results, schedule, elapsed, data_seed, mean):
                   fcn_solver=FCN_SOLVER, fcn_lr=FCN_LR, fcn_refine_lr=FCN_REFINE_LR,
                   momentum=FCN_MOMENTUM, at_once_scales=AT_ONCE_SCALES, summary=summary,
                   checks=checks, seconds=round(elapsed, 1),
+                  upper_bounds={f: {k: b['label'][k] for k, _ in METRICS}
+                                for f, b in bounds['factors'].items()},
                   per_seed=[{k: v for k, v in r.items() if k != 'curves'} for r in results])
     with open(os.path.join(out, 'results.json'), 'w') as f:
         json.dump(score.jsonable(report), f, indent=1)
@@ -491,6 +501,10 @@ def write_report(out, results, schedule, elapsed, data_seed, mean):
         '## The paper\'s ordering (mean IU)', '',
         *[f'- {line}' for line in format_checks(checks).splitlines()], '',
         '## Mean IU per training seed', '', format_seeds(results, markdown=True), '',
+        '## Upper bounds from the output stride', '',
+        'The val ground truth coarsened to each stride (`score.py --upper-bound`: each cell '
+        'takes its most frequent class), scored as a prediction: what a net of that stride '
+        'could reach at best.', '', format_bounds(bounds, markdown=True), '',
         '## Set-up', '',
         f'- Data (`data/`, data seed {data_seed}): {s.train_scenes} train and {s.val_scenes} val '
         f'scenes in the PASCAL VOC layout, classes {", ".join(synthetic.CLASSES)}; '
@@ -572,8 +586,11 @@ def main(argv=None):
     infer.run([os.path.join(voc_dir, 'JPEGImages', idx + '.jpg')], model=os.path.join(first, 'fcn8s'),
               weights=latest_weights(os.path.join(first, 'fcn8s')), out=os.path.join(out, 'infer'),
               progress=False)
+    # What each output stride could reach at best (the paper's upper bounds)
+    bounds = score.upper_bounds(os.path.join(first, 'fcn8s'), UPPER_BOUND_STRIDES, progress=False,
+                                class_names={'label': synthetic.CLASSES})
     elapsed = time.time() - t0
-    summary, checks = write_report(out, results, schedule, elapsed, args.data_seed, mean)
+    summary, checks = write_report(out, results, schedule, elapsed, args.data_seed, mean, bounds)
 
     print()
     print(format_table(summary, results))
@@ -581,6 +598,8 @@ def main(argv=None):
     print(format_seeds(results))
     print()
     print(format_checks(checks))
+    print()
+    print(format_bounds(bounds))
     print(f'\n{elapsed / 60:.1f} min; wrote {out}/table.md, results.json, curves.png, figure4.png, infer/')
     return summary, checks
 

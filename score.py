@@ -27,6 +27,12 @@ The command evaluates a model folder's val/test net on a split:
 It scores the images the net's data layer (layers.py) lists for the split,
 in file order (--limit: the first N), every head the net has (SIFT Flow:
 semantic and geometric), and prints the paper's table.
+
+    python score.py --model voc-fcn8s --upper-bound 8 16 32 [--split S] [--limit N]
+
+scores no net but the ground truth itself, coarsened to each output stride
+(see coarsen): the upper bounds on the metrics that the stride allows (the
+PAMI paper's ablation; no weights needed).
 """
 import argparse
 import contextlib
@@ -261,6 +267,43 @@ def working_dir(path):
         os.chdir(old)
 
 
+def eval_net_param(model, split=None):
+    """A model folder's evaluation net prepared for scoring `split`: (model
+    folder, prototxt path, NetParameter with the data layer's params
+    rewritten (split, EVAL_PARAMS), that data layer, its params)."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    model_dir, proto = model_net(model)
+    net_param = caffe_pb2.NetParameter()
+    with open(proto) as f:
+        text_format.Merge(f.read(), net_param)
+    layer = data_layer(net_param)
+    params = eval_params(layer, split)
+    layer.python_param.param_str = repr(params)
+    return model_dir, proto, net_param, layer, params
+
+
+@contextlib.contextmanager
+def eval_net(net_param, model_dir, weights=None):
+    """`net_param` as a caffe.Net (TEST phase), run with cwd = the model
+    folder, since the data layer's paths are relative to it."""
+    import caffe
+    from google.protobuf import text_format
+    with tempfile.TemporaryDirectory() as tmp, working_dir(model_dir):
+        tmp_proto = os.path.join(tmp, 'net.prototxt')
+        with open(tmp_proto, 'w') as f:
+            f.write(text_format.MessageToString(net_param))
+        yield caffe.Net(tmp_proto, caffe.TEST, weights=weights)
+
+
+def progress_bar(ids, model_dir, params, progress):
+    if not progress:
+        return ids
+    from tqdm import tqdm
+    return tqdm(ids, desc=f'{os.path.basename(model_dir)} {params.get("split", "")}')
+
+
 def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True):
     """Score `weights` with a model folder's evaluation net on `split`.
 
@@ -271,27 +314,13 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     Returns {'model', 'weights', 'split', 'images', 'heads': {score blob:
     metrics + 'loss', 'hist', 'excluded'}}. Caffe's mode is the caller's.
     """
-    import caffe
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-
-    model_dir, proto = model_net(model)
+    model_dir, proto, net_param, layer, params = eval_net_param(model, split)
     weights = os.path.abspath(weights)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f'weights not found: {weights}')
-    net_param = caffe_pb2.NetParameter()
-    with open(proto) as f:
-        text_format.Merge(f.read(), net_param)
-    layer = data_layer(net_param)
-    params = eval_params(layer, split)
-    layer.python_param.param_str = repr(params)
     save_dir = save_dir and os.path.abspath(save_dir)
 
-    with tempfile.TemporaryDirectory() as tmp, working_dir(model_dir):
-        tmp_proto = os.path.join(tmp, os.path.basename(proto))
-        with open(tmp_proto, 'w') as f:
-            f.write(text_format.MessageToString(net_param))
-        net = caffe.Net(tmp_proto, caffe.TEST, weights=weights)
+    with eval_net(net_param, model_dir, weights) as net:
         ids = [example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
         heads = [h for h in HEADS if h.layer in net.blobs and h.gt in net.blobs]
         if not heads:
@@ -299,25 +328,101 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         if save_dir:
             heads = [h._replace(save_dir=save_dir if len(heads) == 1 else
                                 os.path.join(save_dir, h.layer)) for h in heads]
-        if progress:
-            from tqdm import tqdm
-            ids_iter = tqdm(ids, desc=f'{os.path.basename(model_dir)} {params.get("split", "")}')
-        else:
-            ids_iter = ids
-        results = compute_hists(net, ids_iter, heads)
+        results = compute_hists(net, progress_bar(ids, model_dir, params, progress), heads)
 
     kind, split = layer.python_param.layer, params.get('split')
     report = {'model': os.path.basename(os.path.normpath(model_dir)), 'weights': weights,
               'split': split, 'images': len(ids), 'heads': {}}
     for head, (hist, mean_loss) in zip(heads, results):
-        names = CLASS_NAMES.get(kind, {}).get(head.gt)
-        if names is not None and len(names) != hist.shape[0]:
-            names = None  # a net with other classes than its dataset's: number them
-        exclude = ABSENT.get((kind, split, head.gt), ()) if names else ()
-        result = metrics(hist, names, exclude)
-        result.update(loss=mean_loss, hist=hist, excluded=list(exclude))
+        result = head_metrics(hist, kind, split, head.gt)
+        result['loss'] = mean_loss
         report['heads'][head.layer] = result
     return report
+
+
+def head_metrics(hist, kind, split, gt):
+    """metrics() of one head's confusion matrix, its classes named and
+    excluded as its data layer (`kind`) and split have them; with 'hist'
+    and 'excluded'."""
+    names = CLASS_NAMES.get(kind, {}).get(gt)
+    if names is not None and len(names) != hist.shape[0]:
+        names = None  # a net with other classes than its dataset's: number them
+    exclude = ABSENT.get((kind, split, gt), ()) if names else ()
+    result = metrics(hist, names, exclude)
+    result.update(hist=hist, excluded=list(exclude))
+    return result
+
+
+# --- upper bounds from the output stride (PAMI ablation) --------------------
+
+def coarsen(label, factor, num_classes):
+    """The best labelling a stride-`factor` output can give: each factor x
+    factor cell (from the top left) takes the most frequent non-void class
+    of its ground truth, upsampled back by replication to `label`'s size.
+    (Ground truth downsampled by `factor` and upsampled back, the paper's
+    upper bound; the majority is the cell value that scores best, so the
+    bound is a true one. All-void cells give class 0, never scored.)"""
+    label = np.asarray(label)
+    h, w = label.shape
+    ch, cw = -(-h // factor), -(-w // factor)
+    padded = np.full((ch * factor, cw * factor), datasets.VOID, dtype=np.int64)
+    padded[:h, :w] = label
+    cells = padded.reshape(ch, factor, cw, factor).transpose(0, 2, 1, 3).reshape(ch * cw, -1)
+    cell_id = np.repeat(np.arange(ch * cw), cells.shape[1])
+    values = cells.ravel()
+    scored = (values >= 0) & (values < num_classes)
+    counts = np.bincount(cell_id[scored] * num_classes + values[scored],
+                         minlength=ch * cw * num_classes).reshape(ch * cw, num_classes)
+    coarse = counts.argmax(axis=1).reshape(ch, cw)
+    return np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:h, :w]
+
+
+def upper_bounds(model, factors, split=None, limit=None, progress=True, class_names=None):
+    """Mean IU etc. of coarsen()-ed ground truth for each output stride in
+    `factors`, over the images a model folder's evaluation net lists for
+    `split` (only its data layer runs: no weights). Classes are the data
+    layer's dataset's (CLASS_NAMES), or `class_names` ({label top: names})
+    for other data. Returns {'model', 'split', 'images', 'factors': {factor:
+    {label top: metrics}}}."""
+    factors = [int(f) for f in factors]
+    if any(f < 1 for f in factors):
+        raise ValueError(f'upper bound factors must be positive integers, got {factors}')
+    from caffe.proto import caffe_pb2
+    model_dir, proto, _, layer, params = eval_net_param(model, split)
+    labels_net = caffe_pb2.NetParameter()
+    labels_net.layer.add().CopyFrom(layer)  # the data layer alone: its label tops
+    kind, split = layer.python_param.layer, params.get('split')
+    names = class_names or CLASS_NAMES.get(kind, {})
+    gts = [h.gt for h in HEADS if h.gt in layer.top]
+    classes = {gt: len(names.get(gt) or ()) for gt in gts}
+    if not gts or not all(classes.values()):
+        raise ValueError(f'{proto}: no class names for the label tops {gts} of its {kind}')
+    hists = {(f, gt): np.zeros((classes[gt],) * 2, np.int64) for f in factors for gt in gts}
+    with eval_net(labels_net, model_dir) as net:
+        ids = [example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
+        for _ in progress_bar(ids, model_dir, params, progress):
+            net.forward()
+            for (factor, gt), hist in hists.items():
+                label = net.blobs[gt].data[0, 0].astype(np.int64)
+                hist += fast_hist(label, coarsen(label, factor, classes[gt]), classes[gt])
+    report = {'model': os.path.basename(os.path.normpath(model_dir)), 'split': split,
+              'images': len(ids), 'factors': {}}
+    for (factor, gt), hist in hists.items():
+        report['factors'].setdefault(factor, {})[gt] = (
+            metrics(hist, names[gt]) if class_names else head_metrics(hist, kind, split, gt))
+    return report
+
+
+def format_upper_bounds(report):
+    lines = [f"upper bounds from the output stride: {report['model']} ground truth on "
+             f"{report['split']} ({report['images']} images), metrics in %",
+             f"{'factor':<8}{'label':<8}{'pixel acc.':>12}{'mean acc.':>12}{'mean IU':>12}"
+             f"{'f.w. IU':>12}"]
+    for factor, by_gt in report['factors'].items():
+        for gt, r in by_gt.items():
+            lines.append(f'{factor:<8}{gt:<8}' + ''.join(
+                f'{100 * r[k]:>12.1f}' for k in ('pixel_acc', 'mean_acc', 'mean_iu', 'fw_iu')))
+    return '\n'.join(lines)
 
 
 def format_report(report):
@@ -359,13 +464,20 @@ def main(argv=None):
                     '(pixel acc., mean acc., mean IU, f.w. IU).')
     parser.add_argument('--model', required=True,
                         help='model folder under nets/ (e.g. voc-fcn8s) or a path to one')
-    parser.add_argument('--weights', required=True, help='caffemodel to score')
+    parser.add_argument('--weights', help='caffemodel to score')
+    parser.add_argument('--upper-bound', type=int, nargs='+', metavar='FACTOR',
+                        help='score ground truth coarsened to these output strides instead '
+                             'of a net (upper bounds; no --weights)')
     parser.add_argument('--split', help="split to score (default: the prototxt's)")
     parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
     parser.add_argument('--save-dir', help='write predictions as palette PNGs here')
     parser.add_argument('--json', help='write the metrics (fractions) here')
     parser.add_argument('--limit', type=int, help='score only the first N images')
     args = parser.parse_args(argv)
+    if (args.weights is None) == (args.upper_bound is None):
+        parser.error('give --weights (score a net) or --upper-bound (score coarsened ground truth)')
+    if args.upper_bound and args.save_dir:
+        parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
 
     import caffe
     if args.gpu is None:
@@ -374,10 +486,13 @@ def main(argv=None):
         caffe.set_device(args.gpu)
         caffe.set_mode_gpu()
     try:
-        report = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit)
+        if args.upper_bound:
+            report = upper_bounds(args.model, args.upper_bound, args.split, args.limit)
+        else:
+            report = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit)
     except (OSError, ValueError) as e:
         sys.exit(f'score.py: error: {e}')
-    print(format_report(report))
+    print(format_upper_bounds(report) if args.upper_bound else format_report(report))
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(jsonable(report), f, indent=1, allow_nan=False)

@@ -86,3 +86,23 @@ def softmax_loss(score_top, label, normalize=False):
     """Per-pixel softmax loss; void (255) ignored. The reference release sums
     over pixels (normalize False), hence its tiny learning rates."""
     return L.SoftmaxWithLoss(score_top, label, loss_param=dict(normalize=normalize, ignore_label=255))
+
+
+def sigmoid_loss(score_top, onehot, normalize=False):
+    """Per-class sigmoid cross-entropy instead of the softmax (PAMI
+    ablation), on one-hot targets; void (255) ignored."""
+    return L.SigmoidCrossEntropyLoss(score_top, onehot,
+                                     loss_param=dict(normalize=normalize, ignore_label=255))
+
+
+def onehot_label(label, num_classes):
+    """layers.OneHotLabelLayer: the label as one-hot targets (void stays 255)."""
+    return L.Python(label, module='layers', layer='OneHotLabelLayer',
+                    param_str=str(dict(num_classes=num_classes)))
+
+
+def sampled_label(label, keep, cell, seed):
+    """layers.LossSamplingLayer: the label with each cell x cell patch voided
+    with probability 1 - keep (loss sampling, PAMI ablation)."""
+    return L.Python(label, module='layers', layer='LossSamplingLayer',
+                    param_str=str(dict(keep=keep, cell=cell, seed=seed)))

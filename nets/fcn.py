@@ -11,6 +11,7 @@ import functools
 import caffe
 from nets import blocks
 from nets.blocks import crop
+from nets.sources import SEED
 from nets.trunks import TRUNKS, UPSCORE_KERNEL
 
 SKIPS = {32: (), 16: ('pool4',), 8: ('pool4', 'pool3')}
@@ -101,5 +102,20 @@ def fcn(model, phase):
         score = skip_head(n, features, head, model.stride, crop_to, at_once_scales=at_once_scales,
                           learned_upsampling=model.learned_upsampling, final_kernel=final_kernel)
         if train:
-            n[head.loss] = blocks.softmax_loss(score, n[head.label], normalize=model.normalize_loss)
+            n[head.loss] = loss(n, model, head, score, sample=phase == 'train')
     return n
+
+
+def loss(n, model, head, score, sample):
+    """The head's loss: per-pixel softmax (published), or the PAMI
+    ablations: sigmoid cross-entropy, and loss sampling while training
+    (the label's stride x stride cells kept with probability
+    model.loss_sampling)."""
+    label = n[head.label]
+    if sample and model.loss_sampling < 1:
+        n[head.label + '_sampled'] = label = blocks.sampled_label(
+            label, model.loss_sampling, model.stride, SEED)
+    if model.loss == 'sigmoid':
+        n[head.label + '_onehot'] = onehot = blocks.onehot_label(label, head.num_classes)
+        return blocks.sigmoid_loss(score, onehot, normalize=model.normalize_loss)
+    return blocks.softmax_loss(score, label, normalize=model.normalize_loss)

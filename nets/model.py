@@ -32,12 +32,31 @@ class Model:
     trunk_width: float = 1.0        # channel scale of the trunk (1.0: published)
     trunk_filler: str = ''          # weight filler for training a trunk from scratch
     normalize_loss: bool = False    # reference: summed loss, tiny lr
+    # PAMI ablations of the loss. 'softmax' (published) or 'sigmoid'
+    # (per-class sigmoid cross-entropy).
+    loss: str = 'softmax'
+    # Loss sampling: the fraction p of final-layer cells the loss sees (1:
+    # all, published); with p < 1 each step takes round(1/p) times as many
+    # images (iter_size), as the paper raises the batch by 1/p.
+    loss_sampling: float = 1.0
     momentum: float = 0.99
     solver_type: str = 'SGD'        # Caffe solver type; the reference release uses SGD
     iter_size: int = 1
     weight_decay: float = 5e-4
     max_iter: int = 100000          # reference solve.py: 25 x 4,000 for VOC
     folder: str = field(default='', compare=False)  # set by nets.load()
+
+    def __post_init__(self):
+        if self.loss not in ('softmax', 'sigmoid'):
+            raise ValueError(f"Model: loss must be 'softmax' or 'sigmoid', got {self.loss!r}")
+        if not 0 < self.loss_sampling <= 1:
+            raise ValueError(f'Model: loss_sampling must be a fraction 0 < p <= 1 of the '
+                             f'final-layer cells, got {self.loss_sampling!r}')
+
+    @property
+    def solver_iter_size(self):
+        """Images per step: iter_size, times 1/p under loss sampling."""
+        return self.iter_size * max(1, round(1 / self.loss_sampling))
 
     @property
     def name(self):
@@ -71,7 +90,7 @@ class Model:
             'lr_policy: "fixed"',
             f'base_lr: {self.base_lr:g}',
             f'momentum: {self.momentum:g}',
-            f'iter_size: {self.iter_size}',
+            f'iter_size: {self.solver_iter_size}',
             *([f'type: "{self.solver_type}"'] if self.solver_type != 'SGD' else []),
             f'max_iter: {self.max_iter}',
             f'weight_decay: {self.weight_decay:g}',

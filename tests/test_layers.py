@@ -562,3 +562,78 @@ def test_seek_resumes_the_training_sequence(tmp_path):
         got = step(resumed)
         np.testing.assert_array_equal(got['data'], expected['data'])
         np.testing.assert_array_equal(got['label'], expected['label'])
+
+
+# ---------------------------------------------------------------- loss ablations
+
+def label_net(tmp_path, layer, params, shape):
+    """Input label -> one of the label-transform layers."""
+    n = caffe.NetSpec()
+    n.label = L.Input(shape=dict(dim=list(shape)))
+    n.out = L.Python(n.label, module='layers', layer=layer, param_str=str(params))
+    path = tmp_path / f'{layer}.prototxt'
+    path.write_text(str(n.to_proto()))
+    return caffe.Net(str(path), caffe.TRAIN)
+
+
+def test_loss_sampling_voids_whole_cells_at_the_keep_rate_and_resumes(tmp_path):
+    rng = np.random.RandomState(0)
+    label = rng.randint(0, 5, size=(1, 1, 70, 90)).astype(np.float32)
+    label[0, 0, :3] = datasets.VOID
+    net = label_net(tmp_path, 'LossSamplingLayer', dict(keep=0.25, cell=8, seed=3), label.shape)
+    outputs = []
+    for _ in range(6):
+        net.blobs['label'].data[...] = label
+        net.forward()
+        outputs.append(net.blobs['out'].data[0, 0].copy())
+    kept_fractions = []
+    for out in outputs:
+        kept = out == label[0, 0]
+        assert ((out == datasets.VOID) | kept).all()  # a pixel is kept or voided
+        # every 8 x 8 cell from the top left (edge cells cut by the border
+        # too) is kept or voided as a whole; the first row of cells holds
+        # the label's own void rows
+        cells = [out[y:y + 8, x:x + 8] != datasets.VOID for y in range(8, 70, 8) for x in range(0, 90, 8)]
+        assert all(c.all() or not c.any() for c in cells)
+        kept_fractions.append(np.mean([c.all() for c in cells]))
+    assert 0.1 < np.mean(kept_fractions) < 0.4            # keep 0.25 of 96 cells, six draws
+    assert not all(np.array_equal(outputs[0], o) for o in outputs[1:])  # fresh draws each step
+    # seek(n) replays the n-th draw (how training resumes)
+    net.layers[list(net._layer_names).index('out')].seek(4)
+    net.blobs['label'].data[...] = label
+    net.forward()
+    np.testing.assert_array_equal(net.blobs['out'].data[0, 0], outputs[4])
+    # keep 1 is the identity
+    whole = label_net(tmp_path, 'LossSamplingLayer', dict(keep=1, cell=32, seed=3), label.shape)
+    whole.blobs['label'].data[...] = label
+    whole.forward()
+    np.testing.assert_array_equal(whole.blobs['out'].data, label)
+
+
+def test_one_hot_labels_for_the_sigmoid_loss(tmp_path):
+    label = np.array([[0, 1, 2], [255, 2, 0]], np.float32)[None, None]
+    net = label_net(tmp_path, 'OneHotLabelLayer', dict(num_classes=3), label.shape)
+    net.blobs['label'].data[...] = label
+    net.forward()
+    out = net.blobs['out'].data[0]
+    assert out.shape == (3, 2, 3)
+    np.testing.assert_array_equal(out[:, 0, 0], [1, 0, 0])
+    np.testing.assert_array_equal(out[:, 0, 2], [0, 0, 1])
+    np.testing.assert_array_equal(out[:, 1, 0], [255, 255, 255])  # void in every channel
+    assert (out[:, 1, 1:] != 255).all() and (out.sum(axis=0)[label[0, 0] != 255] == 1).all()
+    net.blobs['label'].data[0, 0, 0, 0] = 3
+    with pytest.raises(layers.DataError, match='0..2 or 255'):
+        net.forward()
+
+
+def test_loss_ablation_params_are_checked(tmp_path):
+    with pytest.raises(Exception):
+        label_net(tmp_path, 'LossSamplingLayer', dict(keep=0, cell=8), (1, 1, 4, 4))
+    proto = tmp_path / 'bad.prototxt'
+    n = caffe.NetSpec()
+    n.label = L.Input(shape=dict(dim=[1, 1, 4, 4]))
+    n.out = L.Python(n.label, module='layers', layer='LossSamplingLayer', param_str=str(dict(keep=1.5, cell=8)))
+    proto.write_text(str(n.to_proto()))
+    code = f'import caffe; caffe.Net({str(proto)!r}, caffe.TRAIN)'
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert result.returncode != 0 and "'keep' must be a fraction 0 < keep <= 1" in result.stderr

@@ -46,6 +46,14 @@ def test_report_json_and_markdown(run):
     for stage in minirepro.STAGES:
         assert f'| {stage.title} |' in table
     assert table.count('seed-to-seed spread') == len(checks)
+    # the output strides' upper bounds: a finer stride's cells nest in the
+    # coarser's, so its majority labels get at least as many pixels right
+    bounds = report['upper_bounds']
+    assert list(bounds) == [str(f) for f in minirepro.UPPER_BOUND_STRIDES]
+    accuracies = [bounds[str(f)]['pixel_acc'] for f in minirepro.UPPER_BOUND_STRIDES]
+    assert all(0 < a <= 1 for a in accuracies) and accuracies == sorted(accuracies)
+    assert all(0 < bounds[str(f)]['mean_iu'] <= 1 for f in minirepro.UPPER_BOUND_STRIDES)
+    assert '## Upper bounds from the output stride' in table
 
 
 def test_figures_and_infer_outputs(run):

@@ -1,4 +1,5 @@
 """nets/: the generated model folders are the published nets."""
+import ast
 import os
 import tempfile
 from dataclasses import replace
@@ -266,3 +267,37 @@ def test_val_net_runs_on_fixture_data(tmp_path, name, monkeypatch):
         assert net.blobs['score'].data.shape[2:] == net.blobs['label'].data.shape[2:]
         assert net.blobs['score'].data.shape[1] == 21
         assert np.isfinite(float(net.blobs['loss'].data))
+
+
+def test_loss_ablation_options():
+    """Model.loss 'sigmoid' and Model.loss_sampling p (PAMI ablations): the
+    layers they add, where, and the solver's images per step."""
+    base = nets.load(os.path.join(nets.NETS_DIR, 'voc-fcn16s'))
+    sampled = replace(base, loss_sampling=0.25)
+    train = {l.name: l for l in fcn(sampled, 'train').to_proto().layer}
+    sampling = train['label_sampled']
+    assert sampling.python_param.layer == 'LossSamplingLayer' and list(sampling.bottom) == ['label']
+    assert ast.literal_eval(sampling.python_param.param_str) == dict(keep=0.25, cell=16, seed=1337)
+    assert list(train['loss'].bottom) == ['score', 'label_sampled']
+    val = {l.name: l for l in fcn(sampled, 'val').to_proto().layer}
+    assert 'label_sampled' not in val and list(val['loss'].bottom) == ['score', 'label']
+    assert 'iter_size: 4' in sampled.solver_text() and 'iter_size: 1' in base.solver_text()
+
+    sigmoid = replace(base, loss='sigmoid', loss_sampling=0.5)
+    for phase in ('train', 'val'):
+        layers = {l.name: l for l in fcn(sigmoid, phase).to_proto().layer}
+        assert layers['loss'].type == 'SigmoidCrossEntropyLoss'
+        assert layers['loss'].loss_param.ignore_label == 255
+        assert not layers['loss'].loss_param.normalize
+        assert list(layers['loss'].bottom) == ['score', 'label_onehot']
+        assert layers['label_onehot'].python_param.layer == 'OneHotLabelLayer'
+        assert list(layers['label_onehot'].bottom) == ['label_sampled' if phase == 'train' else 'label']
+    # SIFT Flow: each head gets its own
+    siftflow = replace(nets.load(os.path.join(nets.NETS_DIR, 'siftflow-fcn16s')), loss='sigmoid')
+    layers = {l.name: l for l in fcn(siftflow, 'train').to_proto().layer}
+    assert ast.literal_eval(layers['geo_onehot'].python_param.param_str) == dict(num_classes=3)
+    assert list(layers['loss_geo'].bottom) == ['score_geo', 'geo_onehot']
+    with pytest.raises(ValueError, match="loss must be 'softmax' or 'sigmoid'"):
+        replace(base, loss='hinge')
+    with pytest.raises(ValueError, match='loss_sampling must be a fraction'):
+        replace(base, loss_sampling=0)

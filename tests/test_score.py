@@ -6,6 +6,7 @@ the labels that layers.py's real SIFT Flow data layer reads, so the answer is
 known.
 """
 import ast
+import collections
 import json
 import os
 
@@ -372,3 +373,62 @@ def test_command_errors(siftflow_model, tmp_path):
         score.main(['--model', str(siftflow_model), '--weights', str(tmp_path / 'none')])
     with pytest.raises(SystemExit, match='no val.prototxt or test.prototxt'):
         score.main(['--model', str(tmp_path), '--weights', str(tmp_path / 'tiny.caffemodel')])
+
+
+# --- upper bounds from the output stride ------------------------------------
+
+def coarsen_by_loops(label, factor, n):
+    """coarsen() written out cell by cell: the most frequent scored class of
+    each cell (lowest index on ties, 0 for an all-void cell)."""
+    out = np.zeros_like(label)
+    for y in range(0, label.shape[0], factor):
+        for x in range(0, label.shape[1], factor):
+            cell = label[y:y + factor, x:x + factor]
+            counts = collections.Counter(int(v) for v in cell.ravel() if 0 <= v < n)
+            out[y:y + factor, x:x + factor] = max(sorted(counts), key=counts.get) if counts else 0
+    return out
+
+
+def test_coarsen_keeps_what_the_stride_resolves_and_loses_thin_parts():
+    label = np.zeros((37, 45), np.int64)
+    label[8:24, 16:40] = 2                     # a block on the 8-pixel grid
+    assert np.array_equal(score.coarsen(label, 8, 3), label)
+    assert np.array_equal(score.coarsen(label, 1, 3), label)
+    thin = label.copy()
+    thin[30, :] = 1                            # a 1-pixel line: a stride of 8 loses it
+    assert not (score.coarsen(thin, 8, 3) == 1).any()
+    assert (score.coarsen(thin, 1, 3) == thin).all()
+    voided = np.full((8, 8), datasets.VOID)
+    voided[0, :3] = 2                          # void does not vote: 3 pixels of class 2 win
+    assert (score.coarsen(voided, 8, 3) == 2).all()
+    rng = np.random.RandomState(0)
+    for factor in (2, 3, 5, 32):
+        random_label = rng.choice([0, 1, 2, 3, datasets.VOID], size=(23, 41))
+        assert np.array_equal(score.coarsen(random_label, factor, 4),
+                              coarsen_by_loops(random_label, factor, 4))
+
+
+def test_upper_bound_command_scores_coarsened_ground_truth(siftflow_model, tmp_path, capsys):
+    out = tmp_path / 'bounds.json'
+    score.main(['--model', str(siftflow_model), '--upper-bound', '1', '2', '3', '--split', 'test',
+                '--json', str(out)])
+    report = json.loads(out.read_text())
+    assert report['split'] == 'test' and report['images'] == len(TEST_IDS)
+    labels = [siftflow_labels(idx) for idx in TEST_IDS]
+    sem = [np.where(s == 0, 255, s - 1) for s, _ in labels]
+    geo = [np.where(g <= 0, 255, g - 1) for _, g in labels]
+    for gt, truth, n in (('sem', sem, SEM_CL), ('geo', geo, GEO_CL)):
+        assert report['factors']['1'][gt]['mean_iu'] == pytest.approx(1.0)  # stride 1 loses nothing
+        for factor in (2, 3):
+            pred = np.stack([coarsen_by_loops(t, factor, n) for t in truth])
+            result = report['factors'][str(factor)][gt]
+            assert result['mean_iu'] < 1.0
+            assert_metrics(result, loop_metrics(np.stack(truth), pred, n))
+    # SIFT Flow's absent classes are left out here too
+    assert report['factors']['2']['sem']['excluded'] == list(datasets.SIFTFLOW_ABSENT_FROM_TEST)
+    printed = capsys.readouterr().out
+    assert 'upper bounds' in printed and len([l for l in printed.splitlines() if l[:1] in '123']) == 6
+    with pytest.raises(SystemExit):
+        score.main(['--model', str(siftflow_model)])  # neither --weights nor --upper-bound
+    with pytest.raises(SystemExit, match='positive'):
+        score.main(['--model', str(siftflow_model), '--upper-bound', '0'])

@@ -24,7 +24,7 @@ from nets import VOC, Model
 
 model = Model(VOC(voc_dir='../data/voc', sbdd_dir='', val_split='val', val_size=2),
               trunk='vgg16', stride={stride}, base_lr={lr}, init={init}, momentum=0.9,
-              normalize_loss=True, trunk_width=1 / 32, trunk_filler='msra')
+              normalize_loss=True, trunk_width=1 / 32, trunk_filler='msra'{extra})
 '''
 
 
@@ -55,11 +55,11 @@ def write_voc(root, n_train=4, n_val=2, seed=0):
             f.write('\n'.join(ids) + '\n')
 
 
-def make_model(root, name, stride=32, lr=1e-3, init=()):
+def make_model(root, name, stride=32, lr=1e-3, init=(), extra=''):
     folder = os.path.join(root, 'nets', name)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, 'net.py'), 'w') as f:
-        f.write(NET_PY.format(stride=stride, lr=lr, init=repr(tuple(init))))
+        f.write(NET_PY.format(stride=stride, lr=lr, init=repr(tuple(init)), extra=extra))
     model = nets.load(folder)
     model.write(folder)
     return folder
@@ -102,6 +102,27 @@ def test_training_lowers_loss_and_writes_log_plot_and_snapshots(workspace):
     assert os.path.getsize(os.path.join(folder, 'snapshot', 'curves.png')) > 1000
     latest = training.Snapshots(os.path.join(folder, 'snapshot')).latest()
     assert latest['iteration'] == 40 and latest['caffemodel'].endswith('train_iter_40.caffemodel')
+
+
+def test_loss_ablations_train_with_sampled_sigmoid_loss(workspace):
+    """Sigmoid cross-entropy on half the final-layer cells, two images a
+    step: the loss goes down, and the loss only sees whole sampled cells."""
+    folder = make_model(workspace, 'fcn32s-sigmoid-sampled',
+                        extra=", loss='sigmoid', loss_sampling=0.5")
+    with open(os.path.join(folder, 'solver.prototxt')) as f:
+        assert 'iter_size: 2' in f.read()
+    records = training.train(folder, max_iter=40, test_interval=40, quiet=True)
+    losses = [r['loss'] for r in records if 'metrics' not in r and r.get('loss') is not None]
+    assert losses[-1] < 0.8 * records[0]['loss']
+    assert records[-1]['metrics']['score']['pixel_acc'] > 0.5
+    os.chdir(folder)
+    net = caffe.Net('train.prototxt', caffe.TRAIN)
+    net.forward()
+    label, sampled = net.blobs['label'].data[0, 0], net.blobs['label_sampled'].data[0, 0]
+    voided = (sampled == datasets.VOID) & (label != datasets.VOID)
+    assert voided.any() and ((sampled == label) | voided).all()
+    onehot = net.blobs['label_onehot'].data[0]
+    assert onehot.shape[0] == 21 and (onehot[:, sampled == datasets.VOID] == 255).all()
 
 
 def test_staged_16s_starts_from_the_32s_predictions(workspace):
