@@ -248,6 +248,9 @@ def make_solver(model, test_interval, max_iter):
 
 
 def data_layers(net):
+    """The Python layers whose draws follow the examples served: the data
+    layers, and loss sampling's (anything with seek(); data layers first,
+    as nets list them)."""
     return [layer for layer in net.layers if hasattr(layer, 'seek')]
 
 
