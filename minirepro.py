@@ -104,8 +104,7 @@ STAGES = (
 # The paper's qualitative result, checked on mean IU: each net beats the previous.
 ORDER = ('fcn32s-fixed', 'fcn32s', 'fcn16s', 'fcn8s')
 UPPER_BOUND_STRIDES = (32, 16, 8)
-METRICS = (('pixel_acc', 'pixel acc.'), ('mean_acc', 'mean acc.'), ('mean_iu', 'mean IU'),
-           ('fw_iu', 'f.w. IU'))
+METRICS = score.METRICS  # the table's columns
 
 # The solver. The reference trains with SGD (momentum 0.99, one image a
 # step, lr 1e-10 on a loss summed over some 250,000 pixels) for 100,000

@@ -413,15 +413,25 @@ def upper_bounds(model, factors, split=None, limit=None, progress=True, class_na
     return report
 
 
+# The paper's table columns: (metrics key, title).
+METRICS = (('pixel_acc', 'pixel acc.'), ('mean_acc', 'mean acc.'), ('mean_iu', 'mean IU'),
+           ('fw_iu', 'f.w. IU'))
+
+
+def metric_columns(result=None):
+    """The table's four columns: their titles, or `result`'s values in %."""
+    if result is None:
+        return ''.join(f'{title:>12}' for _, title in METRICS)
+    return ''.join(f'{100 * result[key]:>12.1f}' for key, _ in METRICS)
+
+
 def format_upper_bounds(report):
     lines = [f"upper bounds from the output stride: {report['model']} ground truth on "
              f"{report['split']} ({report['images']} images), metrics in %",
-             f"{'factor':<8}{'label':<8}{'pixel acc.':>12}{'mean acc.':>12}{'mean IU':>12}"
-             f"{'f.w. IU':>12}"]
+             f"{'factor':<8}{'label':<8}" + metric_columns()]
     for factor, by_gt in report['factors'].items():
         for gt, r in by_gt.items():
-            lines.append(f'{factor:<8}{gt:<8}' + ''.join(
-                f'{100 * r[k]:>12.1f}' for k in ('pixel_acc', 'mean_acc', 'mean_iu', 'fw_iu')))
+            lines.append(f'{factor:<8}{gt:<8}' + metric_columns(r))
     return '\n'.join(lines)
 
 
@@ -429,12 +439,9 @@ def format_report(report):
     """The paper's table (percent), then per-class IU and accuracy."""
     lines = [f"{report['model']} on {report['split']} ({report['images']} images), "
              f"weights {report['weights']}",
-             f"{'head':<12}{'pixel acc.':>12}{'mean acc.':>12}{'mean IU':>12}"
-             f"{'f.w. IU':>12}{'loss':>14}   (metrics in %)"]
+             f"{'head':<12}" + metric_columns() + f"{'loss':>14}   (metrics in %)"]
     for layer, r in report['heads'].items():
-        lines.append(f"{layer:<12}" + ''.join(
-            f'{100 * r[k]:>12.1f}' for k in ('pixel_acc', 'mean_acc', 'mean_iu', 'fw_iu'))
-            + f"{r['loss']:>14.6g}")
+        lines.append(f'{layer:<12}' + metric_columns(r) + f"{r['loss']:>14.6g}")
     for layer, r in report['heads'].items():
         lines.append(f'\n{layer}: per class (%)    IU    acc.   pixels')
         for name, c in r['per_class'].items():
