@@ -25,13 +25,20 @@ class Model:
     # ILSVRC net (vgg16, caffenet) convolutionalized by surgery.
     init: Tuple[str, ...]
     at_once: bool = False           # all-at-once FCN-8s (scaled skips)
-    # its constants for the pool4 and pool3 features (published: 0.01, 0.0001)
-    at_once_scales: Tuple[float, float] = (AT_ONCE_SCALE['pool4'], AT_ONCE_SCALE['pool3'])
     fixed_trunk: bool = False       # FCN-32s-fixed: only the score layer learns
     learned_upsampling: bool = False
     trunk_width: float = 1.0        # channel scale of the trunk (1.0: published)
     trunk_filler: str = ''          # weight filler for training a trunk from scratch
     normalize_loss: bool = False    # reference: summed loss, tiny lr
+    momentum: float = 0.99
+    solver_type: str = 'SGD'        # Caffe solver type; the reference release uses SGD
+    iter_size: int = 1
+    weight_decay: float = 5e-4
+    max_iter: int = 100000          # reference solve.py: 25 x 4,000 for VOC
+    # (Added later than the fields above, so positional arguments keep
+    # their meaning.) All-at-once FCN-8s' constants for the pool4 and pool3
+    # features (published: 0.01, 0.0001).
+    at_once_scales: Tuple[float, float] = (AT_ONCE_SCALE['pool4'], AT_ONCE_SCALE['pool3'])
     # PAMI ablations of the loss. 'softmax' (published) or 'sigmoid'
     # (per-class sigmoid cross-entropy).
     loss: str = 'softmax'
@@ -39,11 +46,6 @@ class Model:
     # all, published); with p < 1 each step takes round(1/p) times as many
     # images (iter_size), as the paper raises the batch by 1/p.
     loss_sampling: float = 1.0
-    momentum: float = 0.99
-    solver_type: str = 'SGD'        # Caffe solver type; the reference release uses SGD
-    iter_size: int = 1
-    weight_decay: float = 5e-4
-    max_iter: int = 100000          # reference solve.py: 25 x 4,000 for VOC
     folder: str = field(default='', compare=False)  # set by nets.load()
 
     def __post_init__(self):
