@@ -104,17 +104,16 @@ def benchmark(model_name, size, iters, backward=True):
     return result
 
 
-def format_results(results):
-    lines = [f"{'model':<22}{'size':>6}{'forward ms':>12}{'(best)':>9}{'train ms':>11}"
-             f"{'(best)':>9}{'params MiB':>12}{'activ. MiB':>12}"]
-    for r in results:
-        train = r.get('train')
-        lines.append(f"{r['model']:<22}{r['size']:>6}{r['forward']['mean_ms']:>12.0f}"
-                     f"{r['forward']['best_ms']:>9.0f}"
-                     + (f"{train['mean_ms']:>11.0f}{train['best_ms']:>9.0f}" if train
-                        else f"{'-':>11}{'-':>9}")
-                     + f"{r['params_mib']:>12.1f}{r['activations_mib']:>12.1f}")
-    return '\n'.join(lines)
+HEADER = (f"{'model':<22}{'size':>6}{'forward ms':>12}{'(best)':>9}{'train ms':>11}"
+          f"{'(best)':>9}{'params MiB':>12}{'activ. MiB':>12}")
+
+
+def format_row(r):
+    train = r.get('train')
+    return (f"{r['model']:<22}{r['size']:>6}{r['forward']['mean_ms']:>12.0f}"
+            f"{r['forward']['best_ms']:>9.0f}"
+            + (f"{train['mean_ms']:>11.0f}{train['best_ms']:>9.0f}" if train else f"{'-':>11}{'-':>9}")
+            + f"{r['params_mib']:>12.1f}{r['activations_mib']:>12.1f}")
 
 
 def main(argv=None):
@@ -141,11 +140,11 @@ def main(argv=None):
         caffe.set_mode_gpu()
         device = f'GPU {args.gpu}'
     results = []
+    print(HEADER, flush=True)
     for name in args.models:
         for size in args.sizes:
             results.append(benchmark(name, size, args.iters, backward=not args.no_backward))
-            print(format_results(results[-1:]).splitlines()[-1] if len(results) > 1
-                  else format_results(results[-1:]), flush=True)
+            print(format_row(results[-1]), flush=True)
     print(f'\n{device}; mean (best) of {args.iters} runs after a warm-up')
     if args.json:
         with open(args.json, 'w') as f:
