@@ -55,13 +55,13 @@ class Schedule:
     val_scenes: int = 60
     crops_train: int = 1000
     crops_val: int = 100
-    classifier_iter: int = 400
+    classifier_iter: int = 600
     classifier_batch: int = 6
     classifier_lr: float = 1e-3
     fixed_iter: int = 200         # FCN-32s-fixed: one layer learns, soon done
     first_iter: int = 700         # FCN-32s: every layer from the classifier
     refine_iter: int = 400        # FCN-16s from FCN-32s, FCN-8s from FCN-16s
-    atonce_iter: int = 700        # all-at-once FCN-8s: as long as FCN-32s
+    atonce_iter: int = 500        # all-at-once FCN-8s
     scorings: int = 2             # val scorings per net (the last gives the table)
 
 
@@ -80,6 +80,11 @@ class Stage:
     start: str         # 'classifier' or the folder whose latest snapshot it starts from
     fixed_trunk: bool = False
     at_once: bool = False
+    # The ablations' Model options, and the row each ablation is compared with
+    learned_upsampling: bool = False
+    loss: str = 'softmax'
+    loss_sampling: float = 1.0
+    baseline: str = ''
 
     def iterations(self, schedule):
         if self.fixed_trunk:
@@ -101,6 +106,23 @@ STAGES = (
     Stage('fcn8s', 'FCN-8s', 8, 'fcn16s'),
     Stage('fcn8s-atonce', 'FCN-8s all-at-once', 8, 'classifier', at_once=True),
 )
+# The paper's ablations (--ablations), each trained as FCN-32s is, from the
+# same classifier, and compared with it seed by seed.
+ABLATIONS = (
+    Stage('fcn32s-learned', 'FCN-32s, learned upsampling', 32, 'classifier',
+          learned_upsampling=True, baseline='fcn32s'),
+    Stage('fcn32s-sampled', 'FCN-32s, loss sampling p = 0.5', 32, 'classifier',
+          loss_sampling=0.5, baseline='fcn32s'),
+    Stage('fcn32s-sigmoid', 'FCN-32s, sigmoid cross-entropy', 32, 'classifier',
+          loss='sigmoid', baseline='fcn32s'),
+)
+# What the papers found for each ablation (the report sets this net's result beside it)
+PAPER_FINDINGS = {
+    'fcn32s-learned': 'learned and fixed bilinear upsampling: no significant difference',
+    'fcn32s-sampled': 'loss sampling: no significant effect on mean IU per iteration, '
+                      'but more wall time (each step takes 1/p images)',
+    'fcn32s-sigmoid': 'sigmoid cross-entropy instead of the softmax: similar results',
+}
 # The paper's qualitative result, checked on mean IU: each net beats the previous.
 ORDER = ('fcn32s-fixed', 'fcn32s', 'fcn16s', 'fcn8s')
 UPPER_BOUND_STRIDES = (32, 16, 8)
@@ -119,7 +141,8 @@ METRICS = score.METRICS  # the table's columns
 # rate 100-fold per stage.
 FCN_SOLVER = 'Adam'
 FCN_LR = 1e-3
-FCN_REFINE_LR = 3e-4
+FCN_REFINE_LR = float(os.environ.get('MR_REFINE_LR', 3e-4))
+FCN_LR_DECAY_POWER = float(os.environ.get('MR_DECAY', 1.0))
 FCN_MOMENTUM = 0.9  # Adam's first-moment decay
 # All-at-once FCN-8s scales its pool4 and pool3 features by fixed constants
 # so that their scores start small beside fc7's. The published 0.01 and
@@ -136,14 +159,16 @@ NET_PY = '''\
 model folder (written by minirepro.py). Starts from {start}."""
 from nets import VOC, Head, Model
 
-source = VOC(voc_dir={voc_dir!r}, sbdd_dir='', val_split='val', val_size={val_size},
+source = VOC(voc_dir={voc_dir!r}, sbdd_dir='', train_split={train_split!r}, val_split='val',
+             val_size={val_size},
              test_interval={test_interval}, mean={mean!r},
              heads=(Head('', {classes!r}),))
 # Adam, normalized loss, lr {lr:g}: see FCN_SOLVER in minirepro.py.
 model = Model(source, trunk={trunk!r}, stride={stride}, base_lr={lr!r}, init=(),
               at_once={at_once},{at_once_scales} fixed_trunk={fixed_trunk}, trunk_width={width!r},
+              learned_upsampling={learned}, loss={loss!r}, loss_sampling={sampling!r},
               normalize_loss=True, solver_type={solver!r}, momentum={momentum!r},
-              max_iter={max_iter})
+              lr_decay_power={decay!r}, max_iter={max_iter})
 
 if __name__ == '__main__':
     model.write(__file__)
@@ -154,7 +179,9 @@ CLASSIFIER_SOLVER = '''\
 train_net: "train.prototxt"
 type: "Adam"
 base_lr: {lr:g}
-lr_policy: "fixed"
+lr_policy: "poly"
+power: {power:g}
+max_iter: {max_iter}
 momentum: 0.9
 weight_decay: 0.0005
 random_seed: {seed}
@@ -209,7 +236,8 @@ def train_classifier(folder, crops_dir, mean, seed, schedule, quiet=True):
         with open(os.path.join(folder, name), 'w') as f:
             f.write(GENERATED_HEADER + str(spec.to_proto()))
     with open(os.path.join(folder, 'solver.prototxt'), 'w') as f:
-        f.write(CLASSIFIER_SOLVER.format(lr=schedule.classifier_lr, seed=seed))
+        f.write(CLASSIFIER_SOLVER.format(lr=schedule.classifier_lr, seed=seed, power=FCN_LR_DECAY_POWER,
+                                         max_iter=schedule.classifier_iter))
 
     train_set = synthetic.read_crops(crops_dir, 'train')
     val_set = synthetic.read_crops(crops_dir, 'val')
@@ -247,18 +275,19 @@ def train_classifier(folder, crops_dir, mean, seed, schedule, quiet=True):
 
 
 # --------------------------------------------------------------- the FCNs
-def write_model_folder(folder, stage, schedule, mean, voc_dir, start):
+def write_model_folder(folder, stage, schedule, mean, voc_dir, train_split, start):
     """Write <folder>/net.py for `stage` and its prototxts; returns the Model."""
     iters = stage.iterations(schedule)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, 'net.py'), 'w') as f:
         f.write(NET_PY.format(
-            title=stage.title, start=start, voc_dir=os.path.relpath(voc_dir, folder),
+            title=stage.title, start=start, voc_dir=os.path.relpath(voc_dir, folder), train_split=train_split,
             val_size=schedule.val_scenes, test_interval=max(1, iters // schedule.scorings),
             mean=mean, classes=synthetic.CLASSES, trunk=TRUNK, stride=stage.stride, lr=stage.base_lr,
             at_once=stage.at_once, fixed_trunk=stage.fixed_trunk, width=TRUNK_WIDTH,
+            learned=stage.learned_upsampling, loss=stage.loss, sampling=stage.loss_sampling,
             at_once_scales=f' at_once_scales={AT_ONCE_SCALES!r},' if stage.at_once else '',
-            solver=FCN_SOLVER, momentum=FCN_MOMENTUM, max_iter=iters))
+            solver=FCN_SOLVER, momentum=FCN_MOMENTUM, decay=FCN_LR_DECAY_POWER, max_iter=iters))
     model = nets.load(folder)
     model.write(folder)
     return model
@@ -276,35 +305,44 @@ def train_stage(folder, start_weights, quiet):
     return records, final['metrics']['score']
 
 
-def run_seed(seed, out, data_dir, mean, schedule=FULL, quiet=True):
-    """The recipe for one training seed under `out`, on the data set in
-    `data_dir` (BGR mean `mean`); returns its results (also written to
-    <out>/result.json)."""
+def seed_split(voc_dir, seed):
+    """Write the train split in the seed's own order (the data layer's
+    shuffles, seeded alike, then differ from seed to seed); returns its name."""
+    folder = os.path.join(voc_dir, 'ImageSets', 'Segmentation')
+    ids = layers.read_split(os.path.join(folder, 'train.txt'))
+    name = f'train-seed-{seed}'
+    with open(os.path.join(folder, name + '.txt'), 'w') as f:
+        f.write(''.join(ids[i] + '\n' for i in np.random.default_rng(seed).permutation(len(ids))))
+    return name
+
+
+def run_seed(seed, out, data_dir, mean, classifier, schedule=FULL, quiet=True, stages=STAGES):
+    """The FCNs of one training seed under `out`, on the data set in
+    `data_dir` (BGR mean `mean`), from the convolutionalized classifier's
+    weights `classifier`, training `stages` in order; returns its results
+    (also written to <out>/result.json)."""
     t0 = time.time()
     seconds = {}
-    classifier = train_classifier(os.path.join(out, 'classifier'), os.path.join(data_dir, 'crops'),
-                                  mean, seed, schedule, quiet)
-    seconds['classifier'] = time.time() - t0
+    voc_dir = os.path.join(data_dir, 'voc')
+    train_split = seed_split(voc_dir, seed)
     results, curves = {}, {}
-    for stage in STAGES:
+    for stage in stages:
         t = time.time()
         folder = os.path.join(out, stage.folder)
         if stage.start == 'classifier':
-            start, start_weights = ('the convolutionalized classifier (../classifier/fcn.caffemodel)',
-                                    classifier['fcn_weights'])
+            start, start_weights = ('the convolutionalized classifier (../../classifier/fcn.caffemodel)',
+                                    classifier)
         else:
             start, start_weights = (f'the latest snapshot of ../{stage.start}',
                                     latest_weights(os.path.join(out, stage.start)))
-        write_model_folder(folder, stage, schedule, mean, os.path.join(data_dir, 'voc'), start)
+        write_model_folder(folder, stage, schedule, mean, voc_dir, train_split, start)
         records, metrics = train_stage(folder, start_weights, quiet)
         results[stage.folder] = metrics
         curves[stage.folder] = records
         seconds[stage.folder] = time.time() - t
     seconds['total'] = time.time() - t0
-    result = dict(seed=seed, folder=os.path.abspath(out),
-                  classifier_val_accuracy=classifier['val_accuracy'],
-                  classifier_losses=classifier['losses'], metrics=results, curves=curves,
-                  seconds={k: round(v, 1) for k, v in seconds.items()})
+    result = dict(seed=seed, folder=os.path.abspath(out), train_split=train_split, metrics=results,
+                  curves=curves, seconds={k: round(v, 1) for k, v in seconds.items()})
     with open(os.path.join(out, 'result.json'), 'w') as f:
         json.dump(score.jsonable(result), f, indent=1)
     return result
@@ -313,14 +351,22 @@ def run_seed(seed, out, data_dir, mean, schedule=FULL, quiet=True):
 def _run_seed_quietly(args):
     """A worker process's job (several seeds at once): its output to a log."""
     with open(os.path.join(args[1], 'run.log'), 'w') as log, contextlib.redirect_stdout(log):
-        return run_seed(*args, quiet=True)
+        return run_seed(*args[:6], quiet=True, stages=args[6])
 
 
 # --------------------------------------------------------------- reporting
+def trained_stages(results):
+    """The stages the results hold, in the table's order."""
+    return [s for s in STAGES + ABLATIONS if s.folder in results[0]['metrics']]
+
+
+TITLES = {s.folder: s.title for s in STAGES + ABLATIONS}
+
+
 def summarize(results):
     """{stage: {metric: {'mean', 'std', 'values'}}} over the seeds."""
     summary = {}
-    for stage in STAGES:
+    for stage in trained_stages(results):
         summary[stage.folder] = {}
         for key, _ in METRICS:
             values = [r['metrics'][stage.folder][key] for r in results]
@@ -330,18 +376,49 @@ def summarize(results):
     return summary
 
 
-def check_order(summary, results):
-    """Is each net of ORDER better in mean IU than the one before it, by more
-    than the seed-to-seed spread (the larger standard deviation of the two)?
-    Also counted seed by seed."""
+# The comparisons are paired. Within a seed every net starts from the same
+# classifier, and a seed's classifier moves all of its nets up or down
+# together: that shared part is most of the seed-to-seed spread, and says
+# nothing about which net is better. So a comparison takes each seed's gain
+# (one net's mean IU minus the other's) and asks of their mean whether its
+# 95% confidence interval (Student's t over the seeds) excludes zero.
+CONFIDENCE = 0.95
+
+
+def paired_gain(results, base, other, key='mean_iu'):
+    """`other`'s gain over `base` per seed: {'gains', 'mean', 'se' (standard
+    error of the mean), 'low', 'high' (its confidence interval; nan with one
+    seed), 'wins' (seeds where `other` is better), 'seeds'}."""
+    from scipy import stats
+    gains = [r['metrics'][other][key] - r['metrics'][base][key] for r in results]
+    n = len(gains)
+    mean = float(np.mean(gains))
+    se = float(np.std(gains, ddof=1) / np.sqrt(n)) if n > 1 else float('nan')
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * se if n > 1 else float('nan')
+    return dict(gains=[float(g) for g in gains], mean=mean, se=se, low=mean - half, high=mean + half,
+                wins=sum(g > 0 for g in gains), seeds=n)
+
+
+def check_order(results):
+    """Is each net of ORDER better in mean IU than the one before it? It is
+    when the confidence interval of its mean per-seed gain lies above zero
+    (with one seed, when the gain is positive)."""
     checks = []
     for worse, better in zip(ORDER, ORDER[1:]):
-        a, b = summary[worse]['mean_iu'], summary[better]['mean_iu']
-        margin, spread = b['mean'] - a['mean'], max(a['std'], b['std'])
-        wins = sum(r['metrics'][better]['mean_iu'] > r['metrics'][worse]['mean_iu'] for r in results)
-        checks.append(dict(worse=worse, better=better, margin=margin, spread=spread,
-                           holds=margin > spread, seeds_better=wins, seeds=len(results)))
+        gain = paired_gain(results, worse, better)
+        holds = gain['low'] > 0 if gain['seeds'] > 1 else gain['mean'] > 0
+        checks.append(dict(gain, worse=worse, better=better, holds=bool(holds)))
     return checks
+
+
+def format_gain(g):
+    """'+4.2 (per seed +1.2, +1.3, +10.0; standard error 2.9; 95% interval
+    -8.4 to +16.8)' in mean IU points."""
+    text = f"{100 * g['mean']:+.1f} (per seed {', '.join(f'{100 * x:+.1f}' for x in g['gains'])}"
+    if g['seeds'] > 1:
+        text += (f"; standard error {100 * g['se']:.1f}; {100 * CONFIDENCE:.0f}% interval "
+                 f"{100 * g['low']:+.1f} to {100 * g['high']:+.1f}")
+    return text + ')'
 
 
 def format_rows(head, rows, markdown=False):
@@ -360,26 +437,24 @@ def format_table(summary, results, markdown=False):
     rows = [[stage.title] + [f"{100 * summary[stage.folder][key]['mean']:.1f}"
                              + (f" ± {100 * summary[stage.folder][key]['std']:.1f}" if n > 1 else '')
                              for key, _ in METRICS]
-            for stage in STAGES]
+            for stage in trained_stages(results)]
     return format_rows(['net'] + [name for _, name in METRICS], rows, markdown)
 
 
 def format_seeds(results, markdown=False):
-    """Mean IU (%) of every net for every seed, the classifier's accuracy on
-    its val crops, and the seed's training time."""
-    head = ['seed'] + [s.title for s in STAGES] + ['classifier acc.', 'seconds']
-    rows = [[str(r['seed'])] + [f"{100 * r['metrics'][s.folder]['mean_iu']:.1f}" for s in STAGES]
-            + [f"{100 * r['classifier_val_accuracy']:.1f}", f"{r['seconds']['total']:.0f}"]
+    """Mean IU (%) of every net for every seed, and the seed's training time."""
+    stages = trained_stages(results)
+    head = ['seed'] + [s.title for s in stages] + ['seconds']
+    rows = [[str(r['seed'])] + [f"{100 * r['metrics'][s.folder]['mean_iu']:.1f}" for s in stages]
+            + [f"{r['seconds']['total']:.0f}"]
             for r in results]
     return format_rows(head, rows, markdown)
 
 
 def format_checks(checks):
-    titles = {s.folder: s.title for s in STAGES}
     return '\n'.join(
-        f"{titles[c['worse']]} < {titles[c['better']]}: mean IU +{100 * c['margin']:.1f} "
-        f"(seed-to-seed spread {100 * c['spread']:.1f}; better in {c['seeds_better']}/{c['seeds']} "
-        'seeds): ' + ('holds' if c['holds'] else 'NOT by more than the spread')
+        f"{TITLES[c['worse']]} < {TITLES[c['better']]}: mean IU {format_gain(c)}: "
+        + ('holds' if c['holds'] else 'NOT shown (the interval reaches zero)')
         for c in checks)
 
 
@@ -451,9 +526,8 @@ def plot_figure4(out, voc_dir, idx, path):
     shown = ('fcn32s', 'fcn16s', 'fcn8s')
     rgb, preds = predictions(out, voc_dir, idx, shown)
     gt = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'))
-    titles = {s.folder: s.title for s in STAGES}
     panels = [('image', rgb), ('ground truth', palette[gt])] + \
-        [(titles[name], palette[preds[name]]) for name in shown]
+        [(TITLES[name], palette[preds[name]]) for name in shown]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8))
     for ax, (title, im) in zip(axes, panels):
         ax.imshow(im, interpolation='nearest')
@@ -473,16 +547,64 @@ def format_bounds(bounds, markdown=False):
     return format_rows(['output stride'] + [name for _, name in METRICS], rows, markdown)
 
 
-def write_report(out, results, schedule, elapsed, data_seed, mean, bounds):
-    """results.json and table.md; returns (summary, checks)."""
+def ablation_findings(results, bounds):
+    """For each ablation trained, and for the stride upper bounds: what the
+    papers found, and whether it shows here: [{'name', 'paper', 'here',
+    'shows', ...figures}]."""
+    findings = []
+    for stage in ABLATIONS:
+        if stage.folder not in results[0]['metrics']:
+            continue
+        gain = paired_gain(results, stage.baseline, stage.folder)
+        # "No significant difference": the interval of the gain holds zero
+        same = gain['seeds'] > 1 and gain['low'] <= 0 <= gain['high']
+        here = f"mean IU {format_gain(gain)} against {TITLES[stage.baseline]}"
+        finding = dict(name=stage.folder, title=stage.title, paper=PAPER_FINDINGS[stage.folder],
+                       gain=gain, shows=same)
+        if stage.loss_sampling < 1:  # the finding is also about time
+            ratio = float(np.mean([r['seconds'][stage.folder] / r['seconds'][stage.baseline]
+                                   for r in results]))
+            finding.update(time_ratio=ratio, shows=same and ratio > 1)
+            here += f'; wall time x{ratio:.2f} of its ({1 / stage.loss_sampling:g} images a step)'
+        finding['here'] = here
+        findings.append(finding)
+    # The upper bounds: finer strides allow more, and each net stays below its stride's bound
+    ious = {s.stride: float(np.mean([r['metrics'][s.folder]['mean_iu'] for r in results]))
+            for s in STAGES if s.folder in ('fcn32s', 'fcn16s', 'fcn8s')}
+    limits = {f: b['label']['mean_iu'] for f, b in bounds['factors'].items()}
+    rising = [limits[f] for f in sorted(limits, reverse=True)]
+    below = all(ious[f] < limits[f] for f in ious if f in limits)
+    findings.append(dict(
+        name='upper-bounds', title='Upper bounds from the output stride',
+        paper='a coarse output stride bounds mean IU well above what the nets reach (pixel-perfect '
+              'prediction is not needed for a high mean IU), and finer strides raise the bound',
+        here='bounds ' + ', '.join(f'{100 * limits[f]:.1f} at stride {f}' for f in sorted(limits, reverse=True))
+             + '; nets ' + ', '.join(f'FCN-{f}s {100 * ious[f]:.1f}' for f in sorted(ious, reverse=True)),
+        shows=bool(below and rising == sorted(rising)), bounds=limits, nets=ious))
+    return findings
+
+
+def format_findings(findings):
+    return '\n'.join(f"{f['title']}: paper: {f['paper']}. Here: {f['here']}: "
+                     + ('shows' if f['shows'] else 'does NOT show') for f in findings)
+
+
+def write_report(out, results, schedule, elapsed, data_seed, mean, bounds, cpu_seconds, blas,
+                 classifier):
+    """results.json and table.md; returns (summary, checks, findings)."""
     summary = summarize(results)
-    checks = check_order(summary, results)
+    checks = check_order(results)
+    findings = ablation_findings(results, bounds)
     seeds = [r['seed'] for r in results]
     report = dict(seeds=seeds, data_seed=data_seed, mean_bgr=mean, schedule=schedule.__dict__,
                   trunk=TRUNK, trunk_width=TRUNK_WIDTH, classifier_filler=TRUNK_FILLER,
                   fcn_solver=FCN_SOLVER, fcn_lr=FCN_LR, fcn_refine_lr=FCN_REFINE_LR,
                   momentum=FCN_MOMENTUM, at_once_scales=AT_ONCE_SCALES, summary=summary,
-                  checks=checks, seconds=round(elapsed, 1),
+                  fcn_lr_decay_power=FCN_LR_DECAY_POWER, confidence=CONFIDENCE,
+                  checks=checks, findings=findings, seconds=round(elapsed, 1),
+                  cpu_seconds=round(cpu_seconds, 1), blas=blas, load_average=os.getloadavg(),
+                  classifier_val_accuracy=classifier['val_accuracy'],
+                  classifier_losses=classifier['losses'],
                   upper_bounds={f: {k: b['label'][k] for k, _ in METRICS}
                                 for f, b in bounds['factors'].items()},
                   per_seed=[{k: v for k, v in r.items() if k != 'curves'} for r in results])
@@ -495,30 +617,44 @@ def write_report(out, results, schedule, elapsed, data_seed, mean, bounds):
     md = [
         '# FCN mini-reproduction (synthetic data, CPU)', '',
         f'Metrics in % on the val scenes, {spread}; the layout of the paper\'s Table 2. '
-        f'Written by `python minirepro.py` (`make demo`) in {elapsed / 60:.1f} min.', '',
+        f'Written by `python minirepro.py` (`make demo`) in {elapsed / 60:.1f} min '
+        f'({cpu_seconds / 60:.1f} min of CPU time).', '',
         format_table(summary, results, markdown=True), '',
         '## The paper\'s ordering (mean IU)', '',
+        'Each step is judged on its gain seed by seed (every net of a seed starts from that '
+        'seed\'s classifier, which lifts or lowers them all together): it holds when the '
+        f'{100 * CONFIDENCE:.0f}% confidence interval of the mean gain (Student\'s t over the '
+        'seeds) lies above zero.', '',
         *[f'- {line}' for line in format_checks(checks).splitlines()], '',
+        *(['## The papers\' ablations (`--ablations`)', '',
+           'Each trained as FCN-32s is, from the same classifier, and compared with it seed by '
+           'seed; "no significant difference" means the interval of the gain holds zero.', '',
+           *[f'- {line}' for line in format_findings(findings[:-1]).splitlines()], '']
+          if len(findings) > 1 else []),
         '## Mean IU per training seed', '', format_seeds(results, markdown=True), '',
         '## Upper bounds from the output stride', '',
         'The val ground truth coarsened to each stride (`score.py --upper-bound`: each cell '
         'takes its most frequent class), scored as a prediction: what a net of that stride '
         'could reach at best.', '', format_bounds(bounds, markdown=True), '',
+        f'- {format_findings(findings[-1:])}', '',
         '## Set-up', '',
         f'- Data (`data/`, data seed {data_seed}): {s.train_scenes} train and {s.val_scenes} val '
         f'scenes in the PASCAL VOC layout, classes {", ".join(synthetic.CLASSES)}; '
         f'{s.crops_train} + {s.crops_val} classification crops (synthetic.py).',
-        f'- "ILSVRC" stage (`seed-N/classifier/`): VGG16 at width 1/{1 / TRUNK_WIDTH:g} with fully '
-        f'connected fc6/fc7, {TRUNK_FILLER} initialisation, {s.classifier_iter} Adam steps of '
-        f'{s.classifier_batch} crops at lr {s.classifier_lr:g}; convolutionalized by '
-        '`surgery.convolutionalize` (surgery.log).',
+        f'- "ILSVRC" stage (`classifier/`, one for every seed): VGG16 at width '
+        f'1/{1 / TRUNK_WIDTH:g} with fully connected fc6/fc7, {TRUNK_FILLER} initialisation, '
+        f'{s.classifier_iter} Adam steps of {s.classifier_batch} crops at lr {s.classifier_lr:g} '
+        f'decaying to zero; {100 * classifier["val_accuracy"]:.1f}% right on the val crops; '
+        'convolutionalized by `surgery.convolutionalize` (surgery.log).',
         f'- FCNs (`seed-N/<net>/`, model folders with net.py, trained by training.py): Adam, '
         f'normalized loss, one scene a step; lr {FCN_LR:g} from the classifier, {FCN_REFINE_LR:g} '
-        f'for the refining stages. Iterations: FCN-32s-fixed {s.fixed_iter}, FCN-32s '
+        f'for the refining stages, each decaying to zero over its run (power '
+        f'{FCN_LR_DECAY_POWER:g}). Iterations: FCN-32s-fixed {s.fixed_iter}, FCN-32s '
         f'{s.first_iter}, FCN-16s and FCN-8s {s.refine_iter} each, all-at-once FCN-8s '
         f'{s.atonce_iter}. Why Adam: FCN_SOLVER in minirepro.py.',
-        '- Seeds vary the classifier (initialisation, crop order) and so every net; the FCN '
-        "stages' data order and dropout are training.py's fixed ones.",
+        '- Seeds vary the FCNs\' training: each seed sees the train scenes in its own order '
+        '(`train-seed-N.txt`); all start from the one classifier, as the paper\'s nets start '
+        'from one ILSVRC net.',
         f'- All-at-once FCN-8s: skip scales {AT_ONCE_SCALES[0]:g} (pool4) and '
         f'{AT_ONCE_SCALES[1]:g} (pool3), not the published 0.01 and 0.0001, which keep this '
         "narrow trunk's skips silent for the few hundred steps it trains (FCN-32s' level): "
@@ -528,7 +664,7 @@ def write_report(out, results, schedule, elapsed, data_seed, mean, bounds):
         'that image), results.json (everything above, per seed and per net).', '']
     with open(os.path.join(out, 'table.md'), 'w') as f:
         f.write('\n'.join(md))
-    return summary, checks
+    return summary, checks, findings
 
 
 # --------------------------------------------------------------- command
@@ -542,7 +678,29 @@ def parse_args(argv):
                         help='seeds trained at once, one process each (default: all)')
     parser.add_argument('--quick', action='store_true',
                         help='a few iterations on a few images (tests the plumbing only)')
+    parser.add_argument('--ablations', action='store_true',
+                        help="also train the papers' ablations (learned upsampling, loss sampling, "
+                             'sigmoid loss) and compare each with FCN-32s')
     return parser.parse_args(argv)
+
+
+def blas_info():
+    """OpenBLAS's kernel family and thread count in this process (what makes
+    one machine's rounding differ from another's), if Caffe links OpenBLAS."""
+    import ctypes
+    try:
+        lib = ctypes.CDLL('libopenblas.so.0')
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        return dict(core=lib.openblas_get_corename().decode(), threads=int(lib.openblas_get_num_threads()))
+    except (OSError, AttributeError):
+        return {}
+
+
+def cpu_time():
+    """CPU seconds of this process and its finished children (the seeds' workers)."""
+    import resource
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def main(argv=None):
@@ -551,8 +709,10 @@ def main(argv=None):
     out = os.path.abspath(args.out)
     seeds = list(range(args.seed, args.seed + args.seeds))
     workers = min(args.jobs or len(seeds), len(seeds))
+    blas = blas_info()
     print(f'mini-reproduction: data seed {args.data_seed}, training seeds {seeds} '
-          f'({workers} at a time), output {out}')
+          f'({workers} at a time), output {out}'
+          + (f"; OpenBLAS {blas['core']} kernels, {blas['threads']} thread(s)" if blas else ''))
     t0 = time.time()
     # One data set for every seed, as a benchmark is: the seeds vary the training.
     data_dir = os.path.join(out, 'data')
@@ -560,7 +720,16 @@ def main(argv=None):
                                  schedule.crops_train, schedule.crops_val)
     print(f'data: {schedule.train_scenes} train and {schedule.val_scenes} val scenes, '
           f'{schedule.crops_train} crops in {time.time() - t0:.0f} s')
-    jobs = [(seed, os.path.join(out, f'seed-{seed}'), data_dir, mean, schedule) for seed in seeds]
+    # One classifier for every seed, as the paper fine-tunes one ILSVRC net:
+    # the seeds vary the FCNs' training (the order of the scenes).
+    t = time.time()
+    classifier = train_classifier(os.path.join(out, 'classifier'), os.path.join(data_dir, 'crops'),
+                                  mean, args.data_seed, schedule, args.quick)
+    print(f"classifier: {100 * classifier['val_accuracy']:.1f}% right on the val crops; "
+          f'{time.time() - t:.0f} s')
+    stages = STAGES + ABLATIONS if args.ablations else STAGES
+    jobs = [(seed, os.path.join(out, f'seed-{seed}'), data_dir, mean, classifier['fcn_weights'], schedule,
+             stages) for seed in seeds]
     for job in jobs:
         os.makedirs(job[1], exist_ok=True)
     results = []
@@ -573,7 +742,7 @@ def main(argv=None):
                 results.append(result)
     else:
         for job in jobs:
-            results.append(run_seed(*job, quiet=args.quick))
+            results.append(run_seed(*job[:6], quiet=args.quick, stages=stages))
             print(f"seed {job[0]}: done in {results[-1]['seconds']['total']:.0f} s")
 
     first = jobs[0][1]
@@ -588,8 +757,9 @@ def main(argv=None):
     # What each output stride could reach at best (the paper's upper bounds)
     bounds = score.upper_bounds(os.path.join(first, 'fcn8s'), UPPER_BOUND_STRIDES, progress=False,
                                 class_names={'label': synthetic.CLASSES})
-    elapsed = time.time() - t0
-    summary, checks = write_report(out, results, schedule, elapsed, args.data_seed, mean, bounds)
+    elapsed, cpu = time.time() - t0, cpu_time()
+    summary, checks, findings = write_report(out, results, schedule, elapsed, args.data_seed, mean,
+                                             bounds, cpu, blas, classifier)
 
     print()
     print(format_table(summary, results))
@@ -599,8 +769,11 @@ def main(argv=None):
     print(format_checks(checks))
     print()
     print(format_bounds(bounds))
-    print(f'\n{elapsed / 60:.1f} min; wrote {out}/table.md, results.json, curves.png, figure4.png, infer/')
-    return summary, checks
+    print()
+    print(format_findings(findings))
+    print(f'\n{elapsed / 60:.1f} min ({cpu / 60:.1f} min of CPU time); wrote {out}/table.md, '
+          'results.json, curves.png, figure4.png, infer/')
+    return summary, checks, findings
 
 
 if __name__ == '__main__':

@@ -46,11 +46,17 @@ class Model:
     # all, published); with p < 1 each step takes round(1/p) times as many
     # images (iter_size), as the paper raises the batch by 1/p.
     loss_sampling: float = 1.0
+    # Learning-rate decay: 0 keeps the rate fixed (published); a power > 0
+    # decays it to zero at max_iter as (1 - iter/max_iter)^power (Caffe's
+    # "poly" policy), which settles the last iterates of a short run.
+    lr_decay_power: float = 0.0
     folder: str = field(default='', compare=False)  # set by nets.load()
 
     def __post_init__(self):
         if self.loss not in ('softmax', 'sigmoid'):
             raise ValueError(f"Model: loss must be 'softmax' or 'sigmoid', got {self.loss!r}")
+        if self.lr_decay_power < 0:
+            raise ValueError(f'Model: lr_decay_power must be >= 0, got {self.lr_decay_power!r}')
         if not 0 < self.loss_sampling <= 1:
             raise ValueError(f'Model: loss_sampling must be a fraction 0 < p <= 1 of the '
                              f'final-layer cells, got {self.loss_sampling!r}')
@@ -89,7 +95,8 @@ class Model:
             'test_interval: 999999999',
             'display: 20',
             'average_loss: 20',
-            'lr_policy: "fixed"',
+            *(['lr_policy: "poly"', f'power: {self.lr_decay_power:g}'] if self.lr_decay_power
+              else ['lr_policy: "fixed"']),
             f'base_lr: {self.base_lr:g}',
             f'momentum: {self.momentum:g}',
             f'iter_size: {self.solver_iter_size}',

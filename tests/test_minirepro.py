@@ -24,7 +24,8 @@ SEEDS = (0, 1)
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp('minirepro') / 'out'
     cwd = os.getcwd()
-    summary, checks = minirepro.main(['--quick', '--seeds', str(len(SEEDS)), '--out', str(out)])
+    summary, checks, _ = minirepro.main(['--quick', '--ablations', '--seeds', str(len(SEEDS)),
+                                         '--out', str(out)])
     assert os.getcwd() == cwd  # training works inside the model folders, then comes back
     return out, summary, checks
 
@@ -34,7 +35,7 @@ def test_report_json_and_markdown(run):
     report = json.loads((out / 'results.json').read_text())
     assert report['seeds'] == list(SEEDS)
     assert [c['worse'] for c in report['checks']] == list(minirepro.ORDER[:-1])
-    for stage in minirepro.STAGES:
+    for stage in minirepro.STAGES + minirepro.ABLATIONS:
         for key, _ in minirepro.METRICS:
             entry = report['summary'][stage.folder][key]
             assert len(entry['values']) == len(SEEDS)
@@ -43,9 +44,13 @@ def test_report_json_and_markdown(run):
     assert summary['fcn8s']['mean_iu']['mean'] == pytest.approx(report['summary']['fcn8s']['mean_iu']['mean'])
     table = (out / 'table.md').read_text()
     assert '| net | pixel acc. | mean acc. | mean IU | f.w. IU |' in table
-    for stage in minirepro.STAGES:
+    for stage in minirepro.STAGES + minirepro.ABLATIONS:
         assert f'| {stage.title} |' in table
-    assert table.count('seed-to-seed spread') == len(checks)
+    assert [f['name'] for f in report['findings']] == [s.folder for s in minirepro.ABLATIONS] + ['upper-bounds']
+    assert table.count('paper: ') == len(report['findings'])
+    for c in checks:  # each ordering verdict, with its paired interval
+        assert f"- {minirepro.TITLES[c['worse']]} < {minirepro.TITLES[c['better']]}: mean IU " in table
+    assert table.count('% interval') == len(checks) + len(minirepro.ABLATIONS)
     # the output strides' upper bounds: a finer stride's cells nest in the
     # coarser's, so its majority labels get at least as many pixels right
     bounds = report['upper_bounds']
@@ -74,15 +79,22 @@ def test_figures_and_infer_outputs(run):
 
 def test_model_folders_are_real_and_staged(run):
     out, _, _ = run
+    # one classifier, convolutionalized, for every seed
+    assert (out / 'classifier' / 'fcn.caffemodel').is_file()
+    assert 'coercing fc6[0] -> fc6[0]' in (out / 'classifier' / 'surgery.log').read_text()
+    orders = []
     for seed in SEEDS:
         root = out / f'seed-{seed}'
-        assert (root / 'classifier' / 'fcn.caffemodel').is_file()
-        assert 'coercing fc6[0] -> fc6[0]' in (root / 'classifier' / 'surgery.log').read_text()
-        for stage in minirepro.STAGES:
+        for stage in minirepro.STAGES + minirepro.ABLATIONS:
             folder = root / stage.folder
             model = nets.load(str(folder))
             assert (model.stride, model.fixed_trunk, model.at_once) == \
                 (stage.stride, stage.fixed_trunk, stage.at_once)
+            assert (model.learned_upsampling, model.loss, model.loss_sampling) == \
+                (stage.learned_upsampling, stage.loss, stage.loss_sampling)
+            solver = (folder / 'solver.prototxt').read_text()
+            assert f'iter_size: {round(1 / stage.loss_sampling)}' in solver
+            assert f'power: {minirepro.FCN_LR_DECAY_POWER:g}' in solver  # the rate decays to zero
             if stage.at_once:  # the narrow trunk's skip scales, in the generated net
                 assert model.at_once_scales == minirepro.AT_ONCE_SCALES
                 net = caffe_pb2.NetParameter()
@@ -97,17 +109,56 @@ def test_model_folders_are_real_and_staged(run):
             assert (folder / 'snapshot' / 'log.jsonl').is_file()
             start = 'classifier' if stage.start == 'classifier' else f'../{stage.start}'
             assert start in (folder / 'net.py').read_text()
+            assert model.source.train_split == f'train-seed-{seed}'
+        # each seed sees the same train scenes in its own order
+        orders.append(layers.read_split(str(out / 'data' / 'voc' / 'ImageSets' / 'Segmentation'
+                                            / f'train-seed-{seed}.txt')))
+    assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]
 
 
-def test_check_order_compares_margins_with_the_spread():
-    def result(seed, ious):
-        return {'seed': seed, 'metrics': {s: {k: iu for k, _ in minirepro.METRICS}
-                                          for s, iu in zip(minirepro.ORDER + ('fcn8s-atonce',), ious)}}
-    results = [result(0, (0.20, 0.30, 0.40, 0.41, 0.3)), result(1, (0.22, 0.33, 0.42, 0.44, 0.3)),
-               result(2, (0.21, 0.30, 0.41, 0.40, 0.3))]
-    checks = minirepro.check_order(minirepro.summarize(results), results)
+def fake_result(seed, ious, seconds=None):
+    """A seed's result with the given mean IU per net (every metric the same)."""
+    folders = [s.folder for s in minirepro.STAGES + minirepro.ABLATIONS][:len(ious)]
+    return {'seed': seed, 'metrics': {f: {k: iu for k, _ in minirepro.METRICS} for f, iu in zip(folders, ious)},
+            'seconds': dict(zip(folders, seconds or [1.0] * len(ious)))}
+
+
+def test_check_order_judges_paired_gains():
+    # The nets' spreads (0.10 apart from seed to seed) dwarf every step, but
+    # each seed's gains are steady: the steps hold. The last step is better
+    # in two seeds of three only: not shown.
+    results = [fake_result(0, (0.20, 0.30, 0.40, 0.41, 0.3)), fake_result(1, (0.30, 0.41, 0.50, 0.55, 0.3)),
+               fake_result(2, (0.40, 0.49, 0.61, 0.60, 0.3))]
+    checks = minirepro.check_order(results)
+    assert [(c['worse'], c['better']) for c in checks] == list(zip(minirepro.ORDER, minirepro.ORDER[1:]))
     assert [c['holds'] for c in checks] == [True, True, False]
-    assert [c['seeds_better'] for c in checks] == [3, 3, 2]
+    assert [c['wins'] for c in checks] == [3, 3, 2]
+    first = checks[0]
+    assert first['gains'] == pytest.approx([0.10, 0.11, 0.09])
+    assert first['mean'] == pytest.approx(0.10)
+    assert first['se'] == pytest.approx(0.01 / np.sqrt(3))
+    # Student's t for 2 degrees of freedom, 95% two-sided: 4.303
+    assert first['low'] == pytest.approx(0.10 - 4.303 * 0.01 / np.sqrt(3), abs=1e-4)
+    text = minirepro.format_checks(checks)
+    assert text.count('holds') == 2 and 'NOT shown' in text and '+10.0 (per seed +10.0, +11.0, +9.0' in text
+
+
+def test_ablation_findings_against_the_papers():
+    # learned: +-1 around FCN-32s (no significant difference: shows);
+    # sampling: the same mean IU, twice the time (shows); sigmoid: 10 points
+    # worse in every seed (does not show)
+    ious = [(0.2, 0.40, 0.45, 0.50, 0.5, 0.41, 0.40, 0.30), (0.2, 0.42, 0.47, 0.52, 0.5, 0.41, 0.43, 0.32),
+            (0.2, 0.44, 0.49, 0.54, 0.5, 0.45, 0.43, 0.34)]
+    seconds = [1, 10, 1, 1, 1, 10, 20, 10]
+    results = [fake_result(i, iu, seconds) for i, iu in enumerate(ious)]
+    bounds = {'factors': {32: {'label': {'mean_iu': 0.45}}, 16: {'label': {'mean_iu': 0.6}},
+                          8: {'label': {'mean_iu': 0.8}}}}
+    findings = {f['name']: f for f in minirepro.ablation_findings(results, bounds)}
+    assert [findings[s.folder]['shows'] for s in minirepro.ABLATIONS] == [True, True, False]
+    assert findings['fcn32s-sampled']['time_ratio'] == pytest.approx(2.0)
+    assert findings['upper-bounds']['shows']  # 0.42 < 0.45, 0.47 < 0.6, 0.52 < 0.8
+    findings = minirepro.ablation_findings(results[:2], {'factors': {32: {'label': {'mean_iu': 0.4}}}})
+    assert not findings[-1]['shows']  # FCN-32s above its stride's bound
 
 
 def test_synthetic_voc_layout_and_determinism(tmp_path):
