@@ -301,3 +301,18 @@ def test_loss_ablation_options():
         replace(base, loss='hinge')
     with pytest.raises(ValueError, match='loss_sampling must be a fraction'):
         replace(base, loss_sampling=0)
+
+
+def test_lr_decay_option():
+    """Model.lr_decay_power: Caffe's "poly" policy, which Caffe parses and
+    which brings the rate to zero at max_iter; 0 keeps the published fixed rate."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    base = nets.load(os.path.join(nets.NETS_DIR, 'voc-fcn32s'))
+    decayed = replace(base, lr_decay_power=1.0)
+    s = caffe_pb2.SolverParameter()
+    text_format.Merge(decayed.solver_text(), s)
+    assert (s.lr_policy, s.power, s.max_iter) == ('poly', 1.0, base.max_iter)
+    assert 'lr_policy: "fixed"' in base.solver_text() and 'power' not in base.solver_text()
+    with pytest.raises(ValueError, match='lr_decay_power must be >= 0'):
+        replace(base, lr_decay_power=-1)
