@@ -273,6 +273,128 @@ def val_examples(solver, limit=None):
     return examples[:limit] if limit else examples
 
 
+# What each scoring logs per head: the paper's metrics and the mean loss.
+SCALAR_METRICS = tuple(key for key, _ in score.METRICS) + ('loss',)
+
+
+def evaluate(solver, model, examples):
+    """Score every head on the val split: {head name: scalar metrics}."""
+    for layer in data_layers(solver.test_nets[0]):
+        layer.seek(0)  # every scoring sees the same images
+    split = model.source.val_split
+    results = {}
+    for head in model.source.heads:
+        result = score.seg_tests(solver, False, examples, layer=head.score, gt=head.label,
+                                 loss=head.loss, class_names=head.classes,
+                                 exclude=head.excluded(split))
+        results[head.name] = {
+            k: (None if not math.isfinite(result[k]) else float(result[k])) for k in SCALAR_METRICS}
+    return results
+
+
+def start(solver, model, snapshots, weights=None, resume=None):
+    """Load where training starts: a snapshot (`resume` True: the latest
+    complete one; or a solverstate path), else the start weights (`weights`,
+    or the model's reference start) with the upsampling layers filled."""
+    if resume:
+        latest = snapshots.latest() if resume is True else {'solverstate': os.path.abspath(resume)}
+        if latest is None:
+            raise TrainingError(f'no complete snapshot in {os.path.abspath(snapshots.folder)}: '
+                                'start without --resume')
+        state = latest['solverstate']
+        if not os.path.isfile(state):
+            raise TrainingError(f'--resume {state}: no such solverstate')
+        solver.restore(state)
+    else:
+        initialize(solver, model, {'': weights} if weights else start_weights(model))
+
+
+def step_loop(solver, param, model, snapshots, progress, examples, max_iter, test_interval,
+              leader=True, quiet=False):
+    """Step the solver to `max_iter`: every `test_interval` iterations the
+    leader scores the val examples, logs and snapshots. Ctrl-C snapshots the
+    work done so far before the KeyboardInterrupt goes on."""
+    losses = [h.loss for h in model.source.heads]
+    t0 = time.time()
+    bar = tqdm(total=max_iter, initial=solver.iter, desc=model.name, unit='it',
+               disable=quiet or not leader, dynamic_ncols=True)
+    window = []
+    try:
+        while solver.iter < max_iter:
+            position_data(solver, param, solver.iter)  # at each snapshot boundary
+            stop = min(max_iter, (solver.iter // test_interval + 1) * test_interval)
+            while solver.iter < stop:
+                solver.step(1)
+                loss = sum(float(solver.net.blobs[b].data) for b in losses)
+                if not math.isfinite(loss):
+                    last = snapshots.latest()
+                    kept = f'the last good snapshot is {last["caffemodel"]} (iteration {last["iteration"]})' \
+                        if last else 'no snapshot was written yet'
+                    raise Diverged(f'loss is {loss} at iteration {solver.iter}: training stopped; {kept}. '
+                                   'Lower base_lr in solver.prototxt (or check the data) and --resume.')
+                window.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f'{loss:.4g}')
+                if param.display and solver.iter % param.display == 0:
+                    progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
+                                      seconds=round(time.time() - t0, 3)))
+                    window = []
+            if not leader:
+                continue
+            # Log before snapshotting: a kill in between resumes from the
+            # previous snapshot and drops this record with the work.
+            metrics = evaluate(solver, model, examples) if examples else {}
+            progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
+                              metrics=metrics, seconds=round(time.time() - t0, 3)))
+            snapshots.save(solver)
+            window = []
+            progress.plot(model.name)
+    except KeyboardInterrupt:
+        if not leader:
+            raise
+        # Interrupted between iterations: keep the work done so far.
+        entry = snapshots.save(solver)
+        print(f'\ninterrupted: snapshot at iteration {entry["iteration"]} '
+              f'({entry["caffemodel"]}); continue with --resume', file=sys.stderr)
+        raise
+    finally:
+        bar.close()
+
+
+def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, gpu=None,
+          val_limit=None, quiet=False, nccl=None):
+    """Train the model in `folder` on GPU `gpu` (None: the CPU). Returns the
+    Progress records. With `nccl` = (uid, rank, solver count), this process
+    is one of Caffe's data-parallel solvers (see train_parallel): only rank
+    0 scores, snapshots and logs. Paths given relative to the current
+    directory stay so; the current directory is restored on return."""
+    import caffe
+    model = nets.load(folder)
+    weights = weights and os.path.abspath(weights)
+    resume = os.path.abspath(resume) if isinstance(resume, str) else resume
+    runtime.use_device(gpu)
+    if nccl is not None:
+        caffe.set_solver_count(nccl[2])
+        caffe.set_solver_rank(nccl[1])
+        caffe.set_multiprocess(True)
+    test_interval = test_interval or model.source.test_interval
+    max_iter = max_iter or model.training_length
+    with locations.working_dir(model.folder):  # prototxt paths are relative to the folder
+        solver, param = make_solver(model, test_interval, max_iter)
+        snapshots = Snapshots(SNAPSHOT_DIR, param.snapshot_prefix)
+        start(solver, model, snapshots, weights, resume)
+        if nccl is not None:  # Caffe's data parallelism: share weights, sum gradients
+            reducer = caffe.NCCL(solver, nccl[0])
+            reducer.bcast()
+            solver.add_callback(reducer)
+            if solver.param.layer_wise_reduce:
+                solver.net.after_backward(reducer)
+        progress = Progress(SNAPSHOT_DIR, resume_iter=solver.iter if resume else None)
+        step_loop(solver, param, model, snapshots, progress, val_examples(solver, val_limit),
+                  max_iter, test_interval, leader=nccl is None or nccl[1] == 0, quiet=quiet)
+    return progress.records
+
+
 def _parallel_worker(folder, gpus, rank, uid, args):
     try:
         train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,

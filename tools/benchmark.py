@@ -130,15 +130,11 @@ def main(argv=None):
     if args.iters < 1 or any(s < 1 for s in args.sizes):
         parser.error('--iters and --sizes must be positive')
 
-    import caffe
-    if args.gpu is None:
-        caffe.set_mode_cpu()
-        device = f'CPU, {os.cpu_count()} cores, OPENBLAS_NUM_THREADS=' \
-                 f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}"
-    else:
-        caffe.set_device(args.gpu)
-        caffe.set_mode_gpu()
-        device = f'GPU {args.gpu}'
+    import runtime
+    runtime.use_device(args.gpu)
+    device = f'GPU {args.gpu}' if args.gpu is not None else \
+        f'CPU, {os.cpu_count()} cores, OPENBLAS_NUM_THREADS=' \
+        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}"
     results = []
     print(HEADER, flush=True)
     for name in args.models:
