@@ -2,21 +2,27 @@
 synthetic data, with the project's own nets/, layers.py, surgery.py,
 training.py, score.py and infer.py.
 
-    python minirepro.py [--out out/minirepro] [--seed 0] [--seeds 3] [--jobs 2] [--quick]
+    python minirepro.py [--out out/minirepro] [--seed 0] [--seeds 3] [--data-seed 0]
+                        [--jobs N] [--ablations] [--quick]
 
-For each seed:
  1. synthetic.py writes a VOC-layout segmentation set and a set of object
     crops (the stand-in for ILSVRC);
  2. a narrow VGG16 classifier (fully connected fc6/fc7, 224 x 224 input) is
     trained on the crops, then convolutionalized by surgery.convolutionalize
-    into its fully convolutional twin: the FCNs' start weights;
- 3. model folders (net.py + prototxts from nets' Model) are trained by
+    into its fully convolutional twin: the FCNs' start weights, one for
+    every seed;
+ 3. for each training seed (its own order of the train scenes), model
+    folders (net.py + prototxts from nets' Model) are trained by
     training.train: FCN-32s-fixed (only the score layer learns), FCN-32s,
-    FCN-16s from FCN-32s, FCN-8s from FCN-16s, and all-at-once FCN-8s;
+    FCN-16s from FCN-32s, FCN-8s from FCN-16s, and all-at-once FCN-8s
+    (with --ablations also FCN-32s with learned upsampling, with loss
+    sampling, and with a sigmoid loss);
  4. every net is scored on val (score.py's metrics, during training).
-Then the table (mean and spread over seeds) goes to table.md / results.json,
-with curves.png (training curves), figure4.png (a val image, its ground
-truth, the 32s/16s/8s predictions) and infer/ (infer.py on that image).
+Then the table (mean and spread over seeds), the paper's ordering judged
+seed by seed, the ablations against the papers' findings and the output
+strides' upper bounds go to table.md / results.json, with curves.png
+(training curves), figure4.png (a val image, its ground truth, the
+32s/16s/8s predictions) and infer/ (infer.py on that image).
 """
 import argparse
 import contextlib
@@ -375,12 +381,12 @@ def summarize(results):
     return summary
 
 
-# The comparisons are paired. Within a seed every net starts from the same
-# classifier, and a seed's classifier moves all of its nets up or down
-# together: that shared part is most of the seed-to-seed spread, and says
-# nothing about which net is better. So a comparison takes each seed's gain
-# (one net's mean IU minus the other's) and asks of their mean whether its
-# 95% confidence interval (Student's t over the seeds) excludes zero.
+# The comparisons are paired. Within a seed the nets saw the scenes in one
+# order, and FCN-16s and FCN-8s continue that seed's coarser net, so each
+# seed gives one gain (the finer net's mean IU minus the coarser one's); the
+# nets' own spreads over seeds, partly shared between them, say less about
+# which is better. A comparison asks of the mean gain whether its 95%
+# confidence interval (Student's t over the seeds) excludes zero.
 CONFIDENCE = 0.95
 
 
@@ -564,7 +570,8 @@ def ablation_findings(results, bounds):
             ratio = float(np.mean([r['seconds'][stage.folder] / r['seconds'][stage.baseline]
                                    for r in results]))
             finding.update(time_ratio=ratio, shows=same and ratio > 1)
-            here += f'; wall time x{ratio:.2f} of its ({1 / stage.loss_sampling:g} images a step)'
+            here += (f'; wall time {ratio:.2f} times {TITLES[stage.baseline]}\'s '
+                     f'({1 / stage.loss_sampling:g} images a step)')
         finding['here'] = here
         findings.append(finding)
     # The upper bounds: finer strides allow more, and each net stays below its stride's bound
@@ -620,8 +627,8 @@ def write_report(out, results, schedule, elapsed, data_seed, mean, bounds, cpu_s
         f'({cpu_seconds / 60:.1f} min of CPU time).', '',
         format_table(summary, results, markdown=True), '',
         '## The paper\'s ordering (mean IU)', '',
-        'Each step is judged on its gain seed by seed (every net of a seed starts from that '
-        'seed\'s classifier, which lifts or lowers them all together): it holds when the '
+        'Each step is judged on its gain seed by seed (within a seed the nets saw the scenes in '
+        'one order, and the finer net continues the coarser one): it holds when the '
         f'{100 * CONFIDENCE:.0f}% confidence interval of the mean gain (Student\'s t over the '
         'seeds) lies above zero.', '',
         *[f'- {line}' for line in format_checks(checks).splitlines()], '',
