@@ -286,7 +286,8 @@ def write_model_folder(folder, stage, schedule, mean, voc_dir, train_split, star
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, 'net.py'), 'w') as f:
         f.write(NET_PY.format(
-            title=stage.title, start=start, voc_dir=os.path.relpath(voc_dir, folder), train_split=train_split,
+            title=stage.title, start=start, voc_dir=os.path.relpath(voc_dir, folder),
+            train_split=train_split,
             val_size=schedule.val_scenes, test_interval=max(1, iters // schedule.scorings),
             mean=mean, classes=synthetic.CLASSES, trunk=TRUNK, stride=stage.stride, lr=FCN_LR,
             at_once=stage.at_once, fixed_trunk=stage.fixed_trunk, width=TRUNK_WIDTH,
@@ -584,7 +585,8 @@ def ablation_findings(results, bounds):
         name='upper-bounds', title='Upper bounds from the output stride',
         paper='a coarse output stride bounds mean IU well above what the nets reach (pixel-perfect '
               'prediction is not needed for a high mean IU), and finer strides raise the bound',
-        here='bounds ' + ', '.join(f'{100 * limits[f]:.1f} at stride {f}' for f in sorted(limits, reverse=True))
+        here='bounds ' + ', '.join(f'{100 * limits[f]:.1f} at stride {f}'
+                                   for f in sorted(limits, reverse=True))
              + '; nets ' + ', '.join(f'FCN-{f}s {100 * ious[f]:.1f}' for f in sorted(ious, reverse=True)),
         shows=bool(below and rising == sorted(rising)), bounds=limits, nets=ious))
     return findings
@@ -654,7 +656,8 @@ def write_report(out, results, schedule, elapsed, data_seed, mean, bounds, cpu_s
         'convolutionalized by `surgery.convolutionalize` (surgery.log).',
         f'- FCNs (`seed-N/<net>/`, model folders with net.py, trained by training.py): Adam, '
         f'normalized loss, one scene a step; lr {FCN_LR:g} at the start of every stage, decaying '
-        f'to zero over its run (power {FCN_LR_DECAY_POWER:g}). Iterations: FCN-32s-fixed {s.fixed_iter}, FCN-32s '
+        f'to zero over its run (power {FCN_LR_DECAY_POWER:g}). Iterations: FCN-32s-fixed '
+        f'{s.fixed_iter}, FCN-32s '
         f'{s.first_iter}, FCN-16s and FCN-8s {s.refine_iter} each, all-at-once FCN-8s '
         f'{s.atonce_iter}. Why Adam: FCN_SOLVER in minirepro.py.',
         '- Seeds vary the FCNs\' training: each seed sees the train scenes in its own order '

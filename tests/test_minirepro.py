@@ -46,7 +46,8 @@ def test_report_json_and_markdown(run):
     assert '| net | pixel acc. | mean acc. | mean IU | f.w. IU |' in table
     for stage in minirepro.STAGES + minirepro.ABLATIONS:
         assert f'| {stage.title} |' in table
-    assert [f['name'] for f in report['findings']] == [s.folder for s in minirepro.ABLATIONS] + ['upper-bounds']
+    assert [f['name'] for f in report['findings']] == \
+        [s.folder for s in minirepro.ABLATIONS] + ['upper-bounds']
     assert table.count('paper: ') == len(report['findings'])
     for c in checks:  # each ordering verdict, with its paired interval
         assert f"- {minirepro.TITLES[c['worse']]} < {minirepro.TITLES[c['better']]}: mean IU " in table
@@ -119,7 +120,8 @@ def test_model_folders_are_real_and_staged(run):
 def fake_result(seed, ious, seconds=None):
     """A seed's result with the given mean IU per net (every metric the same)."""
     folders = [s.folder for s in minirepro.STAGES + minirepro.ABLATIONS][:len(ious)]
-    return {'seed': seed, 'metrics': {f: {k: iu for k, _ in minirepro.METRICS} for f, iu in zip(folders, ious)},
+    metrics = {f: {k: iu for k, _ in minirepro.METRICS} for f, iu in zip(folders, ious)}
+    return {'seed': seed, 'metrics': metrics,
             'seconds': dict(zip(folders, seconds or [1.0] * len(ious)))}
 
 
