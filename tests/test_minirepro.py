@@ -51,7 +51,8 @@ def test_report_json_and_markdown(run):
     assert table.count('paper: ') == len(report['findings'])
     for c in checks:  # each ordering verdict, with its paired interval
         assert f"- {minirepro.TITLES[c['worse']]} < {minirepro.TITLES[c['better']]}: mean IU " in table
-    assert table.count('% interval') == len(checks) + len(minirepro.ABLATIONS)
+    assert table.count('% lower bound') == len(checks)
+    assert table.count('% interval') == len(minirepro.ABLATIONS)
     # the output strides' upper bounds: a finer stride's cells nest in the
     # coarser's, so its majority labels get at least as many pixels right
     bounds = report['upper_bounds']
@@ -139,8 +140,13 @@ def test_check_order_judges_paired_gains():
     assert first['gains'] == pytest.approx([0.10, 0.11, 0.09])
     assert first['mean'] == pytest.approx(0.10)
     assert first['se'] == pytest.approx(0.01 / np.sqrt(3))
-    # Student's t for 2 degrees of freedom, 95% two-sided: 4.303
-    assert first['low'] == pytest.approx(0.10 - 4.303 * 0.01 / np.sqrt(3), abs=1e-4)
+    # Student's t for 2 degrees of freedom, one-sided 95%: 2.920
+    assert first['low'] == pytest.approx(0.10 - 2.920 * 0.01 / np.sqrt(3), abs=1e-4)
+    assert first['high'] is None and first['one_sided']
+    # two-sided (the ablations'): 4.303
+    both = minirepro.paired_gain(results, 'fcn32s-fixed', 'fcn32s')
+    assert (both['low'], both['high']) == pytest.approx((0.10 - 4.303 * 0.01 / np.sqrt(3),
+                                                         0.10 + 4.303 * 0.01 / np.sqrt(3)), abs=1e-4)
     text = minirepro.format_checks(checks)
     assert text.count('holds') == 2 and 'NOT shown' in text and '+10.0 (per seed +10.0, +11.0, +9.0' in text
 
