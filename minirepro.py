@@ -327,13 +327,13 @@ def run_seed(seed, out, data_dir, mean, classifier, schedule=FULL, quiet=True, s
     `data_dir` (BGR mean `mean`), from the convolutionalized classifier's
     weights `classifier`, training `stages` in order; returns its results
     (also written to <out>/result.json)."""
-    t0 = time.time()
-    seconds = {}
+    t0, c0 = time.time(), time.process_time()
+    seconds, cpu_seconds = {}, {}
     voc_dir = os.path.join(data_dir, 'voc')
     train_split = seed_split(voc_dir, seed)
     results, curves = {}, {}
     for stage in stages:
-        t = time.time()
+        t, c = time.time(), time.process_time()
         folder = os.path.join(out, stage.folder)
         if stage.start == 'classifier':
             start, start_weights = ('the convolutionalized classifier (../../classifier/fcn.caffemodel)',
@@ -346,9 +346,14 @@ def run_seed(seed, out, data_dir, mean, classifier, schedule=FULL, quiet=True, s
         results[stage.folder] = metrics
         curves[stage.folder] = records
         seconds[stage.folder] = time.time() - t
+        cpu_seconds[stage.folder] = time.process_time() - c
     seconds['total'] = time.time() - t0
+    cpu_seconds['total'] = time.process_time() - c0
+    # Wall time, and CPU time (this process's, BLAS threads included), which
+    # other jobs on the machine do not inflate
     result = dict(seed=seed, folder=os.path.abspath(out), train_split=train_split, metrics=results,
-                  curves=curves, seconds={k: round(v, 1) for k, v in seconds.items()})
+                  curves=curves, seconds={k: round(v, 1) for k, v in seconds.items()},
+                  cpu_seconds={k: round(v, 1) for k, v in cpu_seconds.items()})
     with open(os.path.join(out, 'result.json'), 'w') as f:
         json.dump(score.jsonable(result), f, indent=1)
     return result
@@ -575,10 +580,12 @@ def ablation_findings(results, bounds):
         finding = dict(name=stage.folder, title=stage.title, paper=PAPER_FINDINGS[stage.folder],
                        gain=gain, shows=same)
         if stage.loss_sampling < 1:  # the finding is also about time
-            ratio = float(np.mean([r['seconds'][stage.folder] / r['seconds'][stage.baseline]
+            # Compute time (CPU seconds): wall time on a shared machine
+            # depends on what else runs meanwhile
+            ratio = float(np.mean([r['cpu_seconds'][stage.folder] / r['cpu_seconds'][stage.baseline]
                                    for r in results]))
             finding.update(time_ratio=ratio, shows=same and ratio > 1)
-            here += (f'; wall time {ratio:.2f} times {TITLES[stage.baseline]}\'s '
+            here += (f'; compute time {ratio:.2f} times {TITLES[stage.baseline]}\'s '
                      f'({1 / stage.loss_sampling:g} images a step)')
         finding['here'] = here
         findings.append(finding)

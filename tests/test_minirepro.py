@@ -41,6 +41,9 @@ def test_report_json_and_markdown(run):
             assert len(entry['values']) == len(SEEDS)
             assert all(0 <= v <= 1 for v in entry['values'])
             assert entry['mean'] == pytest.approx(np.mean(entry['values']))
+    for result in report['per_seed']:  # wall and CPU time of every net
+        for times in (result['seconds'], result['cpu_seconds']):
+            assert all(times[s.folder] > 0 for s in minirepro.STAGES + minirepro.ABLATIONS)
     assert summary['fcn8s']['mean_iu']['mean'] == pytest.approx(report['summary']['fcn8s']['mean_iu']['mean'])
     table = (out / 'table.md').read_text()
     assert '| net | pixel acc. | mean acc. | mean IU | f.w. IU |' in table
@@ -122,8 +125,8 @@ def fake_result(seed, ious, seconds=None):
     """A seed's result with the given mean IU per net (every metric the same)."""
     folders = [s.folder for s in minirepro.STAGES + minirepro.ABLATIONS][:len(ious)]
     metrics = {f: {k: iu for k, _ in minirepro.METRICS} for f, iu in zip(folders, ious)}
-    return {'seed': seed, 'metrics': metrics,
-            'seconds': dict(zip(folders, seconds or [1.0] * len(ious)))}
+    seconds = dict(zip(folders, seconds or [1.0] * len(ious)))
+    return {'seed': seed, 'metrics': metrics, 'seconds': seconds, 'cpu_seconds': seconds}
 
 
 def test_check_order_judges_paired_gains():
