@@ -9,9 +9,9 @@ import importlib.util
 import os
 
 from nets.model import NETS_DIR, Model
-from nets.sources import NYUD, VOC, Context, Head, SIFTFlow, Source
+from nets.sources import LMDB, NYUD, VOC, Context, Head, SIFTFlow, Source
 
-__all__ = ['Model', 'Source', 'Head', 'VOC', 'NYUD', 'SIFTFlow', 'Context',
+__all__ = ['Model', 'Source', 'Head', 'VOC', 'NYUD', 'SIFTFlow', 'Context', 'LMDB',
            'NETS_DIR', 'model_names', 'load']
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import datasets
-from caffe import layers as L
+from caffe import layers as L, params as P
 
 SEED = 1337  # reference release seed for the shuffled training order
 DEPLOY_SIZE = 500  # deploy nets are declared 500x500; they reshape to any input
@@ -150,3 +150,35 @@ class NYUD(Source):
     def data_layer_params(self, split):
         return 'NYUDSegDataLayer', dict(nyud_dir=f'{datasets.DATA_DIR}/nyud', split=split,
                                         tops=list(self.modalities) + ['label'], seed=SEED)
+
+
+@dataclass(frozen=True)
+class LMDB(Source):
+    """Images and labels in LMDB, read by Caffe's own Data layers (one for
+    images, one for labels), so the caffe tool trains and tests the nets
+    with no Python. Each split is two LMDBs of Caffe Datum records in the
+    same order, one image each: BGR uint8 images (the mean is subtracted by
+    the Data layer) and labels as 1-channel uint8 images (255 void)."""
+    name: str = 'lmdb'
+    train_split: str = 'train'
+    val_split: str = 'val'
+    train_file: str = 'train.prototxt'
+    val_file: str = 'val.prototxt'
+    heads: Tuple[Head, ...] = (Head('', datasets.VOC_CLASSES),)
+    test_interval: int = 4000
+    val_size: int = 736
+    lmdb_dir: str = 'lmdb'  # holds <split>-image/ and <split>-label/
+    mean: Tuple[float, ...] = datasets.VOC_MEAN
+
+    def lmdb_path(self, split, kind):
+        """The LMDB of a split's 'image's or 'label's."""
+        return f'{self.lmdb_dir}/{split}-{kind}'
+
+    def data_layer(self, split):
+        if len(self.heads) != 1 or self.inputs != ('data',):
+            raise ValueError('LMDB: one image input and one label head')
+        # One image a batch, as the reference nets train: sizes may differ.
+        image = L.Data(source=self.lmdb_path(split, 'image'), backend=P.Data.LMDB, batch_size=1,
+                       transform_param=dict(mean_value=list(self.mean)))
+        label = L.Data(source=self.lmdb_path(split, 'label'), backend=P.Data.LMDB, batch_size=1)
+        return ['data', self.heads[0].label], (image, label)
