@@ -6,17 +6,9 @@ import os
 
 import pytest
 
-import nets
+from conftest import write_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NET_PY = '''\
-from nets import VOC, Model
-
-model = Model(VOC(), trunk='vgg16', stride=8, base_lr=1e-3, init=(), trunk_width=1 / 32,
-              trunk_filler='msra', {extra})
-'''
-
-
 @pytest.fixture(scope='module')
 def benchmark():
     spec = importlib.util.spec_from_file_location('benchmark', os.path.join(REPO, 'tools', 'benchmark.py'))
@@ -25,18 +17,9 @@ def benchmark():
     return module
 
 
-def tiny_model(root, name, extra=''):
-    folder = os.path.join(root, name)
-    os.makedirs(folder)
-    with open(os.path.join(folder, 'net.py'), 'w') as f:
-        f.write(NET_PY.format(extra=extra))
-    nets.load(folder).write(folder)
-    return folder
-
-
 def test_benchmark_reports_speed_and_memory(benchmark, tmp_path, capsys):
-    softmax = tiny_model(tmp_path, 'tiny-fcn8s')
-    sigmoid = tiny_model(tmp_path, 'tiny-fcn8s-sigmoid', extra="loss='sigmoid'")
+    softmax = write_model(tmp_path / 'tiny-fcn8s', stride=8)
+    sigmoid = write_model(tmp_path / 'tiny-fcn8s-sigmoid', stride=8, extra=", loss='sigmoid'")
     out = tmp_path / 'bench.json'
     benchmark.main(['--models', softmax, sigmoid, '--sizes', '37', '90', '--iters', '1',
                     '--json', str(out)])
