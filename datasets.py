@@ -8,11 +8,6 @@ import numpy as np
 
 VOID = 255  # label ignored by the loss and by scoring
 
-# Where the data lives, relative to a model folder (nets/<model>/): the
-# reference release's `../data/<dataset>` convention. nets/data is a link to
-# the repository's data/ folder, where the fetch command unpacks.
-DATA_DIR = '../data'
-
 VOC_CLASSES = (
     'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus',
     'car', 'cat', 'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike',
@@ -59,6 +54,12 @@ NYUD_MEAN = (116.190, 97.203, 92.318)
 NYUD_HHA_MEAN = (132.431, 94.076, 118.477)  # in the HHA file's channel order
 NYUD_LOG_DEPTH_MEAN = 7.844
 SIFTFLOW_MEAN = (114.578, 115.294, 108.353)
+# The reference PASCAL-Context data layer ignores any mean it is given and
+# subtracts this constant (close to, but not, the VOC mean).
+CONTEXT_MEAN = (104.007, 116.669, 122.679)
+
+# seg11valid: VOC2011 segmentation val minus SBD train.
+SEG11VALID_SIZE = 736
 
 
 def voc_palette(n=256):

@@ -10,7 +10,7 @@ with the model's mean). For each image <stem>:
     <out>/<stem>.png           class indices, PASCAL VOC palette (as score.py saves)
     <out>/<stem>_overlay.png   the image with the classes' colours blended in
 Default weights: the model's published caffemodel where `python -m fetch
-weights <model>` puts it (nets/<model>/<file>), else its latest training
+weights <model>` puts it (<model>/<file>), else its latest training
 snapshot.
 """
 import argparse
@@ -22,14 +22,13 @@ from PIL import Image
 
 import datasets
 import layers
+import locations
 import nets
+import runtime
 import score
 
 DEFAULT_MODEL = 'voc-fcn8s'
 OVERLAY_ALPHA = 0.5  # weight of the class colour over object pixels
-# Dataset means of the sources without a `mean` field (their data layers
-# subtract these constants).
-SOURCE_MEANS = {'nyud': datasets.NYUD_MEAN, 'siftflow': datasets.SIFTFLOW_MEAN}
 
 
 class InferError(Exception):
@@ -46,11 +45,6 @@ def segment(net, rgb, mean, score_blob='score'):
     return net.blobs[score_blob].data[0].argmax(axis=0).astype(np.uint8)
 
 
-def model_mean(model):
-    """The BGR mean the model's data layers subtract."""
-    return getattr(model.source, 'mean', None) or SOURCE_MEANS.get(model.source.name, datasets.VOC_MEAN)
-
-
 def check_rgb_model(model):
     source = model.source
     if tuple(source.inputs) != ('data',) or source.fusion or \
@@ -59,28 +53,15 @@ def check_rgb_model(model):
                          f'{"/".join(getattr(source, "modalities", source.inputs))}')
 
 
-def published_weights(model):
-    """nets/<model>/<published caffemodel> (fetch's table), or None."""
-    try:
-        from fetch.catalog import MODELS
-    except ImportError:  # the fetch kit is optional for inference
-        return None
-    entry = MODELS.get(model.name)
-    if entry is None or not entry.weights or \
-            os.path.dirname(model.folder) != os.path.normpath(nets.NETS_DIR):
-        return None
-    return os.path.join(model.folder, entry.weights)
-
-
 def default_weights(model):
     """The published caffemodel if fetched, else the latest snapshot; an
     InferError saying how to get weights otherwise."""
     import training
-    published = published_weights(model)
+    published = locations.published_weights(model.name, os.path.dirname(model.folder))
     if published and os.path.isfile(published):
         return published
     try:
-        latest = training.Snapshots(os.path.join(model.folder, training.SNAPSHOT_DIR)).latest()
+        latest = training.Snapshots(os.path.join(model.folder, locations.SNAPSHOT_DIR)).latest()
     except training.TrainingError as e:
         raise InferError(str(e)) from e
     if latest:
@@ -91,7 +72,7 @@ def default_weights(model):
             f'`python -m fetch weights {model.name}`, or train it: '
             f'`cd {os.path.relpath(model.folder)} && python solve.py` (or pass --weights)')
     raise InferError(f'no weights for {model.folder}: no snapshot in '
-                     f'{os.path.join(model.folder, training.SNAPSHOT_DIR)}; train it '
+                     f'{os.path.join(model.folder, locations.SNAPSHOT_DIR)}; train it '
                      '(python solve.py in the folder) or pass --weights')
 
 
@@ -165,15 +146,10 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
         raise InferError(str(e)) from e
     check_rgb_model(model)
     weights = weights or default_weights(model)
-    import caffe
-    if gpu is None:
-        caffe.set_mode_cpu()
-    else:
-        caffe.set_device(gpu)
-        caffe.set_mode_gpu()
+    runtime.use_device(gpu)
     net = load_net(model, weights)
     head = model.source.heads[0]
-    mean = model_mean(model)
+    mean = model.source.mean
     os.makedirs(out, exist_ok=True)
     results = []
     bar = tqdm(list(zip(paths, output_stems(paths))), desc=model.name, unit='image',
@@ -183,7 +159,7 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
             rgb = layers.load_image(path)
         except (OSError, ValueError) as e:
             raise InferError(str(e)) from e
-        label = segment(net, rgb, mean, 'score' + head.suffix)
+        label = segment(net, rgb, mean, head.score)
         shares = class_shares(label, head.classes)
         results.append((path, *write_outputs(out, stem, rgb, label), shares))
         bar.write(f'{path}: ' + ', '.join(f'{name} {100 * share:.1f}%' for name, share in shares))
@@ -194,7 +170,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('images', nargs='+', help='image files or folders of images')
     parser.add_argument('--model', default=DEFAULT_MODEL,
-                        help=f'model folder under nets/ or a path to one (default {DEFAULT_MODEL})')
+                        help=f'a model (e.g. voc-fcn8s) or a path to a model folder '
+                             f'(default {DEFAULT_MODEL})')
     parser.add_argument('--weights', help="caffemodel (default: the model's published weights, "
                                           'else its latest snapshot)')
     parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')

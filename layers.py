@@ -203,8 +203,8 @@ def load_nyud_label(path):
     return _shift_labels(load_mat(path, 'segmentation'), n, path, f'0..{n} (0 void)')
 
 
-def load_nyud_depth(path):
-    """A 16-bit depth PNG (millimetres) -> float32 1 x H x W log depth minus its mean."""
+def load_nyud_depth(path, mean):
+    """A 16-bit depth PNG (millimetres) -> float32 1 x H x W log depth minus `mean`."""
     im = _open_image(path, 'depth')
     if not (im.mode == 'I' or im.mode.startswith('I;16')):
         raise DataError(f'{path}: expected a 16-bit single-channel depth PNG (millimetres), '
@@ -214,18 +214,18 @@ def load_nyud_depth(path):
     # touches into NaN. Clamping to 1 mm keeps it finite (log 1 = 0) and far
     # below any real reading (the Kinect sees from about 500 mm), so the net
     # can still tell missing from near.
-    logd = np.log(np.maximum(depth, 1.0)) - np.float32(datasets.NYUD_LOG_DEPTH_MEAN)
+    logd = np.log(np.maximum(depth, 1.0)) - np.float32(mean)
     return logd[np.newaxis].astype(np.float32)
 
 
-def load_nyud_hha(path):
-    """A 3-channel HHA PNG -> float32 3 x H x W minus the HHA mean, channels
-    in file order (HHA is not swapped like RGB -> BGR)."""
+def load_nyud_hha(path, mean):
+    """A 3-channel HHA PNG -> float32 3 x H x W minus `mean`, channels in
+    file order (HHA is not swapped like RGB -> BGR)."""
     im = _open_image(path, 'HHA image')
     if im.mode != 'RGB':
         raise DataError(f'{path}: expected a 3-channel 8-bit HHA PNG, got Pillow mode {im.mode!r}')
     hha = np.asarray(im).astype(np.float32)
-    hha -= np.asarray(datasets.NYUD_HHA_MEAN, dtype=np.float64)
+    hha -= np.asarray(mean, dtype=np.float64)
     return np.ascontiguousarray(hha.transpose(2, 0, 1))
 
 
@@ -331,6 +331,10 @@ def _is_mean(v):
             and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v))
 
 
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _is_int(v, lo, hi):
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
@@ -347,6 +351,10 @@ PARAM_CHECKS = {
     'list_file': (_is_str, 'a file path'),
     'split': (_is_str, 'a split name'),
     'mean': (_is_mean, 'three numbers (B, G, R)'),
+    'means': (lambda v: isinstance(v, dict) and all(
+        k in ('color', 'hha') and _is_mean(x) or k == 'depth' and _is_number(x)
+        for k, x in v.items()),
+        "a dict of 'color' and 'hha': three numbers, 'depth': a number (log depth)"),
     'randomize': (_is_bool, 'True or False'),
     'seed': (lambda v: v is None or isinstance(v, (int, str)) and not isinstance(v, bool),
              'an int, a string or None'),
@@ -606,9 +614,8 @@ def _translate(array, dy, dx, fill):
 
 class VOCSegDataLayer(SegDataLayerBase):
     """PASCAL VOC: JPEGImages/<id>.jpg, SegmentationClass/<id>.png.
-    Keys: voc_dir, split, mean (default VOC mean). Tops: data, label."""
-    required = ('voc_dir', 'split')
-    defaults = {'mean': datasets.VOC_MEAN}
+    Keys: voc_dir, split, mean. Tops: data, label."""
+    required = ('voc_dir', 'split', 'mean')
 
     def split_file(self):
         return os.path.join(self.params['voc_dir'], 'ImageSets', 'Segmentation',
@@ -627,9 +634,8 @@ class VOCSegDataLayer(SegDataLayerBase):
 
 class SBDDSegDataLayer(SegDataLayerBase):
     """SBD: img/<id>.jpg, cls/<id>.mat (GTcls.Segmentation), split <sbdd_dir>/<split>.txt.
-    Keys: sbdd_dir, split, mean (default VOC mean). Tops: data, label."""
-    required = ('sbdd_dir', 'split')
-    defaults = {'mean': datasets.VOC_MEAN}
+    Keys: sbdd_dir, split, mean. Tops: data, label."""
+    required = ('sbdd_dir', 'split', 'mean')
 
     def split_file(self):
         return os.path.join(self.params['sbdd_dir'], self.params['split'] + '.txt')
@@ -647,8 +653,9 @@ class SBDDSegDataLayer(SegDataLayerBase):
 
 class NYUDSegDataLayer(SegDataLayerBase):
     """NYUDv2 40 classes. Keys: nyud_dir, split, tops (names from color,
-    depth, hha, label; output in the listed order)."""
-    required = ('nyud_dir', 'split', 'tops')
+    depth, hha, label; output in the listed order), means (what each input
+    top subtracts: {'color': BGR, 'hha': in file order, 'depth': log depth})."""
+    required = ('nyud_dir', 'split', 'tops', 'means')
     TOPS = ('color', 'depth', 'hha', 'label')
 
     def configure(self):
@@ -656,6 +663,9 @@ class NYUDSegDataLayer(SegDataLayerBase):
         if any(t not in self.TOPS for t in tops) or len(set(tops)) != len(tops):
             raise ParamError(f'NYUDSegDataLayer: param \'tops\' must list distinct names from '
                              f'{list(self.TOPS)}, got {tops!r}')
+        missing = [t for t in tops if t != 'label' and t not in self.params['means']]
+        if missing:
+            raise ParamError(f'NYUDSegDataLayer: param \'means\' has no mean for the tops {missing}')
         self.top_names = tuple(tops)
 
     def split_file(self):
@@ -670,18 +680,19 @@ class NYUDSegDataLayer(SegDataLayerBase):
                 'label': os.path.join(d, 'segmentation', name + '.mat')}
 
     def load(self, top, path):
+        means = self.params['means']
         if top == 'color':
-            return preprocess(load_image(path), datasets.NYUD_MEAN)
+            return preprocess(load_image(path), means['color'])
         if top == 'depth':
-            return load_nyud_depth(path)
+            return load_nyud_depth(path, means['depth'])
         if top == 'hha':
-            return load_nyud_hha(path)
+            return load_nyud_hha(path, means['hha'])
         return load_nyud_label(path)
 
 
 class SIFTFlowSegDataLayer(SegDataLayerBase):
-    """SIFT Flow. Keys: siftflow_dir, split. Tops: data, sem (33 classes), geo (3)."""
-    required = ('siftflow_dir', 'split')
+    """SIFT Flow. Keys: siftflow_dir, split, mean. Tops: data, sem (33 classes), geo (3)."""
+    required = ('siftflow_dir', 'split', 'mean')
     top_names = ('data', 'sem', 'geo')
     label_tops = ('sem', 'geo')
     SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
@@ -697,14 +708,14 @@ class SIFTFlowSegDataLayer(SegDataLayerBase):
 
     def load(self, top, path):
         if top == 'data':
-            return preprocess(load_image(path), datasets.SIFTFLOW_MEAN)
+            return preprocess(load_image(path), self.params['mean'])
         return load_siftflow_label(path, 'semantic' if top == 'sem' else 'geometric')
 
 
 class PASCALContextSegDataLayer(SegDataLayerBase):
     """PASCAL-Context 59 classes + background. Keys: voc_dir (holding
-    VOC2010), context_dir, split (VOC2010 ImageSets/Main). Tops: data, label."""
-    required = ('voc_dir', 'context_dir', 'split')
+    VOC2010), context_dir, split (VOC2010 ImageSets/Main), mean. Tops: data, label."""
+    required = ('voc_dir', 'context_dir', 'split', 'mean')
 
     def configure(self):
         self.lut = context_label_lut(self.params['context_dir'])
@@ -719,7 +730,7 @@ class PASCALContextSegDataLayer(SegDataLayerBase):
 
     def load(self, top, path):
         if top == 'data':
-            return preprocess(load_image(path), datasets.VOC_MEAN)
+            return preprocess(load_image(path), self.params['mean'])
         return load_context_label(path, self.lut)
 
 

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import datasets  # noqa: E402
 import infer  # noqa: E402
 import layers  # noqa: E402
+import locations  # noqa: E402
 import nets  # noqa: E402
 import score  # noqa: E402
 import surgery  # noqa: E402
@@ -216,7 +217,7 @@ def train_classifier(folder, crops_dir, mean, seed, schedule, quiet=True):
     rng = np.random.default_rng(seed)
     order = []
     losses = []
-    with score.working_dir(folder):
+    with locations.working_dir(folder):
         solver = caffe.get_solver('solver.prototxt')
         net = solver.net
         for it in tqdm(range(schedule.classifier_iter), desc='classifier', unit='it', disable=quiet,
@@ -270,7 +271,7 @@ def latest_weights(folder):
 
 def train_stage(folder, start_weights, quiet):
     """training.train on a model folder (it works inside the folder)."""
-    with score.working_dir(os.getcwd()):
+    with locations.working_dir(os.getcwd()):
         records = training.train(folder, weights=start_weights, quiet=quiet)
     final = [r for r in records if 'metrics' in r][-1]
     return records, final['metrics']['score']
@@ -586,8 +587,7 @@ def main(argv=None):
               weights=latest_weights(os.path.join(first, 'fcn8s')), out=os.path.join(out, 'infer'),
               progress=False)
     # What each output stride could reach at best (the paper's upper bounds)
-    bounds = score.upper_bounds(os.path.join(first, 'fcn8s'), UPPER_BOUND_STRIDES, progress=False,
-                                class_names={'label': synthetic.CLASSES})
+    bounds = score.upper_bounds(os.path.join(first, 'fcn8s'), UPPER_BOUND_STRIDES, progress=False)
     elapsed = time.time() - t0
     summary, checks = write_report(out, results, schedule, elapsed, args.data_seed, mean, bounds)
 

@@ -13,11 +13,11 @@ accuracy, and any stray prediction of it would give IU 0, so it is left out
 of the means whether or not it is predicted; those stray predictions still
 count, as misses of the pixels' true classes. Classes in an explicit
 `exclude` list are treated as void: their ground-truth pixels leave every
-metric (stray predictions of them still count against the true classes).
-SIFT Flow's test set lacks cow, desert and moon
-(datasets.SIFTFLOW_ABSENT_FROM_TEST): the reference release averaged over
-all 33 classes and called its semantic scores "not quite right"; here they
-do not count.
+metric (stray predictions of them still count against the true classes). A head's classes and the classes a split
+lacks come from the model's dataset (nets.Head: classes, absent). SIFT
+Flow's test set lacks cow, desert and moon: the reference release averaged
+over all 33 classes and called its semantic scores "not quite right"; here
+they do not count.
 
 The command evaluates a model folder's val/test net on a split:
 
@@ -41,15 +41,14 @@ import math
 import os
 import sys
 import tempfile
-from collections import namedtuple
 from datetime import datetime
 
 import numpy as np
 from PIL import Image
 
 import datasets
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
+import locations
+import runtime
 
 
 def fast_hist(a, b, n):
@@ -121,43 +120,39 @@ def save_prediction(label_map, path):
     im.save(path)
 
 
-# One output of a net to score: score blob, ground-truth blob, loss blob
-# (None or absent from the net: no loss), folder for prediction PNGs or None.
-Head = namedtuple('Head', 'layer gt loss save_dir', defaults=('label', 'loss', None))
+def compute_hists(net, dataset, outputs):
+    """Run net.forward() once per id in `dataset`, scoring every output, a
+    (score blob, ground-truth blob, loss blob, prediction folder or None).
 
-
-def compute_hists(net, dataset, heads):
-    """Run net.forward() once per id in `dataset`, scoring every head.
-
-    Returns [(hist, mean loss)] in the order of `heads` (mean loss nan where
-    the net has no such loss blob). Predictions are argmax over channels of
-    image 0; they are saved as `<save_dir>/<id>.png` where a head has one.
+    Returns [(hist, mean loss)] in the order of `outputs` (mean loss nan
+    where the net has no such loss blob). Predictions are argmax over
+    channels of image 0, saved as `<folder>/<id>.png` where one is given.
     """
     hists = []
-    for head in heads:
-        n_cl = net.blobs[head.layer].channels
+    for layer, _, _, save_dir in outputs:
+        n_cl = net.blobs[layer].channels
         hists.append(np.zeros((n_cl, n_cl), dtype=np.int64))
-        if head.save_dir:
-            os.makedirs(head.save_dir, exist_ok=True)
-    losses = np.zeros(len(heads))
+        if save_dir:
+            os.makedirs(save_dir, exist_ok=True)
+    losses = np.zeros(len(outputs))
     count = 0
     for idx in dataset:
         net.forward()
-        for head, hist in zip(heads, hists):
-            pred = net.blobs[head.layer].data[0].argmax(axis=0)
-            hist += fast_hist(net.blobs[head.gt].data[0, 0], pred, hist.shape[0])
-            if head.save_dir:
-                save_prediction(pred, os.path.join(head.save_dir, f'{idx}.png'))
-        losses += [net.blobs[h.loss].data.flat[0] if h.loss in net.blobs else math.nan
-                   for h in heads]
+        for (layer, gt, _, save_dir), hist in zip(outputs, hists):
+            pred = net.blobs[layer].data[0].argmax(axis=0)
+            hist += fast_hist(net.blobs[gt].data[0, 0], pred, hist.shape[0])
+            if save_dir:
+                save_prediction(pred, os.path.join(save_dir, f'{idx}.png'))
+        losses += [net.blobs[loss].data.flat[0] if loss in net.blobs else math.nan
+                   for _, _, loss, _ in outputs]
         count += 1
-    losses = losses / count if count else np.full(len(heads), math.nan)
+    losses = losses / count if count else np.full(len(outputs), math.nan)
     return [(hist, float(loss)) for hist, loss in zip(hists, losses)]
 
 
 def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss'):
     """(confusion matrix, mean loss) of one head over `dataset` (a list of ids)."""
-    return compute_hists(net, dataset, [Head(layer, gt, loss, save_dir or None)])[0]
+    return compute_hists(net, dataset, [(layer, gt, loss, save_dir or None)])[0]
 
 
 def seg_tests(solver, save_format, dataset, layer='score', gt='label', loss='loss',
@@ -189,23 +184,6 @@ def do_seg_tests(net, iter, save_format, dataset, layer='score', gt='label', los
 
 
 # --- evaluating a model folder ----------------------------------------------
-
-# Heads a net may have, scored where both blobs exist: one-headed nets, and
-# SIFT Flow's semantic and geometric heads (losses named as the reference's).
-HEADS = (Head('score', 'label', 'loss'), Head('score_sem', 'sem', 'loss'),
-         Head('score_geo', 'geo', 'loss_geo'))
-
-# Class names of each data layer of layers.py, by ground-truth blob.
-CLASS_NAMES = {
-    'VOCSegDataLayer': {'label': datasets.VOC_CLASSES},
-    'SBDDSegDataLayer': {'label': datasets.VOC_CLASSES},
-    'NYUDSegDataLayer': {'label': datasets.NYUD_CLASSES},
-    'PASCALContextSegDataLayer': {'label': datasets.CONTEXT_CLASSES},
-    'SIFTFlowSegDataLayer': {'sem': datasets.SIFTFLOW_CLASSES,
-                             'geo': datasets.SIFTFLOW_GEO_CLASSES},
-}
-# Classes absent from a split, left out of its means: (layer, split, gt).
-ABSENT = {('SIFTFlowSegDataLayer', 'test', 'sem'): datasets.SIFTFLOW_ABSENT_FROM_TEST}
 
 # What scoring overrides in the data layer: every example once, in file
 # order, unaugmented; prefetching only overlaps loading with the forward.
@@ -247,24 +225,27 @@ def example_id(example):
 def model_net(model):
     """A model folder's (directory, evaluation prototxt).
 
-    `model` is a folder under nets/ or a path to one; the prototxt is its
-    val.prototxt (VOC, PASCAL-Context) or else test.prototxt (NYUD, SIFT Flow).
+    `model` is a model's name (e.g. voc-fcn8s) or a path to its folder; the
+    prototxt is its val.prototxt (VOC, PASCAL-Context) or else test.prototxt
+    (NYUD, SIFT Flow).
     """
-    model_dir = model if os.path.isdir(model) else os.path.join(ROOT, 'nets', model)
+    model_dir = model if os.path.isdir(model) else locations.model_dir(model)
     for proto in ('val.prototxt', 'test.prototxt'):
         if os.path.isfile(os.path.join(model_dir, proto)):
             return model_dir, os.path.join(model_dir, proto)
     raise FileNotFoundError(f'no val.prototxt or test.prototxt in {model_dir}')
 
 
-@contextlib.contextmanager
-def working_dir(path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
+def model_heads(model_dir, layer):
+    """The heads (nets.Head) of a model folder: its net.py's dataset's, else
+    those of the dataset whose data layer its net reads (a folder holding
+    only prototxts), else one unnamed head (a user's own data)."""
+    import nets
+    from nets.sources import source_of_data_layer
+    if os.path.isfile(os.path.join(model_dir, 'net.py')):
+        return nets.load(model_dir).source.heads
+    source = source_of_data_layer(layer.python_param.layer)
+    return source.heads if source else (nets.Head('', ()),)
 
 
 def eval_net_param(model, split=None):
@@ -290,7 +271,7 @@ def eval_net(net_param, model_dir, weights=None):
     folder, since the data layer's paths are relative to it."""
     import caffe
     from google.protobuf import text_format
-    with tempfile.TemporaryDirectory() as tmp, working_dir(model_dir):
+    with tempfile.TemporaryDirectory() as tmp, locations.working_dir(model_dir):
         tmp_proto = os.path.join(tmp, 'net.prototxt')
         with open(tmp_proto, 'w') as f:
             f.write(text_format.MessageToString(net_param))
@@ -320,34 +301,36 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         raise FileNotFoundError(f'weights not found: {weights}')
     save_dir = save_dir and os.path.abspath(save_dir)
 
+    all_heads = model_heads(model_dir, layer)
     with eval_net(net_param, model_dir, weights) as net:
         ids = [example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
-        heads = [h for h in HEADS if h.layer in net.blobs and h.gt in net.blobs]
+        heads = [h for h in all_heads if h.score in net.blobs and h.label in net.blobs]
         if not heads:
-            raise ValueError(f'{proto}: no score/label blob pair among {HEADS}')
-        if save_dir:
-            heads = [h._replace(save_dir=save_dir if len(heads) == 1 else
-                                os.path.join(save_dir, h.layer)) for h in heads]
-        results = compute_hists(net, progress_bar(ids, model_dir, params, progress), heads)
+            raise ValueError(f'{proto}: no score/label blob pair among '
+                             f'{[(h.score, h.label) for h in all_heads]}')
+        save_dirs = [save_dir if len(heads) == 1 else os.path.join(save_dir, h.score)
+                     for h in heads] if save_dir else [None] * len(heads)
+        results = compute_hists(net, progress_bar(ids, model_dir, params, progress),
+                                [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)])
 
-    kind, split = layer.python_param.layer, params.get('split')
+    split = params.get('split')
     report = {'model': os.path.basename(os.path.normpath(model_dir)), 'weights': weights,
               'split': split, 'images': len(ids), 'heads': {}}
     for head, (hist, mean_loss) in zip(heads, results):
-        result = head_metrics(hist, kind, split, head.gt)
+        result = head_metrics(hist, head, split)
         result['loss'] = mean_loss
-        report['heads'][head.layer] = result
+        report['heads'][head.score] = result
     return report
 
 
-def head_metrics(hist, kind, split, gt):
+def head_metrics(hist, head, split):
     """metrics() of one head's confusion matrix, its classes named and
-    excluded as its data layer (`kind`) and split have them; with 'hist'
-    and 'excluded'."""
-    names = CLASS_NAMES.get(kind, {}).get(gt)
-    if names is not None and len(names) != hist.shape[0]:
+    excluded as `head` (a nets.Head) has them for `split`; with 'hist' and
+    'excluded'."""
+    names = head.classes
+    if len(names) != hist.shape[0]:
         names = None  # a net with other classes than its dataset's: number them
-    exclude = ABSENT.get((kind, split, gt), ()) if names else ()
+    exclude = head.excluded(split) if names else ()
     result = metrics(hist, names, exclude)
     result.update(hist=hist, excluded=list(exclude))
     return result
@@ -377,13 +360,12 @@ def coarsen(label, factor, num_classes):
     return np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:h, :w]
 
 
-def upper_bounds(model, factors, split=None, limit=None, progress=True, class_names=None):
+def upper_bounds(model, factors, split=None, limit=None, progress=True):
     """Mean IU etc. of coarsen()-ed ground truth for each output stride in
     `factors`, over the images a model folder's evaluation net lists for
-    `split` (only its data layer runs: no weights). Classes are the data
-    layer's dataset's (CLASS_NAMES), or `class_names` ({label top: names})
-    for other data. Returns {'model', 'split', 'images', 'factors': {factor:
-    {label top: metrics}}}."""
+    `split` (only its data layer runs: no weights), classes as the model's
+    heads have them (model_heads). Returns {'model', 'split', 'images',
+    'factors': {factor: {label top: metrics}}}."""
     factors = [int(f) for f in factors]
     if any(f < 1 for f in factors):
         raise ValueError(f'upper bound factors must be positive integers, got {factors}')
@@ -391,13 +373,13 @@ def upper_bounds(model, factors, split=None, limit=None, progress=True, class_na
     model_dir, proto, _, layer, params = eval_net_param(model, split)
     labels_net = caffe_pb2.NetParameter()
     labels_net.layer.add().CopyFrom(layer)  # the data layer alone: its label tops
-    kind, split = layer.python_param.layer, params.get('split')
-    names = class_names or CLASS_NAMES.get(kind, {})
-    gts = [h.gt for h in HEADS if h.gt in layer.top]
-    classes = {gt: len(names.get(gt) or ()) for gt in gts}
-    if not gts or not all(classes.values()):
-        raise ValueError(f'{proto}: no class names for the label tops {gts} of its {kind}')
-    hists = {(f, gt): np.zeros((classes[gt],) * 2, np.int64) for f in factors for gt in gts}
+    split = params.get('split')
+    heads = {h.label: h for h in model_heads(model_dir, layer) if h.label in layer.top}
+    if not heads or not all(h.classes for h in heads.values()):
+        raise ValueError(f'{proto}: no class names for the label tops of its '
+                         f'{layer.python_param.layer}')
+    classes = {gt: h.num_classes for gt, h in heads.items()}
+    hists = {(f, gt): np.zeros((classes[gt],) * 2, np.int64) for f in factors for gt in heads}
     with eval_net(labels_net, model_dir) as net:
         ids = [example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
         for _ in progress_bar(ids, model_dir, params, progress):
@@ -408,8 +390,7 @@ def upper_bounds(model, factors, split=None, limit=None, progress=True, class_na
     report = {'model': os.path.basename(os.path.normpath(model_dir)), 'split': split,
               'images': len(ids), 'factors': {}}
     for (factor, gt), hist in hists.items():
-        report['factors'].setdefault(factor, {})[gt] = (
-            metrics(hist, names[gt]) if class_names else head_metrics(hist, kind, split, gt))
+        report['factors'].setdefault(factor, {})[gt] = head_metrics(hist, heads[gt], split)
     return report
 
 
@@ -470,7 +451,7 @@ def main(argv=None):
         description='Score a model folder\'s evaluation net on a dataset split '
                     '(pixel acc., mean acc., mean IU, f.w. IU).')
     parser.add_argument('--model', required=True,
-                        help='model folder under nets/ (e.g. voc-fcn8s) or a path to one')
+                        help='a model (e.g. voc-fcn8s) or a path to a model folder')
     parser.add_argument('--weights', help='caffemodel to score')
     parser.add_argument('--upper-bound', type=int, nargs='+', metavar='FACTOR',
                         help='score ground truth coarsened to these output strides instead '
@@ -486,12 +467,7 @@ def main(argv=None):
     if args.upper_bound and args.save_dir:
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
 
-    import caffe
-    if args.gpu is None:
-        caffe.set_mode_cpu()
-    else:
-        caffe.set_device(args.gpu)
-        caffe.set_mode_gpu()
+    runtime.use_device(args.gpu)
     try:
         if args.upper_bound:
             report = upper_bounds(args.model, args.upper_bound, args.split, args.limit)

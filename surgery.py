@@ -22,16 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-
-# The classifier's deploy net (fully connected fc6/fc7/fc8) and its fully
-# convolutional twin, relative to the repository root.
-ILSVRC = {
-    'vgg16': dict(classifier='nets/ilsvrc-nets/vgg16-classifier.prototxt',
-                  fcn='nets/ilsvrc-nets/vgg16-fcn.prototxt'),
-    'caffenet': dict(classifier='nets/ilsvrc-nets/caffenet-classifier.prototxt',
-                     fcn='nets/ilsvrc-nets/caffenet-fcn.prototxt'),
-}
+import locations
+from fetch.catalog import ILSVRC_CONVERTED
 
 
 @dataclass
@@ -228,8 +220,9 @@ def main(argv=None):
     commands = parser.add_subparsers(dest='command', required=True)
     convert = commands.add_parser(
         'convert', help='convolutionalize an ILSVRC classifier caffemodel')
-    convert.add_argument('--net', choices=sorted(ILSVRC),
-                         help='which classifier (picks the two prototxts)')
+    convert.add_argument('--net', choices=sorted(ILSVRC_CONVERTED),
+                         help='which classifier (picks the two prototxts: the classifier '
+                              'and its fully convolutional twin in nets/ilsvrc-nets/)')
     convert.add_argument('--weights', required=True, help="the classifier's caffemodel")
     convert.add_argument('--out', required=True, help='caffemodel to write')
     convert.add_argument('--classifier-proto', help='override the classifier prototxt')
@@ -237,13 +230,12 @@ def main(argv=None):
     convert.add_argument('--force', action='store_true', help='overwrite --out')
     args = parser.parse_args(argv)
 
-    defaults = ILSVRC.get(args.net, {})
     protos = {}
     for key, override in (('classifier', args.classifier_proto), ('fcn', args.fcn_proto)):
         if override:
             protos[key] = override
-        elif key in defaults:
-            protos[key] = os.path.join(ROOT, defaults[key])
+        elif args.net:
+            protos[key] = locations.ilsvrc_prototxt(args.net, key)
         else:
             parser.error(f'give --net or --{key}-proto')
     try:

@@ -1,6 +1,6 @@
-"""Train a model folder: the one training loop every nets/<model>/solve.py uses.
+"""Train a model folder: the one training loop every <model>/solve.py uses.
 
-    cd nets/voc-fcn8s && python solve.py [--gpu 0[,1...] | --cpu] [--weights W]
+    cd voc-fcn8s && python solve.py [--gpu 0[,1...] | --cpu] [--weights W]
         [--max-iter N] [--test-interval N] [--resume [SOLVERSTATE]]
 
 Defaults reproduce the reference release: start from the previous stage's
@@ -28,17 +28,14 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+import locations
 import nets
+import runtime
 import score
 import surgery
-
-SNAPSHOT_DIR = 'snapshot'
-SEED = 1337
-ILSVRC_WEIGHTS = {  # ILSVRC starting points, as `surgery.py convert` / fetch write them
-    'vgg16': os.path.join(nets.NETS_DIR, 'ilsvrc-nets', 'vgg16-fcn.caffemodel'),
-    'caffenet': os.path.join(nets.NETS_DIR, 'ilsvrc-nets', 'caffenet-fcn.caffemodel'),
-    'googlenet': os.path.join(nets.NETS_DIR, 'ilsvrc-nets', 'bvlc_googlenet.caffemodel'),
-}
+from fetch.catalog import ILSVRC_NETS
+from locations import SNAPSHOT_DIR
+from nets import SEED
 
 
 class TrainingError(Exception):
@@ -50,21 +47,28 @@ class Diverged(TrainingError):
 
 
 # ------------------------------------------------------------------ weights
-def trained_weights(model_name):
-    """The trained weights of another model folder: its latest complete
-    snapshot, else its published caffemodel (python -m fetch weights NAME)."""
-    folder = os.path.join(nets.NETS_DIR, model_name)
+def init_folder(model, name):
+    """The folder of model `name` that `model` starts from: its sibling where
+    one exists (a user's own models laid out side by side), else the
+    repository's model folder of that name."""
+    sibling = os.path.join(os.path.dirname(model.folder), name)
+    return sibling if os.path.isfile(os.path.join(sibling, 'net.py')) else locations.model_dir(name)
+
+
+def trained_weights(folder):
+    """The trained weights of a model folder: its latest complete snapshot,
+    else its published caffemodel (python -m fetch weights NAME)."""
+    name = os.path.basename(folder)
     latest = Snapshots(os.path.join(folder, SNAPSHOT_DIR)).latest()
     if latest:
         return latest['caffemodel']
-    published = sorted(f for f in os.listdir(folder) if f.endswith('.caffemodel')) \
-        if os.path.isdir(folder) else []
-    if published:
-        return os.path.join(folder, published[0])
+    published = locations.published_weights(name, os.path.dirname(folder))
+    if published and os.path.isfile(published):
+        return published
+    fetch = f' or fetch its published caffemodel (python -m fetch weights {name})' if published else ''
     raise TrainingError(
-        f'no trained weights for {model_name}: train it first '
-        f'(cd nets/{model_name} && python solve.py) or fetch its published caffemodel '
-        f'(python -m fetch weights {model_name})')
+        f'no trained weights for {name}: train it first '
+        f'(cd {os.path.relpath(folder)} && python solve.py){fetch}')
 
 
 def start_weights(model):
@@ -75,17 +79,16 @@ def start_weights(model):
         return {}
     paths = []
     for source in model.init:
-        if source in ILSVRC_WEIGHTS:
-            path = ILSVRC_WEIGHTS[source]
+        if source in ILSVRC_NETS:
+            path = locations.ilsvrc_weights(source)
             if not os.path.isfile(path):
-                how = (f'python -m fetch weights {source}' if source != 'googlenet' else
-                       'download bvlc_googlenet.caffemodel into nets/ilsvrc-nets/')
                 raise TrainingError(
-                    f'missing start weights {path}: the convolutionalized ILSVRC {source} net. '
-                    f'Get it with `{how}` (which runs `python surgery.py convert --net {source} ...`).')
+                    f'missing start weights {path}: the ILSVRC {source} net, convolutionalized. '
+                    f'Get it with `python -m fetch weights {source}` (which runs '
+                    f'`python surgery.py convert --net {source} ...` where it has fc layers).')
             paths.append(path)
         else:
-            paths.append(trained_weights(source))
+            paths.append(trained_weights(init_folder(model, source)))
     if len(paths) == 1:
         return {'': paths[0]}
     return dict(zip(model.stream_suffixes, paths))
@@ -117,9 +120,9 @@ def initialize(solver, model, weights):
 def _source_proto(model, weights_path):
     """The deploy prototxt matching a start-weights file: the ILSVRC fcn twin
     or the deploy net of the model folder the weights come from."""
-    for trunk, path in ILSVRC_WEIGHTS.items():
-        if os.path.abspath(weights_path) == os.path.abspath(path):
-            return os.path.join(nets.NETS_DIR, 'ilsvrc-nets', f'{trunk}-fcn.prototxt')
+    for trunk in ILSVRC_NETS:
+        if os.path.abspath(weights_path) == os.path.abspath(locations.ilsvrc_weights(trunk)):
+            return locations.ilsvrc_deploy(trunk)
     folder = os.path.dirname(os.path.abspath(weights_path))
     if os.path.basename(folder) == SNAPSHOT_DIR:
         folder = os.path.dirname(folder)
@@ -263,10 +266,6 @@ def position_data(solver, param, iteration):
         layer.seek(iteration * param.iter_size)
 
 
-def loss_blobs(model):
-    return [h.loss for h in model.source.heads]
-
-
 def val_examples(solver, limit=None):
     """The val split's examples, in the test net's data layer's order."""
     layers = data_layers(solver.test_nets[0]) if solver.test_nets else []
@@ -274,120 +273,11 @@ def val_examples(solver, limit=None):
     return examples[:limit] if limit else examples
 
 
-SCALAR_METRICS = ('pixel_acc', 'mean_acc', 'mean_iu', 'fw_iu', 'loss')
-
-
-def evaluate(solver, model, examples):
-    """Score every head on the val split: {head name: scalar metrics}."""
-    for layer in data_layers(solver.test_nets[0]):
-        layer.seek(0)  # every scoring sees the same images
-    val_layer = model.source.data_layer_params(model.source.val_split)[0]
-    results = {}
-    for head in model.source.heads:
-        exclude = score.ABSENT.get((val_layer, model.source.val_split, head.label), ())
-        result = score.seg_tests(solver, False, examples, layer='score' + head.suffix, gt=head.label,
-                                 loss=head.loss, class_names=head.classes, exclude=exclude)
-        results[head.suffix.lstrip('_') or 'score'] = {
-            k: (None if not math.isfinite(result[k]) else float(result[k])) for k in SCALAR_METRICS}
-    return results
-
-
-def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, mode='cpu',
-          gpus=(0,), val_limit=None, quiet=False, nccl_uid=None, rank=0):
-    """Train the model in `folder`. Returns the Progress records.
-    With `nccl_uid`, this process is solver `rank` of len(gpus) (see
-    train_parallel): only rank 0 scores, snapshots and logs."""
-    import caffe
-    model = nets.load(folder)
-    os.chdir(model.folder)  # prototxt paths are relative to the folder
-    if mode == 'gpu':
-        caffe.set_device(gpus[rank])
-        caffe.set_mode_gpu()
-    else:
-        caffe.set_mode_cpu()
-    if nccl_uid is not None:
-        caffe.set_solver_count(len(gpus))
-        caffe.set_solver_rank(rank)
-        caffe.set_multiprocess(True)
-    test_interval = test_interval or model.source.test_interval
-    max_iter = max_iter or model.max_iter
-
-    solver, param = make_solver(model, test_interval, max_iter)
-    snapshots = Snapshots(SNAPSHOT_DIR, param.snapshot_prefix)
-    if resume:
-        latest = snapshots.latest() if resume is True else {'solverstate': os.path.abspath(resume)}
-        if latest is None:
-            raise TrainingError(f'no complete snapshot in {os.path.abspath(SNAPSHOT_DIR)}: '
-                                'start without --resume')
-        state = latest['solverstate']
-        if not os.path.isfile(state):
-            raise TrainingError(f'--resume {state}: no such solverstate')
-        solver.restore(state)
-    else:
-        initialize(solver, model, {'': weights} if weights else start_weights(model))
-    if nccl_uid is not None:  # Caffe's data parallelism: share weights, sum gradients
-        nccl = caffe.NCCL(solver, nccl_uid)
-        nccl.bcast()
-        solver.add_callback(nccl)
-        if solver.param.layer_wise_reduce:
-            solver.net.after_backward(nccl)
-    leader = rank == 0
-    start = solver.iter
-    progress = Progress(SNAPSHOT_DIR, resume_iter=start if resume else None)
-    examples = val_examples(solver, val_limit)
-    losses = loss_blobs(model)
-    t0 = time.time()
-    bar = tqdm(total=max_iter, initial=start, desc=model.name, unit='it', disable=quiet or not leader,
-               dynamic_ncols=True)
-    window = []
-    try:
-        while solver.iter < max_iter:
-            position_data(solver, param, solver.iter)  # at each snapshot boundary
-            stop = min(max_iter, (solver.iter // test_interval + 1) * test_interval)
-            while solver.iter < stop:
-                solver.step(1)
-                loss = sum(float(solver.net.blobs[b].data) for b in losses)
-                if not math.isfinite(loss):
-                    last = snapshots.latest()
-                    kept = f'the last good snapshot is {last["caffemodel"]} (iteration {last["iteration"]})' \
-                        if last else 'no snapshot was written yet'
-                    raise Diverged(f'loss is {loss} at iteration {solver.iter}: training stopped; {kept}. '
-                                   'Lower base_lr in solver.prototxt (or check the data) and --resume.')
-                window.append(loss)
-                bar.update(1)
-                bar.set_postfix(loss=f'{loss:.4g}')
-                if param.display and solver.iter % param.display == 0:
-                    progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
-                                      seconds=round(time.time() - t0, 3)))
-                    window = []
-            if not leader:
-                continue
-            # Log before snapshotting: a kill in between resumes from the
-            # previous snapshot and drops this record with the work.
-            metrics = evaluate(solver, model, examples) if examples else {}
-            progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
-                              metrics=metrics, seconds=round(time.time() - t0, 3)))
-            snapshots.save(solver)
-            window = []
-            progress.plot(model.name)
-    except KeyboardInterrupt:
-        if not leader:
-            raise
-        # Interrupted between iterations: keep the work done so far.
-        entry = snapshots.save(solver)
-        print(f'\ninterrupted: snapshot at iteration {entry["iteration"]} '
-              f'({entry["caffemodel"]}); continue with --resume', file=sys.stderr)
-        raise
-    finally:
-        bar.close()
-    return progress.records
-
-
 def _parallel_worker(folder, gpus, rank, uid, args):
     try:
         train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
-              resume=args.resume, mode='gpu', gpus=gpus, val_limit=args.val_limit,
-              nccl_uid=uid, rank=rank)
+              resume=args.resume, gpu=gpus[rank], val_limit=args.val_limit,
+              nccl=(uid, rank, len(gpus)))
     except TrainingError as e:
         sys.exit(f'solve.py (GPU {gpus[rank]}): {e}')
 
@@ -439,7 +329,6 @@ def main(folder, argv=None):
             train_parallel(folder, gpus, args)
         else:
             train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
-                  resume=args.resume, mode='gpu' if gpus else 'cpu', gpus=gpus or (0,),
-                  val_limit=args.val_limit)
+                  resume=args.resume, gpu=gpus[0] if gpus else None, val_limit=args.val_limit)
     except TrainingError as e:
         sys.exit(f'solve.py: {e}')

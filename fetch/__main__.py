@@ -2,8 +2,8 @@
 import argparse
 import sys
 
-from . import DATA_ROOT, NETS_ROOT, REPO, FetchError
-from .catalog import MODELS, SOURCES
+from . import DATA_ROOT, MODELS_ROOT, REPO, FetchError
+from .catalog import DOWNLOADS, MODELS
 from .install import DATASETS, fetch_dataset, fetch_weights, weight_names
 from .scoreall import score_all
 from .splits import write_class_lists, write_derived_splits
@@ -15,7 +15,7 @@ def _overrides(values, sources, option):
     result = {}
     for value in values or ():
         key, sep, rest = value.partition('=')
-        if sep and key in SOURCES:
+        if sep and key in DOWNLOADS:
             result[key] = rest
         elif len(sources) == 1:
             result[sources[0]] = value
@@ -66,12 +66,12 @@ def cmd_splits(args):
 
 
 def cmd_score_all(args):
-    return score_all(args.nets, gpu=args.gpu, limit=args.limit, models=args.models,
+    return score_all(args.models_root, gpu=args.gpu, limit=args.limit, models=args.models,
                      scorer=args.scorer)
 
 
 def cmd_sources(args):
-    for key, source in SOURCES.items():
+    for key, source in DOWNLOADS.items():
         note = f'  [{source.note}]' if source.note else ''
         print(f'{key:24} {source.url}{note}')
 
@@ -101,11 +101,12 @@ def build_parser():
     p.set_defaults(run=cmd_data)
 
     p = sub.add_parser('weights', help='download ILSVRC nets (and convert them) or '
-                                       'published FCN models into nets/')
+                                       'published FCN models into their model folders')
     p.add_argument('names', nargs='+', choices=weight_names() + ['published'],
                    metavar='NAME', help='vgg16, caffenet, a model folder (e.g. voc-fcn8s) '
                                         'or published (every published FCN model)')
-    p.add_argument('--dest', default=NETS_ROOT, help=f'nets root (default {NETS_ROOT})')
+    p.add_argument('--dest', default=MODELS_ROOT,
+                   help=f'models root, holding <model>/ and nets/ilsvrc-nets/ (default {MODELS_ROOT})')
     p.add_argument('--no-convert', action='store_true',
                    help='do not run surgery.py convert on ILSVRC nets')
     downloading(p)
@@ -126,7 +127,8 @@ def build_parser():
     p.add_argument('--limit', type=int, help='score only the first N images of each split')
     p.add_argument('--models', nargs='+', choices=list(MODELS), metavar='MODEL',
                    help='only these model folders')
-    p.add_argument('--nets', default=NETS_ROOT, help=f'nets root (default {NETS_ROOT})')
+    p.add_argument('--models-root', default=MODELS_ROOT,
+                   help=f'folder holding the model folders (default {MODELS_ROOT})')
     p.add_argument('--scorer', default=REPO / 'score.py', help='the score.py to run')
     p.set_defaults(run=cmd_score_all)
 

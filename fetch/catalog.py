@@ -1,8 +1,8 @@
 """What the fetch command downloads, and what the published models scored.
 
-SOURCES is the one table of download URLs: datasets, the ILSVRC classifiers
+DOWNLOADS is the one table of download URLs: datasets, the ILSVRC classifiers
 and (built from MODELS) the FCN authors' trained models. MODELS is the one
-table mapping a model folder (nets/<folder>/) to its published caffemodel and
+table mapping a model folder (<repo>/<folder>/) to its published caffemodel and
 published figures. Nothing else in the repository should spell a URL or a
 published number.
 
@@ -11,12 +11,14 @@ the download is checked against it; otherwise the fetch prints the sha256 and
 size of the first successful download so that they can be recorded here.
 """
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from urllib.parse import urlsplit
+
+import score
 
 
 @dataclass(frozen=True)
-class Source:
+class Download:
     url: str
     size: int | None = None     # bytes
     sha256: str | None = None
@@ -36,19 +38,16 @@ class Source:
                 if value}
 
 
-@dataclass(frozen=True)
-class Metrics:
-    """Scores in percent; None where the source does not report one."""
-    pixel_acc: float | None = None
-    mean_acc: float | None = None
-    mean_iu: float | None = None
-    fw_iu: float | None = None
+# Published scores in percent, one field per column of the paper's table
+# (score.METRICS); None where the source does not report one.
+Metrics = make_dataclass('Metrics', [(key, float | None, None) for key, _ in score.METRICS],
+                         frozen=True)
 
 
 @dataclass(frozen=True)
 class PublishedModel:
-    folder: str                 # nets/<folder>/
-    weights: str | None         # published caffemodel, stored as nets/<folder>/<weights>
+    folder: str                 # the model folder's name
+    weights: str | None         # published caffemodel, stored as <folder>/<weights>
     split: str                  # split the published figure is measured on (score.py --split)
     published: Metrics | None   # the published figure for these weights (or this setup)
     reference: str              # where `published` comes from
@@ -100,48 +99,47 @@ MODELS = {m.folder: m for m in (
                    None, 'not in FCN-FACTS.md'),
 )}
 
-# ILSVRC classifiers, fetched into nets/ilsvrc-nets/. Those with fully
-# connected layers are cast into <net>-fcn.caffemodel there by
-# `surgery.py convert`; GoogLeNet has none besides its classifier (which the
-# FCN drops), so its weights are used as downloaded.
+# ILSVRC classifiers, fetched into nets/ilsvrc-nets/ (locations.ILSVRC_DIR).
+# Those with fully connected layers are cast into <net>-fcn.caffemodel there
+# by `surgery.py convert`; GoogLeNet has none besides its classifier (which
+# the FCN drops), so its weights are used as downloaded.
 ILSVRC_NETS = ('vgg16', 'caffenet', 'googlenet')
 ILSVRC_CONVERTED = ('vgg16', 'caffenet')
-ILSVRC_DIR = 'ilsvrc-nets'
 
 _VOC = 'http://host.robots.ox.ac.uk/pascal/VOC/'
 _CONTEXT = 'http://www.cs.stanford.edu/~roozbeh/pascal-context/'
 # md5s of the VOC and SBD archives as recorded by torchvision's dataset code;
 # sha1s of the BVLC models as recorded in Caffe's model zoo.
-SOURCES = {
-    'voc2010': Source(_VOC + 'voc2010/VOCtrainval_03-May-2010.tar',
+DOWNLOADS = {
+    'voc2010': Download(_VOC + 'voc2010/VOCtrainval_03-May-2010.tar',
                       md5='da459979d0c395079b5c75ee67908abb'),
-    'voc2011': Source(_VOC + 'voc2011/VOCtrainval_25-May-2011.tar',
+    'voc2011': Download(_VOC + 'voc2011/VOCtrainval_25-May-2011.tar',
                       md5='6c3384ef61512963050cb5d687e5bf1e'),
-    'voc2012': Source(_VOC + 'voc2012/VOCtrainval_11-May-2012.tar',
+    'voc2012': Download(_VOC + 'voc2012/VOCtrainval_11-May-2012.tar',
                       md5='6cd6e144f989b92b3379bac3b3de84fd'),
-    'sbd': Source('http://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/'
+    'sbd': Download('http://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/'
                   'semantic_contours/benchmark.tgz',
                   md5='82b4d87ceb2ed10f6038a1cba92111cb'),
     # The FCN authors' repackaging of Gupta et al.'s data (their data/nyud
     # README); the archive's inner layout is unverified: the unpacker looks
     # for the folder holding segmentation/.
-    'nyud': Source('http://dl.caffe.berkeleyvision.org/nyud.tar.gz',
+    'nyud': Download('http://dl.caffe.berkeleyvision.org/nyud.tar.gz',
                    note='archive layout unverified'),
     # As linked from the FCN authors' data/sift-flow README. Layout (Images/,
     # SemanticLabels/, GeoLabels/, TestSet1.txt) unverified.
-    'siftflow': Source('http://www.cs.unc.edu/~jtighe/Papers/ECCV10/siftflow/SiftFlowDataset.zip',
+    'siftflow': Download('http://www.cs.unc.edu/~jtighe/Papers/ECCV10/siftflow/SiftFlowDataset.zip',
                        note='archive layout unverified'),
     # PASCAL-Context annotations as listed on the dataset's site; that
     # trainval.tar.gz also holds the full labels.txt is unverified.
-    'context-trainval': Source(_CONTEXT + 'trainval.tar.gz',
+    'context-trainval': Download(_CONTEXT + 'trainval.tar.gz',
                                note='labels.txt inside the archive unverified'),
-    'context-59-labels': Source(_CONTEXT + '59_labels.txt'),
-    'vgg16': Source('http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/'
+    'context-59-labels': Download(_CONTEXT + '59_labels.txt'),
+    'vgg16': Download('http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/'
                     'VGG_ILSVRC_16_layers.caffemodel'),
-    'caffenet': Source('http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel',
+    'caffenet': Download('http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel',
                        sha1='4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46'),
-    'googlenet': Source('http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel',
+    'googlenet': Download('http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel',
                         sha1='405fc5acd08a3bb12de8ee5e23a96bec22f08204'),
-    **{m.folder: Source(FCN_MODEL_HOST + m.weights)
+    **{m.folder: Download(FCN_MODEL_HOST + m.weights)
        for m in MODELS.values() if m.weights},
 }

@@ -6,9 +6,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import locations
+
 from . import REPO, FetchError
 from .archive import unpack_folder
-from .catalog import ILSVRC_CONVERTED, ILSVRC_DIR, ILSVRC_NETS, MODELS, SOURCES
+from .catalog import DOWNLOADS, ILSVRC_CONVERTED, ILSVRC_NETS, MODELS
 from .download import adopt, download, part_path
 from .splits import write_derived_splits
 
@@ -64,15 +66,15 @@ DATASETS = {
         **{f'pascal/VOC2010/ImageSets/Main/{split}.txt': 'expected in the VOC2010 archive'
            for split in ('train', 'val')}}),
 }
-DOWNLOADS = 'downloads'  # archives, under the data root
+DOWNLOADS_DIR = 'downloads'  # archives, under the data root
 SURGERY = REPO / 'surgery.py'
 
 
 def _obtain(key, dest, urls, files, **download_args):
     """The verified file for source `key`: the user's --file, or a download to dest."""
     if key in files:
-        return adopt(key, SOURCES[key], files[key], dest=None)
-    return download(key, SOURCES[key], dest, url=urls.get(key), **download_args)
+        return adopt(key, DOWNLOADS[key], files[key], dest=None)
+    return download(key, DOWNLOADS[key], dest, url=urls.get(key), **download_args)
 
 
 def fetch_dataset(name, data_root, urls=None, files=None, force=False,
@@ -84,7 +86,7 @@ def fetch_dataset(name, data_root, urls=None, files=None, force=False,
         if step.done(data_root) and not force:
             print(f'{name}: {data_root / step.dest} already in place')
             continue
-        archive = _obtain(step.source, data_root / DOWNLOADS / SOURCES[step.source].filename,
+        archive = _obtain(step.source, data_root / DOWNLOADS_DIR / DOWNLOADS[step.source].filename,
                           urls, files, **download_args)
         if isinstance(step, Unpack):
             unpack_folder(archive, data_root / step.dest, step.marker, step.root_name, force,
@@ -103,12 +105,12 @@ def fetch_dataset(name, data_root, urls=None, files=None, force=False,
             print(f'{name}: warning: {data_root / rel} is missing ({why})', file=sys.stderr)
 
 
-def weights_path(name, nets_root):
+def weights_path(name, models_root):
     """Where the downloaded weights of `name` (an ILSVRC net or a model folder) go."""
     if name in ILSVRC_NETS:
-        return Path(nets_root) / ILSVRC_DIR / SOURCES[name].filename
-    if name in MODELS and MODELS[name].weights:
-        return Path(nets_root) / name / MODELS[name].weights
+        return Path(locations.ilsvrc_download(name, models_root))
+    if locations.published_weights(name, models_root):
+        return Path(locations.published_weights(name, models_root))
     raise FetchError(f'no published weights for {name!r}; choose from '
                      + ', '.join(weight_names()))
 
@@ -117,8 +119,8 @@ def weight_names():
     return list(ILSVRC_NETS) + [m.folder for m in MODELS.values() if m.weights]
 
 
-def converted_path(net, nets_root):
-    return Path(nets_root) / ILSVRC_DIR / f'{net}-fcn.caffemodel'
+def converted_path(net, models_root):
+    return Path(locations.ilsvrc_weights(net, models_root))
 
 
 def convert_ilsvrc(net, weights, out, force=False):
@@ -144,13 +146,13 @@ def convert_ilsvrc(net, weights, out, force=False):
     return out
 
 
-def fetch_weights(name, nets_root, url=None, file=None, convert=True, force=False,
+def fetch_weights(name, models_root, url=None, file=None, convert=True, force=False,
                   **download_args):
-    dest = weights_path(name, nets_root)
+    dest = weights_path(name, models_root)
     if file is not None:
-        adopt(name, SOURCES[name], file, dest=dest)
+        adopt(name, DOWNLOADS[name], file, dest=dest)
     else:
-        download(name, SOURCES[name], dest, url=url, **download_args)
+        download(name, DOWNLOADS[name], dest, url=url, **download_args)
     if name in ILSVRC_CONVERTED and convert:
-        convert_ilsvrc(name, dest, converted_path(name, nets_root), force=force)
+        convert_ilsvrc(name, dest, converted_path(name, models_root), force=force)
     return dest

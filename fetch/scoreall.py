@@ -12,10 +12,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from score import METRICS
+
 from . import REPO
 from .catalog import MODELS
 
-METRIC_KEYS = ('pixel_acc', 'mean_acc', 'mean_iu', 'fw_iu')
+METRIC_KEYS = tuple(key for key, _ in METRICS)
 COLUMNS = ('model', 'split', 'pixel acc.', 'mean acc.', 'mean IU', 'f.w. IU',
            'published mean IU')
 
@@ -68,15 +70,15 @@ def score_command(scorer, model_dir, weights, split, json_out, gpu=None, limit=N
     return cmd
 
 
-def score_all(nets_root, gpu=None, limit=None, models=None, scorer=REPO / 'score.py'):
-    """Score each published model whose caffemodel is under nets_root; print
+def score_all(models_root, gpu=None, limit=None, models=None, scorer=REPO / 'score.py'):
+    """Score each published model whose caffemodel is under models_root; print
     the table on stdout (score.py's own output goes to stderr). Returns the
     exit status: 0 if every model scored."""
     rows, failed = [], False
     for m in MODELS.values():
         if not m.weights or (models and m.folder not in models):
             continue
-        model_dir = Path(nets_root) / m.folder
+        model_dir = Path(models_root) / m.folder
         if not (model_dir / m.weights).exists():
             continue
         with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +92,7 @@ def score_all(nets_root, gpu=None, limit=None, models=None, scorer=REPO / 'score
         failed |= report is None
         rows += report_rows(m, report)
     if not rows:
-        print(f'no published caffemodel under {nets_root}; fetch one with '
+        print(f'no published caffemodel under {models_root}; fetch one with '
               '`python -m fetch weights <model>`', file=sys.stderr)
         return 1
     print(format_table(rows))

@@ -13,8 +13,6 @@ CLASS_LISTS = {
     'pascal-context/classes.txt': datasets.CONTEXT_CLASSES,
 }
 
-# The paper's footnote 7: VOC2011 segval minus SBD train.
-SEG11VALID_SIZE = 736
 SIFTFLOW_SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
 
 
@@ -78,7 +76,7 @@ def write_derived_splits(data_root):
             write_lines(path, ids)
             written.append(path)
         print(f'seg11valid: {len(ids)} images (the real VOC2011 val and SBD train '
-              f'give {SEG11VALID_SIZE})')
+              f'give {datasets.SEG11VALID_SIZE})')
 
     nyud = data_root / 'nyud'
     if (nyud / 'train.txt').exists() and (nyud / 'val.txt').exists() \

@@ -1,5 +1,6 @@
-"""FCN net definitions: building blocks, trunks, data sources, and one
-folder per model (nets/<model>/net.py) that says only what differs.
+"""FCN net definitions: building blocks, trunks, data sources, and the
+model folders at the repository root (<model>/net.py), each saying only
+what differs.
 
     python -m nets            regenerate every model folder's prototxts
     python -m nets voc-fcn8s  regenerate one
@@ -8,23 +9,24 @@ import glob
 import importlib.util
 import os
 
-from nets.model import NETS_DIR, Model
-from nets.sources import NYUD, VOC, Context, Head, SIFTFlow, Source
+from locations import MODELS_DIR
+from nets.model import Model
+from nets.sources import NYUD, SEED, VOC, Context, Head, SIFTFlow, Source
 
-__all__ = ['Model', 'Source', 'Head', 'VOC', 'NYUD', 'SIFTFlow', 'Context',
-           'NETS_DIR', 'model_names', 'load']
+__all__ = ['Model', 'Source', 'Head', 'VOC', 'NYUD', 'SIFTFlow', 'Context', 'SEED',
+           'model_names', 'load']
 
 
 def model_names():
-    """Every model folder (a folder of nets/ with a net.py defining `model`)."""
+    """Every model folder: a folder of the models directory with a net.py."""
     return sorted(os.path.basename(os.path.dirname(p))
-                  for p in glob.glob(os.path.join(NETS_DIR, '*', 'net.py'))
-                  if os.path.basename(os.path.dirname(p)) != 'ilsvrc-nets')
+                  for p in glob.glob(os.path.join(MODELS_DIR, '*', 'net.py')))
 
 
 def load(name_or_folder):
-    """The Model defined by a model folder's net.py (a name under nets/ or a path)."""
-    folder = name_or_folder if os.path.isdir(name_or_folder) else os.path.join(NETS_DIR, name_or_folder)
+    """The Model defined by a model folder's net.py (a model's name, or a
+    path to any folder holding a net.py)."""
+    folder = name_or_folder if os.path.isdir(name_or_folder) else os.path.join(MODELS_DIR, name_or_folder)
     folder = os.path.abspath(folder)
     path = os.path.join(folder, 'net.py')
     if not os.path.isfile(path):

@@ -13,7 +13,7 @@ from nets import ilsvrc
 
 def generated():
     """{path: text} of every generated file."""
-    files = {os.path.join(ilsvrc.ILSVRC_DIR, k): v for k, v in ilsvrc.prototxts().items()}
+    files = dict(ilsvrc.prototxts())
     for name in nets.model_names():
         model = nets.load(name)
         files.update({os.path.join(model.folder, k): v for k, v in model.prototxts().items()})

@@ -11,6 +11,14 @@ from caffe import coord_map, layers as L, params as P
 LEARNED = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
 # Used for "FCN-32s-fixed" (only the score layer learns).
 FROZEN = [dict(lr_mult=0, decay_mult=0), dict(lr_mult=0, decay_mult=0)]
+# No `param` entries at all: Caffe's defaults (lr_mult 1, decay_mult 1 for
+# weights and biases), as the reference FCN-AlexNet declares its layers.
+CAFFE_DEFAULT = None
+
+
+def _param(param):
+    """The layer's `param` keyword, none for CAFFE_DEFAULT."""
+    return {} if param is CAFFE_DEFAULT else dict(param=param)
 
 # GoogLeNet's inception modules join branches with Concat along channels;
 # every branch keeps the same spatial coordinates, so for coordinate mapping a
@@ -29,7 +37,7 @@ def conv_relu(bottom, nout, ks=3, stride=1, pad=1, group=1, param=LEARNED, fille
     if filler:
         extra['weight_filler'] = dict(type=filler)
     conv = L.Convolution(bottom, kernel_size=ks, stride=stride, num_output=nout,
-                         pad=pad, param=param, **extra)
+                         pad=pad, **_param(param), **extra)
     return conv, L.ReLU(conv, in_place=True)
 
 
@@ -55,7 +63,7 @@ def dropout(bottom, ratio=0.5):
 def score(bottom, num_classes, param=LEARNED):
     """1x1 class score convolution. Caffe fills it with zeros by default, so a
     new score layer (and a new skip) starts from no contribution."""
-    return L.Convolution(bottom, num_output=num_classes, kernel_size=1, pad=0, param=param)
+    return L.Convolution(bottom, num_output=num_classes, kernel_size=1, pad=0, **_param(param))
 
 
 def upsample(bottom, num_classes, factor, kernel_size=None, learned=False):

@@ -12,7 +12,7 @@ import caffe
 from nets import blocks
 from nets.blocks import crop
 from nets.sources import SEED
-from nets.trunks import TRUNKS, UPSCORE_KERNEL
+from nets.trunks import TRUNK_PARAM, TRUNKS, UPSCORE_KERNEL
 
 SKIPS = {32: (), 16: ('pool4',), 8: ('pool4', 'pool3')}
 # All-at-once training scales the skip features so the finer scores start
@@ -61,8 +61,8 @@ def skip_head(n, features, head, stride, crop_to, at_once_scales=None, score_par
         n[f'fuse_{pool}{s}'] = top = blocks.eltwise_sum(n[up], n[f'score_{pool}{s}c'])
     final = f'upscore{stride}{s}' if skips else 'upscore' + s
     n[final] = blocks.upsample(top, k, stride, kernel_size=final_kernel, learned=learned_upsampling)
-    n['score' + s] = crop(n[final], crop_to)
-    return n['score' + s]
+    n[head.score] = crop(n[final], crop_to)
+    return n[head.score]
 
 
 def fcn(model, phase):
@@ -81,7 +81,8 @@ def fcn(model, phase):
         n[name] = top
 
     trunk = TRUNKS[model.trunk]
-    trunk_param = blocks.FROZEN if model.fixed_trunk else blocks.LEARNED
+    learned = TRUNK_PARAM.get(model.trunk, blocks.LEARNED)
+    trunk_param = blocks.FROZEN if model.fixed_trunk else learned
     if model.trunk_width != 1.0 or model.trunk_filler:  # only the VGG16 trunk scales
         trunk = functools.partial(trunk, width=model.trunk_width, filler=model.trunk_filler)
     if source.fusion == 'late':
@@ -100,7 +101,8 @@ def fcn(model, phase):
     at_once_scales = dict(zip(('pool4', 'pool3'), model.at_once_scales)) if model.at_once else None
     for head in source.heads:
         score = skip_head(n, features, head, model.stride, crop_to, at_once_scales=at_once_scales,
-                          learned_upsampling=model.learned_upsampling, final_kernel=final_kernel)
+                          score_param=learned, learned_upsampling=model.learned_upsampling,
+                          final_kernel=final_kernel)
         if train:
             n[head.loss] = loss(n, model, head, score, sample=phase == 'train')
     return n

@@ -4,18 +4,16 @@ ILSVRC caffemodel) and its fully convolutional twin (same layer names, fc
 layers as convolutions). surgery.py convert transplants one into the other.
 Written to nets/ilsvrc-nets/<trunk>-{classifier,fcn}.prototxt.
 """
-import os
-
 import caffe
+import locations
 from caffe import layers as L
 from nets import blocks
-from nets.model import GENERATED_HEADER, NETS_DIR
+from nets.model import GENERATED_HEADER
+from nets.sources import DEPLOY_SIZE
 from nets.trunks import TRUNKS
 
-ILSVRC_DIR = os.path.join(NETS_DIR, 'ilsvrc-nets')
 ILSVRC_CLASSES = 1000
 INPUT_SIZE = {'vgg16': 224, 'caffenet': 227}  # the classifiers' crop sizes
-FCN_INPUT_SIZE = 500
 
 
 def ilsvrc_net(trunk, fully_conv, num_classes=ILSVRC_CLASSES, **trunk_options):
@@ -23,7 +21,7 @@ def ilsvrc_net(trunk, fully_conv, num_classes=ILSVRC_CLASSES, **trunk_options):
     the offline mini-reproduction's small classifier; the defaults give the
     published nets."""
     n = caffe.NetSpec()
-    size = FCN_INPUT_SIZE if fully_conv else INPUT_SIZE[trunk]
+    size = DEPLOY_SIZE if fully_conv else INPUT_SIZE[trunk]
     n.data = L.Input(name='input', shape=[dict(dim=[1, 3, size, size])])
     fc7 = TRUNKS[trunk](n, n.data, train=False, fully_conv=fully_conv, **trunk_options)['fc7']
     n.fc8 = blocks.score(fc7, num_classes) if fully_conv else \
@@ -33,11 +31,7 @@ def ilsvrc_net(trunk, fully_conv, num_classes=ILSVRC_CLASSES, **trunk_options):
 
 
 def prototxts():
-    return {f'{trunk}-{kind}.prototxt': GENERATED_HEADER + str(ilsvrc_net(trunk, kind == 'fcn').to_proto())
+    """{path: text} of every ILSVRC net's prototxt."""
+    return {locations.ilsvrc_prototxt(trunk, kind):
+            GENERATED_HEADER + str(ilsvrc_net(trunk, kind == 'fcn').to_proto())
             for trunk in INPUT_SIZE for kind in ('classifier', 'fcn')}
-
-
-def write(folder=ILSVRC_DIR):
-    for name, text in prototxts().items():
-        with open(os.path.join(folder, name), 'w') as f:
-            f.write(text)

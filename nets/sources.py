@@ -2,32 +2,54 @@
 that feeds the train and val nets, and the Input layer of the deploy net.
 
 A Source says, for one dataset: its splits, the prototxt names the reference
-release used, its heads (class score outputs with their label tops), and the
+release used, its heads (class score outputs with their label tops), the
 input tops (one stream, early fusion of colour and depth, or two streams for
-late fusion). Paths are relative to the model folder (nets/<model>/).
+late fusion) and the mean each input top subtracts (passed to the data layer
+in param_str, and read by inference). Paths are relative to the model folder
+(<repo>/<model>/), as locations.DATA_FROM_MODEL.
 """
-from dataclasses import dataclass
-from typing import Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
 
 import datasets
 from caffe import layers as L
+from locations import DATA_FROM_MODEL
 
-SEED = 1337  # reference release seed for the shuffled training order
+# The reference release's seed: the shuffled training order, and Caffe's
+# random state (dropout) while training.
+SEED = 1337
 DEPLOY_SIZE = 500  # deploy nets are declared 500x500; they reshape to any input
 
 
 @dataclass(frozen=True)
 class Head:
     """One class-score output: its layer-name suffix, classes, label top and
-    loss layer name (SIFT Flow has two heads, every other dataset one)."""
+    loss layer name (SIFT Flow has two heads, every other dataset one).
+    `absent` maps a split to the classes it lacks, which its means leave out
+    (see score.metrics)."""
     suffix: str
     classes: Tuple[str, ...]
     label: str = 'label'
     loss: str = 'loss'
+    absent: Dict[str, Tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     @property
     def num_classes(self):
         return len(self.classes)
+
+    @property
+    def score(self):
+        """The net's score blob of this head."""
+        return 'score' + self.suffix
+
+    @property
+    def name(self):
+        """The head's name in reports: 'score', or the suffix ('sem', 'geo')."""
+        return self.suffix.lstrip('_') or 'score'
+
+    def excluded(self, split):
+        """The classes left out of `split`'s means."""
+        return tuple(self.absent.get(split, ()))
 
 
 @dataclass(frozen=True)
@@ -38,13 +60,19 @@ class Source:
     train_file: str                # prototxt names of the reference release
     val_file: str
     heads: Tuple[Head, ...]
-    test_interval: int             # iterations between scorings (FACTS section 4)
+    test_interval: int             # iterations between scorings (reference solve.py)
+    max_iter: int                  # the reference's training length (its solve.py loop)
     val_size: int                  # images in the val split (solver test_iter)
     inputs: Tuple[str, ...] = ('data',)   # data tops the net reads
     fusion: str = ''               # '', 'early' (concat to `data`) or 'late' (two streams)
 
     def data_layer_params(self, split):
         """(layer class in layers.py, param_str dict) for a split."""
+        raise NotImplementedError
+
+    @property
+    def mean(self):
+        """The BGR mean the colour input subtracts (`data`, or NYUD's `color`)."""
         raise NotImplementedError
 
     def data_layer(self, split):
@@ -76,9 +104,10 @@ class VOC(Source):
     val_file: str = 'val.prototxt'
     heads: Tuple[Head, ...] = (Head('', datasets.VOC_CLASSES),)
     test_interval: int = 4000
-    val_size: int = 736
-    voc_dir: str = f'{datasets.DATA_DIR}/pascal/VOC2011'
-    sbdd_dir: str = f'{datasets.DATA_DIR}/sbdd/dataset'  # '' trains on voc_dir's train split
+    max_iter: int = 25 * 4000
+    val_size: int = datasets.SEG11VALID_SIZE
+    voc_dir: str = f'{DATA_FROM_MODEL}/pascal/VOC2011'
+    sbdd_dir: str = f'{DATA_FROM_MODEL}/sbdd/dataset'  # '' trains on voc_dir's train split
     mean: Tuple[float, ...] = datasets.VOC_MEAN
 
     def data_layer_params(self, split):
@@ -97,12 +126,14 @@ class Context(Source):
     val_file: str = 'val.prototxt'
     heads: Tuple[Head, ...] = (Head('', datasets.CONTEXT_CLASSES),)
     test_interval: int = 8000
+    max_iter: int = 50 * 8000
     val_size: int = 5105
+    mean: Tuple[float, ...] = datasets.CONTEXT_MEAN
 
     def data_layer_params(self, split):
         return 'PASCALContextSegDataLayer', dict(
-            voc_dir=f'{datasets.DATA_DIR}/pascal', context_dir=f'{datasets.DATA_DIR}/pascal-context',
-            split=split, seed=SEED)
+            voc_dir=f'{DATA_FROM_MODEL}/pascal', context_dir=f'{DATA_FROM_MODEL}/pascal-context',
+            split=split, mean=self.mean, seed=SEED)
 
 
 @dataclass(frozen=True)
@@ -113,14 +144,18 @@ class SIFTFlow(Source):
     val_split: str = 'test'
     train_file: str = 'trainval.prototxt'
     val_file: str = 'test.prototxt'
-    heads: Tuple[Head, ...] = (Head('_sem', datasets.SIFTFLOW_CLASSES, 'sem', 'loss'),
-                               Head('_geo', datasets.SIFTFLOW_GEO_CLASSES, 'geo', 'loss_geo'))
+    heads: Tuple[Head, ...] = (
+        Head('_sem', datasets.SIFTFLOW_CLASSES, 'sem', 'loss',
+             absent={'test': datasets.SIFTFLOW_ABSENT_FROM_TEST}),
+        Head('_geo', datasets.SIFTFLOW_GEO_CLASSES, 'geo', 'loss_geo'))
     test_interval: int = 2000
+    max_iter: int = 50 * 2000
     val_size: int = 200
+    mean: Tuple[float, ...] = datasets.SIFTFLOW_MEAN
 
     def data_layer_params(self, split):
-        return 'SIFTFlowSegDataLayer', dict(siftflow_dir=f'{datasets.DATA_DIR}/sift-flow',
-                                            split=split, seed=SEED)
+        return 'SIFTFlowSegDataLayer', dict(siftflow_dir=f'{DATA_FROM_MODEL}/sift-flow',
+                                            split=split, mean=self.mean, seed=SEED)
 
 
 @dataclass(frozen=True)
@@ -134,8 +169,14 @@ class NYUD(Source):
     val_file: str = 'test.prototxt'
     heads: Tuple[Head, ...] = (Head('', datasets.NYUD_CLASSES),)
     test_interval: int = 2000
+    max_iter: int = 50 * 2000
     val_size: int = 654
     modalities: Tuple[str, ...] = ('color',)
+    # What each modality subtracts: BGR colour, HHA in the file's channel
+    # order, and log depth.
+    means: Dict[str, object] = field(default_factory=lambda: dict(
+        color=datasets.NYUD_MEAN, hha=datasets.NYUD_HHA_MEAN, depth=datasets.NYUD_LOG_DEPTH_MEAN),
+        hash=False)
 
     def __post_init__(self):
         fusion = {('color',): '', ('hha',): '', ('color', 'depth'): 'early',
@@ -147,6 +188,22 @@ class NYUD(Source):
         object.__setattr__(self, 'fusion', fusion)
         object.__setattr__(self, 'inputs', ('data',) if len(self.modalities) == 1 else self.modalities)
 
+    @property
+    def mean(self):
+        return self.means['color']
+
     def data_layer_params(self, split):
-        return 'NYUDSegDataLayer', dict(nyud_dir=f'{datasets.DATA_DIR}/nyud', split=split,
-                                        tops=list(self.modalities) + ['label'], seed=SEED)
+        return 'NYUDSegDataLayer', dict(nyud_dir=f'{DATA_FROM_MODEL}/nyud', split=split,
+                                        tops=list(self.modalities) + ['label'],
+                                        means={m: self.means[m] for m in self.modalities},
+                                        seed=SEED)
+
+
+def source_of_data_layer(layer):
+    """The dataset (a Source with its defaults) whose nets read data layer
+    `layer` (a layers.py class name), or None for a user's own data."""
+    for source in (VOC(), NYUD(), SIFTFlow(), Context()):
+        if any(source.data_layer_params(split)[0] == layer
+               for split in (source.train_split, source.val_split)):
+            return source
+    return None

@@ -9,6 +9,7 @@ fully_conv=True recasts the fully connected layers as convolutions (the
 FCN); False keeps them fully connected (the ILSVRC classifier that surgery
 converts from).
 """
+from nets import blocks
 from nets.blocks import LEARNED, conv_relu, dropout, fc_relu, lrn, max_pool
 
 from caffe import layers as L
@@ -138,6 +139,10 @@ def googlenet(n, data, suffix='', train=True, param=LEARNED, fully_conv=True):
 
 
 TRUNKS = {'vgg16': vgg16, 'caffenet': caffenet, 'googlenet': googlenet}
+# The learning-rate and decay multipliers of a trunk's FCN (its convolutions
+# and score layers) where they are not blocks.LEARNED: the reference
+# FCN-AlexNet leaves Caffe's defaults.
+TRUNK_PARAM = {'caffenet': blocks.CAFFE_DEFAULT}
 
 # The final stride-32 upsampling kernel where it is not 2 x 32. Trunks that
 # pool with 3x3 windows have integral coordinate offsets, so their upscore

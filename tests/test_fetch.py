@@ -26,7 +26,7 @@ import datasets
 from fetch import REPO, FetchError, install
 from fetch.__main__ import main
 from fetch.archive import ArchiveLayoutError, unpack_folder
-from fetch.catalog import MODELS, SOURCES, Source
+from fetch.catalog import DOWNLOADS, MODELS, Download
 from fetch.download import VerificationError, download
 from fetch.scoreall import COLUMNS, format_table, report_rows
 from fetch.splits import CLASS_LISTS, SIFTFLOW_SUBDIR, read_ids, seg11valid, write_class_lists
@@ -224,7 +224,7 @@ def sha256(data):
 
 def test_complete_download_is_verified_and_reports_its_checksum(server, tmp_path, capsys):
     url = server.serve('/complete.bin', PAYLOAD)
-    dest = download('thing', Source(url, size=len(PAYLOAD)), tmp_path / 'thing.bin',
+    dest = download('thing', Download(url, size=len(PAYLOAD)), tmp_path / 'thing.bin',
                     progress=False)
     assert dest.read_bytes() == PAYLOAD
     assert not (tmp_path / 'thing.bin.part').exists()
@@ -234,7 +234,7 @@ def test_complete_download_is_verified_and_reports_its_checksum(server, tmp_path
 
 def test_cut_download_keeps_part_file_and_resumes_in_a_later_run(server, tmp_path):
     url = server.serve('/cut.bin', PAYLOAD)
-    source, dest = Source(url, sha256=sha256(PAYLOAD)), tmp_path / 'cut.bin'
+    source, dest = Download(url, sha256=sha256(PAYLOAD)), tmp_path / 'cut.bin'
     server.cut['/cut.bin'] = 100_000
     with pytest.raises(FetchError, match='run the same command again to resume'):
         download('cut', source, dest, retries=0, progress=False)
@@ -250,7 +250,7 @@ def test_cut_download_resumes_within_one_run(server, tmp_path):
     url = server.serve('/retry.bin', PAYLOAD)
     server.cut['/retry.bin'] = 123_456
     server.requests.clear()
-    dest = download('retry', Source(url, sha256=sha256(PAYLOAD)), tmp_path / 'retry.bin',
+    dest = download('retry', Download(url, sha256=sha256(PAYLOAD)), tmp_path / 'retry.bin',
                     retries=1, backoff=0, progress=False)
     assert dest.read_bytes() == PAYLOAD
     assert server.requests == [('/retry.bin', None), ('/retry.bin', 'bytes=123456-')]
@@ -260,7 +260,7 @@ def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
     url = server.serve('/norange.bin', PAYLOAD)
     server.no_range.add('/norange.bin')
     (tmp_path / 'norange.bin.part').write_bytes(PAYLOAD[:5000])
-    dest = download('norange', Source(url, sha256=sha256(PAYLOAD)), tmp_path / 'norange.bin',
+    dest = download('norange', Download(url, sha256=sha256(PAYLOAD)), tmp_path / 'norange.bin',
                     retries=0, progress=False)
     assert dest.read_bytes() == PAYLOAD
 
@@ -268,7 +268,7 @@ def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
 def test_complete_part_file_is_finished_without_refetching(server, tmp_path):
     url = server.serve('/whole.bin', PAYLOAD)
     (tmp_path / 'whole.bin.part').write_bytes(PAYLOAD)
-    dest = download('whole', Source(url, sha256=sha256(PAYLOAD)), tmp_path / 'whole.bin',
+    dest = download('whole', Download(url, sha256=sha256(PAYLOAD)), tmp_path / 'whole.bin',
                     retries=0, progress=False)  # the server answers 416
     assert dest.read_bytes() == PAYLOAD
 
@@ -278,13 +278,13 @@ def test_complete_part_file_is_finished_without_refetching(server, tmp_path):
 def test_checksum_or_size_mismatch_leaves_nothing(server, tmp_path, wrong):
     url = server.serve('/corrupt.bin', PAYLOAD)
     with pytest.raises(VerificationError):
-        download('corrupt', Source(url, **wrong), tmp_path / 'corrupt.bin', progress=False)
+        download('corrupt', Download(url, **wrong), tmp_path / 'corrupt.bin', progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_file_is_an_error(server, tmp_path):
     with pytest.raises(FetchError, match='HTTP 404'):
-        download('gone', Source(server.serve('/nothing', b'') + '-missing'),
+        download('gone', Download(server.serve('/nothing', b'') + '-missing'),
                  tmp_path / 'gone', retries=0, progress=False)
     assert list(tmp_path.iterdir()) == []
 
@@ -303,11 +303,11 @@ def data_root(server, tmp_path_factory):
     archives = {'voc2011': voc2011_tar(), 'sbd': sbd_tgz()}
     with pytest.MonkeyPatch.context() as mp:
         for key, data in archives.items():
-            url = server.serve(f'/{key}/{SOURCES[key].filename}', data)
-            mp.setitem(SOURCES, key, Source(url, sha256=sha256(data)))
+            url = server.serve(f'/{key}/{DOWNLOADS[key].filename}', data)
+            mp.setitem(DOWNLOADS, key, Download(url, sha256=sha256(data)))
         assert fetch_cli('data', 'voc2011', 'sbd', '--dest', root,
-                         '--url', f'voc2011={SOURCES["voc2011"].url}',
-                         '--url', f'sbd={SOURCES["sbd"].url}') == 0
+                         '--url', f'voc2011={DOWNLOADS["voc2011"].url}',
+                         '--url', f'sbd={DOWNLOADS["sbd"].url}') == 0
     return root
 
 
@@ -322,7 +322,7 @@ def test_voc_and_sbd_unpack_into_the_layers_layout(data_root):
     assert (sbd / 'cls/2008_000100.mat').is_file() and (sbd / 'img/2008_000100.jpg').is_file()
     # Archives stay (for re-unpacking); no partial downloads or staging folders.
     assert sorted(p.name for p in (data_root / 'downloads').iterdir()) == \
-        sorted(SOURCES[k].filename for k in ('voc2011', 'sbd'))
+        sorted(DOWNLOADS[k].filename for k in ('voc2011', 'sbd'))
     assert not [p for p in data_root.rglob('*') if p.name.endswith(('.part', '.unpacking'))]
 
 
@@ -349,17 +349,17 @@ def test_local_file_instead_of_download(tmp_path, capsys):
     archive.write_bytes(tar({'VOCdevkit/VOC2012/JPEGImages/a.jpg': b'x',
                              'VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt': b'a\n'}))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(SOURCES, 'voc2012', Source('http://unreachable.invalid/voc.tar',
+        mp.setitem(DOWNLOADS, 'voc2012', Download('http://unreachable.invalid/voc.tar',
                                               sha256=sha256(archive.read_bytes())))
         assert fetch_cli('data', 'voc2012', '--dest', tmp_path / 'data', '--file', archive) == 0
         assert (tmp_path / 'data/pascal/VOC2012/JPEGImages/a.jpg').read_bytes() == b'x'
         # voc2011 without sbd: seg11valid cannot be derived yet, and fetch says so.
         voc2011 = tmp_path / 'voc2011.tar'
         voc2011.write_bytes(voc2011_tar())
-        mp.setitem(SOURCES, 'voc2011', Source('http://unreachable.invalid/voc11.tar'))
+        mp.setitem(DOWNLOADS, 'voc2011', Download('http://unreachable.invalid/voc11.tar'))
         assert fetch_cli('data', 'voc2011', '--dest', tmp_path / 'data', '--file', voc2011) == 0
         assert 'seg11valid is derived once sbd is fetched too' in capsys.readouterr().err
-        mp.setitem(SOURCES, 'voc2012', Source('http://unreachable.invalid/voc.tar', md5='0' * 32))
+        mp.setitem(DOWNLOADS, 'voc2012', Download('http://unreachable.invalid/voc.tar', md5='0' * 32))
         assert fetch_cli('data', 'voc2012', '--dest', tmp_path / 'other', '--file', archive) == 1
         assert not (tmp_path / 'other/pascal').exists()
 
@@ -389,7 +389,7 @@ def test_nyud_siftflow_and_context_layouts_and_splits(server, tmp_path, capsys):
     write_class_lists(root)  # as committed: unpacking must keep them
     with pytest.MonkeyPatch.context() as mp:
         for key, data in archives.items():
-            mp.setitem(SOURCES, key, Source(server.serve(f'/{key}/{SOURCES[key].filename}', data)))
+            mp.setitem(DOWNLOADS, key, Download(server.serve(f'/{key}/{DOWNLOADS[key].filename}', data)))
         assert fetch_cli('data', 'nyud', 'siftflow', 'context', '--dest', root) == 0
     assert 'warning' not in capsys.readouterr().err
     assert (root / 'nyud/data/hha/img_5001.png').is_file()
@@ -495,7 +495,7 @@ def test_ilsvrc_weights_are_downloaded_then_converted(server, tmp_path, monkeypa
     surgery.write_text(FAKE_SURGERY)
     monkeypatch.setattr(install, 'SURGERY', surgery)
     for net in ('vgg16', 'caffenet'):
-        monkeypatch.setitem(SOURCES, net, Source(server.serve(f'/{net}/{SOURCES[net].filename}',
+        monkeypatch.setitem(DOWNLOADS, net, Download(server.serve(f'/{net}/{DOWNLOADS[net].filename}',
                                                               net.encode())))
     nets = tmp_path / 'nets'
     assert fetch_cli('weights', 'vgg16', '--dest', nets) == 0

@@ -41,7 +41,7 @@ def training_spec(model):
     n = fcn(model, 'deploy')
     for head in model.source.heads:  # labels of the deploy input's size; both reshape
         n[head.label] = L.Input(shape=dict(dim=[1, 1, DEPLOY_SIZE, DEPLOY_SIZE]))
-        n[head.loss] = loss(n, model, head, n['score' + head.suffix], sample=False)
+        n[head.loss] = loss(n, model, head, n[head.score], sample=False)
     proto = n.to_proto()
     proto.force_backward = True
     return proto
@@ -82,8 +82,8 @@ def benchmark(model_name, size, iters, backward=True):
     ['train', 'train_memory_mib']} for one model folder and input size."""
     import caffe
     import nets
-    folder = model_name if os.path.isdir(model_name) else os.path.join(nets.NETS_DIR, model_name)
-    model = nets.load(folder)
+    model = nets.load(model_name)
+    folder = model.folder
     deploy = caffe.Net(os.path.join(folder, 'deploy.prototxt'), caffe.TEST)
     reshape(deploy, size)
     params = sum(b.data.nbytes for blobs in deploy.params.values() for b in blobs)
@@ -119,7 +119,7 @@ def format_row(r):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
-                        help='model folders under nets/ or paths to them')
+                        help='models (e.g. voc-fcn8s) or paths to model folders')
     parser.add_argument('--sizes', nargs='+', type=int, default=[500],
                         help='square input sizes (pixels)')
     parser.add_argument('--iters', type=int, default=3, help='timed runs after one warm-up')

@@ -3,8 +3,8 @@
     python tools/caffe/gpu_nets.py CAFFE_PB2 OUTDIR [MODEL ...]
 
 For each model (default voc-fcn32s voc-fcn16s voc-fcn8s) it writes
-OUTDIR/<model>/deploy.prototxt (a copy of nets/<model>/deploy.prototxt) and
-OUTDIR/<model>/train-input.prototxt: nets/<model>/train.prototxt with its Python
+OUTDIR/<model>/deploy.prototxt (a copy of <repo>/<model>/deploy.prototxt) and
+OUTDIR/<model>/train-input.prototxt: <repo>/<model>/train.prototxt with its Python
 data layer replaced by an Input layer giving blobs of the same names and the
 shapes that layer would give for a 500x500 image (data 1x3x500x500, label
 1x1x500x500), so the caffe tool can time forward and backward without Python.
@@ -20,6 +20,9 @@ import sys
 from google.protobuf import text_format
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run by bundle.sh with any Python, not only the venv's
+import locations  # noqa: E402  (needs REPO on the path)
+
 MODELS = ['voc-fcn32s', 'voc-fcn16s', 'voc-fcn8s']
 SHAPES = {'data': [1, 3, 500, 500], 'label': [1, 1, 500, 500]}
 
@@ -64,14 +67,14 @@ def main(argv):
     pb2 = load_caffe_pb2(argv[0])
     outdir = argv[1]
     for model in argv[2:] or MODELS:
-        src = os.path.join(REPO, 'nets', model)
+        src = locations.model_dir(model)
         dst = os.path.join(outdir, model)
         os.makedirs(dst, exist_ok=True)
         shutil.copyfile(os.path.join(src, 'deploy.prototxt'), os.path.join(dst, 'deploy.prototxt'))
         with open(os.path.join(src, 'train.prototxt')) as f:
             net = without_python_layer(pb2, f.read())
         with open(os.path.join(dst, 'train-input.prototxt'), 'w') as f:
-            f.write(f'# nets/{model}/train.prototxt with its Python data layer replaced by Input blobs\n'
+            f.write(f'# {model}/train.prototxt with its Python data layer replaced by Input blobs\n'
                     f'# of the same shapes (written by tools/caffe/gpu_nets.py for caffe time).\n')
             f.write(text_format.MessageToString(net))
         print(f'{dst}: deploy.prototxt, train-input.prototxt')

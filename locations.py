@@ -1,0 +1,81 @@
+"""Where the project's files live, defined once.
+
+    <repo>/<model>/                 one folder per model (net.py, solve.py,
+                                    prototxts, published weights)
+    <repo>/<model>/snapshot/        its training snapshots, log and curves
+    <repo>/data/<dataset>/          datasets, reached from a model folder as
+                                    ../data/<dataset> (the reference layout)
+    <repo>/nets/ilsvrc-nets/        ILSVRC classifiers and their FCN twins
+
+Everything else (the nets library, training, scoring, inference, the fetch
+kit) reads these names; none spells a path of its own. Importing this module
+loads nothing heavy (the fetch kit uses it without Caffe).
+"""
+import contextlib
+import os
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+# Model folders sit at the repository root, beside the library, so that
+# `cd voc-fcn8s && python solve.py` works as in the reference release.
+MODELS_DIR = REPO_DIR
+DATA_DIR = os.path.join(REPO_DIR, 'data')
+# The data folder as the generated prototxts name it: relative to a model
+# folder, so a model folder works wherever the repository is checked out.
+DATA_FROM_MODEL = '../data'
+SNAPSHOT_DIR = 'snapshot'  # inside a model folder
+# The ILSVRC nets, relative to the models' root (the fetch kit can install
+# into another root, keeping this layout).
+ILSVRC_SUBDIR = os.path.join('nets', 'ilsvrc-nets')
+ILSVRC_DIR = os.path.join(MODELS_DIR, ILSVRC_SUBDIR)
+
+
+def model_dir(name):
+    """The folder of the model called `name` (e.g. voc-fcn8s)."""
+    return os.path.join(MODELS_DIR, name)
+
+
+def ilsvrc_prototxt(trunk, kind):
+    """nets/ilsvrc-nets/<trunk>-<kind>.prototxt, kind 'classifier' or 'fcn'."""
+    return os.path.join(ILSVRC_DIR, f'{trunk}-{kind}.prototxt')
+
+
+def ilsvrc_weights(trunk, root=MODELS_DIR):
+    """The start weights of a first-stage FCN on `trunk`: the classifier
+    convolutionalized by `surgery.py convert` (fetch runs it), or the download
+    itself where there is nothing to convert (GoogLeNet)."""
+    from fetch.catalog import ILSVRC_CONVERTED
+    folder = os.path.join(root, ILSVRC_SUBDIR)
+    if trunk in ILSVRC_CONVERTED:
+        return os.path.join(folder, f'{trunk}-fcn.caffemodel')
+    return ilsvrc_download(trunk, root)
+
+
+def ilsvrc_download(trunk, root=MODELS_DIR):
+    """Where the fetch kit stores the published ILSVRC caffemodel of `trunk`."""
+    from fetch.catalog import DOWNLOADS
+    return os.path.join(root, ILSVRC_SUBDIR, DOWNLOADS[trunk].filename)
+
+
+def published_weights(name, root=MODELS_DIR):
+    """Where the fetch kit stores the FCN authors' trained caffemodel of
+    model `name`, or None where none was published."""
+    from fetch.catalog import MODELS
+    entry = MODELS.get(name)
+    return os.path.join(root, name, entry.weights) if entry and entry.weights else None
+
+
+def ilsvrc_deploy(trunk):
+    """The prototxt matching ilsvrc_weights(trunk)."""
+    return ilsvrc_prototxt(trunk, 'fcn')
+
+
+@contextlib.contextmanager
+def working_dir(path):
+    """Run the block with `path` as the current directory (a model folder's
+    prototxts name their files relative to it), restoring it afterwards."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)

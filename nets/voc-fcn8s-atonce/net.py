@@ -1,8 +1,0 @@
-"""FCN-8s all-at-once, PASCAL VOC, VGG16, 21 classes; from ILSVRC VGG16 in one go
-(pool4 and pool3 scaled by 0.01 and 0.0001)."""
-from nets import VOC, Model
-
-model = Model(VOC(), trunk='vgg16', stride=8, base_lr=1e-10, init=('vgg16',), at_once=True)
-
-if __name__ == '__main__':
-    model.write(__file__)
