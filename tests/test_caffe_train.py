@@ -1,11 +1,14 @@
 """The caffe tool alone trains an FCN from LMDB and scores it: the recipe of
 tools/caffe/lmdb_recipe.py run by tools/caffe/train-check.sh, as the GPU
-bundle runs them (`caffe train -gpu 0`), here with the CPU build's tool."""
+bundle runs them (`caffe train -gpu 0`), here with the CPU build's tool.
+And the GPU check stops with a clear message where a library is missing."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 
 import lmdb
 import numpy as np
@@ -153,3 +156,29 @@ def test_train_check_says_what_is_missing(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f'train-check.sh: {tmp_path / "empty"} has no solver.prototxt (write it with tools/caffe/lmdb_recipe.py)']
+
+
+def test_gpu_check_stops_when_the_machine_lacks_a_library(tmp_path):
+    """run-gpu-checks.sh in a bundle's layout whose host-libs.txt names a
+    library no machine has: it stops before running anything, says which,
+    and still writes its output folder."""
+    bundle = tmp_path / 'fcn-caffe-gpu'
+    (bundle / 'bin').mkdir(parents=True)
+    for script in ('run-gpu-checks.sh', 'train-check.sh'):
+        shutil.copy(os.path.join(TOOLS, script), bundle / script)
+    os.symlink(CAFFE, bundle / 'bin' / 'caffe')
+    (bundle / 'host-libs.txt').write_text('# from the machine\nlibfcn-absent.so.1\n')
+    env = {k: v for k, v in os.environ.items() if k not in ('OUT', 'CUDA_LIBS')}
+    result = subprocess.run(['bash', str(bundle / 'run-gpu-checks.sh'), '--logs', str(tmp_path / 'out')],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    stopped = [line for line in result.stdout.splitlines() if 'STOPPED' in line]
+    assert len(stopped) == 1 and 'this machine lacks libfcn-absent.so.1' in stopped[0]
+    assert 'device_query' not in result.stdout and 'Traceback' not in result.stdout + result.stderr
+    figures = json.loads((tmp_path / 'out' / 'figures.json').read_text())
+    assert figures['passed'] is False and figures['failed_steps'] == ['prerequisites']
+    assert 'libfcn-absent.so.1' in figures['error']
+    assert figures['training'] is None and figures['caffe_time_ms'] == []
+    assert stopped[0] in (tmp_path / 'out' / 'run.log').read_text()
+    with tarfile.open(tmp_path / 'out' / 'logs.tar.gz') as tar:
+        assert tar.getnames()[0] == 'logs'
