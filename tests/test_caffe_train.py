@@ -150,6 +150,15 @@ def test_train_check_fails_when_training_is_too_short(recipe, tmp_path):
     assert 'FAILED' in result.stdout
 
 
+def test_recipe_goes_into_a_new_folder(recipe):
+    folder, _, _ = recipe
+    result = subprocess.run([sys.executable, os.path.join(TOOLS, 'lmdb_recipe.py'), str(folder)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f'lmdb_recipe.py: {folder} is not empty: the recipe goes into a new folder']
+
+
 def test_train_check_says_what_is_missing(tmp_path):
     (tmp_path / 'empty').mkdir()
     result = train_check(tmp_path / 'empty', tmp_path / 'logs')

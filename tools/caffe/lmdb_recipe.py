@@ -20,20 +20,24 @@ import argparse
 import os
 import sys
 
-import numpy as np
-from PIL import Image
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, REPO)
 
-import datasets  # noqa: E402
-import minirepro  # noqa: E402
-import nets  # noqa: E402
-import surgery  # noqa: E402
-import synthetic  # noqa: E402
-from nets import blocks  # noqa: E402
-from nets.fcn import fcn  # noqa: E402
+try:
+    import lmdb
+    import numpy as np
+    from PIL import Image
+
+    import datasets
+    import minirepro
+    import nets
+    import surgery
+    import synthetic
+    from nets import blocks
+    from nets.fcn import fcn
+except ImportError as e:  # a package of the project's venv is missing
+    sys.exit(f"lmdb_recipe.py: {e}; run it with the project's venv (make caffe), e.g. .venv/bin/python")
 
 SEED = 0
 # synthetic.py's scenes at a fixed size, box-filtered down by REDUCE: small
@@ -70,7 +74,6 @@ def datum(array):
 
 
 def write_lmdb(path, arrays):
-    import lmdb
     size = sum(a.nbytes for a in arrays)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with lmdb.open(path, map_size=2 * size + (64 << 20), subdir=True) as env:
@@ -100,6 +103,8 @@ def model(mean, val_size=VAL_SCENES, max_iter=ITERATIONS):
 def write(out, seed=SEED, train=TRAIN_SCENES, val=VAL_SCENES, iterations=ITERATIONS):
     """Write the recipe into `out`; returns the figures of recipe.txt."""
     import caffe
+    if os.path.isdir(out) and os.listdir(out):
+        raise FileExistsError(f'{out} is not empty: the recipe goes into a new folder')
     os.makedirs(out, exist_ok=True)
     scenes = {split: [small_scene(seed, split, i) for i in range(count)]
               for split, count in (('train', train), ('val', val))}
@@ -143,7 +148,12 @@ def main(argv=None):
     parser.add_argument('out', help='folder to write the recipe into')
     parser.add_argument('--iterations', type=int, default=ITERATIONS)
     args = parser.parse_args(argv)
-    figures = write(args.out, iterations=args.iterations)
+    if args.iterations < 1:
+        parser.error('--iterations must be at least 1')
+    try:
+        figures = write(args.out, iterations=args.iterations)
+    except (FileExistsError, NotADirectoryError, FileNotFoundError) as e:
+        sys.exit(f'lmdb_recipe.py: {e}')
     print(f'{args.out}: ' + ', '.join(f'{k} {v}' for k, v in figures.items()))
 
 
