@@ -12,39 +12,41 @@
 #   --skip-train     skip the training run
 #   --cpu-time       also time the deploy nets on the CPU (1 iteration; slow)
 #   --logs DIR       the output folder (default $OUT if set, else ./gpu-check-logs)
+#   --budget S       seconds for everything (default 450): each step gets what is left
 #
 # 1. The libraries the bundle takes from the machine (host-libs.txt) and the
 #    NVIDIA driver: when one is missing it stops there, saying which.
 # 2. `caffe device_query` on the GPU.
-# 3. Caffe's own unit tests (test.testbin) for every layer FCN uses, on GPU
-#    and CPU (the typed tests run for CPUDevice and GPUDevice, float and double).
-# 4. `caffe time` on voc-fcn32s, voc-fcn16s and voc-fcn8s at 500x500: the deploy
+# 3. `caffe time` on voc-fcn32s, voc-fcn16s and voc-fcn8s at 500x500: the deploy
 #    net (TEST phase) and the train net with Input blobs for its Python data
 #    layer (TRAIN phase; data 1x3x500x500, label 1x1x500x500): forward and
 #    forward+backward milliseconds.
-# 5. A training run (train-check.sh on train/, tools/caffe/lmdb_recipe.py's
+# 4. A training run (train-check.sh on train/, tools/caffe/lmdb_recipe.py's
 #    narrow FCN-8s with its data in LMDB): `caffe train -gpu N` from its start
 #    weights, then `caffe test` on val; it passes when the loss falls and the
 #    val pixel accuracy beats predicting background everywhere.
+# 5. Caffe's own unit tests (test.testbin) for every layer FCN uses, on GPU
+#    and CPU (the typed tests run for CPUDevice and GPUDevice, float and double).
 # Output, in the output folder: run.log (everything printed), figures.json
 # (the figures of every step) and logs.tar.gz (each step's own log). Each step
-# has a time limit; all of it takes a few minutes on one GPU.
+# has a time limit, and all of them together the budget (--budget).
 #
 # cuBLAS, cuRAND and NCCL (and cuDNN for a --cudnn build) are not in the bundle
 # (they are hundreds of MB): they are taken from the machine. Each library
 # listed in host-libs.txt is looked for in $CUDA_LIBS (colon-separated
-# folders), the bundle's lib/, ldconfig's cache, /usr/local/cuda*, and
+# folders), the bundle's lib/, $LD_LIBRARY_PATH, ldconfig's cache, /usr/local/cuda*, and
 # NVIDIA's pip wheels (nvidia/cu13/lib, nvidia/nccl/lib, nvidia/cudnn/lib) of
 # any Python environment on the machine.
 # Exit status: 0 when every step ran and passed.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+START=$(date +%s)
 GPU=0; ITER=20; DO_TESTS=1; DO_TIME=1; DO_TRAIN=1; CPU_TIME=0; LOGS="${OUT:-$PWD/gpu-check-logs}"
 FILTER='*Convolution*:*Deconvolution*:*Crop*:*Pooling*:*ReLU*:*Dropout*:*Eltwise*:*Scale*:*Concat*:*SoftmaxWithLoss*:*Net*:*SGDSolver*'
 MODELS="voc-fcn32s voc-fcn16s voc-fcn8s"
-# Time limits (seconds) of the steps.
-LIMIT_TESTS=300; LIMIT_TIME=90; LIMIT_TRAIN=180
+# Time limits (seconds): of the steps, and of everything (--budget).
+LIMIT_TESTS=300; LIMIT_TIME=90; LIMIT_TRAIN=180; BUDGET=450
 # FCN-8s inference as the paper gives it (K40c), and the speed an H200 should reach.
 PAPER_FCN8S_MS=175; H200_TARGET_FCN8S_MS=8
 while [ $# -gt 0 ]; do
@@ -57,6 +59,7 @@ while [ $# -gt 0 ]; do
     --skip-train) DO_TRAIN=0 ;;
     --cpu-time) CPU_TIME=1 ;;
     --logs) LOGS="$2"; shift ;;
+    --budget) BUDGET="$2"; shift ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "run-gpu-checks.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -103,8 +106,8 @@ main() {
 # ------------------------------------------------- libraries from the machine
 find_host_lib() { # $1: soname; prints the folder that holds it
   local n="$1" d p
-  local cl="${CUDA_LIBS:-}"
-  for d in ${cl//:/ } "$ROOT/lib"; do [ -e "$d/$n" ] && { echo "$d"; return 0; }; done
+  local cl="${CUDA_LIBS:-}" ll="${LD_LIBRARY_PATH:-}"
+  for d in ${cl//:/ } "$ROOT/lib" ${ll//:/ }; do [ -e "$d/$n" ] && { echo "$d"; return 0; }; done
   p="$(ldconfig -p 2>/dev/null | awk -v n="$n" '$1 == n {print $NF; exit}')"
   [ -n "$p" ] && [ -e "$p" ] && { dirname "$p"; return 0; }
   for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-*/lib64 \
@@ -158,39 +161,25 @@ else
   stop "caffe device_query -gpu $GPU failed: no usable GPU $GPU"
 fi
 
-# ------------------------------------------------------------ unit tests
-if [ "$DO_TESTS" = 1 ]; then
-  say "Caffe unit tests, GPU and CPU: --gtest_filter='$FILTER' (at most $LIMIT_TESTS s)"
-  t0=$(date +%s)
-  # Tests read src/caffe/test/test_data/ relative to the current folder.
-  (cd "$ROOT" && GLOG_minloglevel=1 timeout "$LIMIT_TESTS" ./bin/test.testbin --gtest_filter="$FILTER" \
-      --gtest_output="xml:$D/unit-tests.xml") > "$D/unit-tests.log" 2>&1
-  rc=$?
-  t1=$(date +%s)
-  grep -E '^\[  (PASSED|FAILED) +\]|tests? ran|DISABLED' "$D/unit-tests.log" | tail -n 40
-  per_device=""
-  if [ -f "$D/unit-tests.xml" ]; then
-    # per device: typed tests carry CPUDevice / GPUDevice in their type_param
-    per_device="$(awk '/<testcase /{ if ($0 ~ /status="notrun"/) { cur=""; next }
-                       cur = ($0 ~ /GPUDevice/) ? "GPU" : (($0 ~ /CPUDevice/) ? "CPU" : "untyped");
-                       n[cur]++; failed = 0; next }
-         /<failure/ { if (cur != "" && !failed) { f[cur]++; failed = 1 } }
-         END { for (k in n) printf "%s %d %d %d\n", k, n[k], n[k]-f[k], f[k] }' "$D/unit-tests.xml" | sort)"
-    echo "$per_device" | awk 'NF {printf "    %-10s %4d run, %4d passed, %3d failed\n", $1, $2, $3, $4}'
-  fi
-  devices="$(echo "$per_device" | awk 'NF {printf "%s\"%s\": {\"run\": %d, \"passed\": %d, \"failed\": %d}", sep, $1, $2, $3, $4; sep=", "}')"
-  J_TESTS="{\"exit\": $rc, \"seconds\": $((t1 - t0)), \"by_device\": {$devices}}"
-  [ "$rc" = 124 ] && say "unit tests stopped at the $LIMIT_TESTS s limit"
-  say "unit tests: exit $rc, $((t1 - t0)) s"
-  [ "$rc" = 0 ] || fail unit-tests
-fi
+# ------------------------------------------------------------ the budget
+# Each step runs under its own limit and what is left of BUDGET, so the whole
+# check ends in time; a step with no time left is skipped (and counts as failed).
+limit() { # $1: the step's own limit; prints the seconds it may take
+  local left=$((BUDGET - ($(date +%s) - START)))
+  [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
+out_of_time() { # $1: step; true (and says so) when no time is left for it
+  [ "$(limit 1)" -ge 1 ] && return 1
+  say "SKIPPED $1: the $BUDGET s budget is spent"; fail "$1 (no time left)"; return 0
+}
 
 # ------------------------------------------------------------ caffe time
 time_net() { # $1 model $2 net (deploy|train-input) $3 phase $4 device args...
   local m="$1" n="$2" ph="$3"; shift 3
   local dev; dev="$([ "$1" = -gpu ] && echo gpu || echo cpu)"
   local log="$D/time-$m-$n-$dev.log"
-  if GLOG_logtostderr=1 timeout "$LIMIT_TIME" "$ROOT/bin/caffe" time -model "$ROOT/nets/$m/$n.prototxt" \
+  out_of_time "time-$m-$n-$dev" && return
+  if GLOG_logtostderr=1 timeout "$(limit "$LIMIT_TIME")" "$ROOT/bin/caffe" time -model "$ROOT/nets/$m/$n.prototxt" \
        -phase "$ph" "$@" > "$log" 2>&1; then
     local fwd fb
     fwd="$(sed -n 's/.*Average Forward pass: \([0-9.]*\) ms.*/\1/p' "$log" | tail -n1)"
@@ -217,13 +206,42 @@ if [ "$DO_TIME" = 1 ]; then
 fi
 
 # ------------------------------------------------------------ training
-if [ "$DO_TRAIN" = 1 ]; then
-  say "training run: train-check.sh on train/ with caffe train -gpu $GPU (at most $LIMIT_TRAIN s)"
-  timeout "$LIMIT_TRAIN" bash "$ROOT/train-check.sh" "$ROOT/train" "$D/train" "$ROOT/bin/caffe" -gpu "$GPU"
+if [ "$DO_TRAIN" = 1 ] && ! out_of_time training; then
+  lim="$(limit "$LIMIT_TRAIN")"
+  say "training run: train-check.sh on train/ with caffe train -gpu $GPU (at most $lim s)"
+  timeout "$lim" bash "$ROOT/train-check.sh" "$ROOT/train" "$D/train" "$ROOT/bin/caffe" -gpu "$GPU"
   rc=$?
   [ -f "$D/train/training.json" ] && J_TRAIN="$(cat "$D/train/training.json")"
-  [ "$rc" = 124 ] && say "training run stopped at the $LIMIT_TRAIN s limit"
+  [ "$rc" = 124 ] && say "training run stopped at its $lim s limit"
   [ "$rc" = 0 ] || fail training
+fi
+
+# ------------------------------------------------------------ unit tests
+if [ "$DO_TESTS" = 1 ] && ! out_of_time unit-tests; then
+  lim="$(limit "$LIMIT_TESTS")"
+  say "Caffe unit tests, GPU and CPU: --gtest_filter='$FILTER' (at most $lim s)"
+  t0=$(date +%s)
+  # Tests read src/caffe/test/test_data/ relative to the current folder.
+  (cd "$ROOT" && GLOG_minloglevel=1 timeout "$lim" ./bin/test.testbin --gtest_filter="$FILTER" \
+      --gtest_output="xml:$D/unit-tests.xml") > "$D/unit-tests.log" 2>&1
+  rc=$?
+  t1=$(date +%s)
+  grep -E '^\[  (PASSED|FAILED) +\]|tests? ran|DISABLED' "$D/unit-tests.log" | tail -n 40
+  per_device=""
+  if [ -f "$D/unit-tests.xml" ]; then
+    # per device: typed tests carry CPUDevice / GPUDevice in their type_param
+    per_device="$(awk '/<testcase /{ if ($0 ~ /status="notrun"/) { cur=""; next }
+                       cur = ($0 ~ /GPUDevice/) ? "GPU" : (($0 ~ /CPUDevice/) ? "CPU" : "untyped");
+                       n[cur]++; failed = 0; next }
+         /<failure/ { if (cur != "" && !failed) { f[cur]++; failed = 1 } }
+         END { for (k in n) printf "%s %d %d %d\n", k, n[k], n[k]-f[k], f[k] }' "$D/unit-tests.xml" | sort)"
+    echo "$per_device" | awk 'NF {printf "    %-10s %4d run, %4d passed, %3d failed\n", $1, $2, $3, $4}'
+  fi
+  devices="$(echo "$per_device" | awk 'NF {printf "%s\"%s\": {\"run\": %d, \"passed\": %d, \"failed\": %d}", sep, $1, $2, $3, $4; sep=", "}')"
+  J_TESTS="{\"exit\": $rc, \"seconds\": $((t1 - t0)), \"by_device\": {$devices}}"
+  [ "$rc" = 124 ] && say "unit tests stopped at their $lim s limit"
+  say "unit tests: exit $rc, $((t1 - t0)) s"
+  [ "$rc" = 0 ] || fail unit-tests
 fi
 
 if [ "${#FAILED[@]}" = 0 ]; then say "done: all checks passed"; finish 0; fi
