@@ -18,6 +18,7 @@ from google.protobuf import text_format
 
 import caffe
 import datasets
+import nets
 import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,6 +158,13 @@ def test_recipe_goes_into_a_new_folder(recipe):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f'lmdb_recipe.py: {folder} is not empty: the recipe goes into a new folder']
+
+
+def test_lmdb_source_asks_for_its_classes_and_val_size():
+    with pytest.raises(ValueError, match='one head'):
+        nets.LMDB()
+    with pytest.raises(ValueError, match='val_size'):
+        nets.LMDB(heads=(nets.Head('', synthetic.CLASSES),))
 
 
 def test_train_check_says_what_is_missing(tmp_path):
