@@ -36,10 +36,11 @@ ITER="$(recipe iterations)"; VAL="$(recipe val_images)"; SHARE="$(recipe backgro
 mkdir -p "$LOGS"
 LOGS="$(cd "$LOGS" && pwd)"
 
-# Caffe writes its snapshots next to the solver: a scratch folder keeps the
-# recipe folder untouched (and the log folder small).
+# Caffe writes its snapshots under the folder it runs in: a scratch folder
+# keeps the recipe folder untouched (and the log folder small).
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/train-check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 143' TERM INT  # stopped (a time limit): still clean up
 for f in "$RECIPE"/*; do ln -s "$f" "$WORK/"; done
 mkdir "$WORK/snapshot"
 # The net is small: BLAS threads would only wait on each other.
