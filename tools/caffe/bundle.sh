@@ -25,8 +25,8 @@
 #                                  layer (tools/caffe/gpu_nets.py)
 #   train/                         a small FCN with its data in LMDB, its start
 #                                  weights and solver (tools/caffe/lmdb_recipe.py)
-#   run-gpu-checks.sh              device query, unit tests on GPU and CPU, caffe
-#                                  time, a training run (train-check.sh on train/)
+#   run-gpu-checks.sh              device query, caffe time, a training run
+#   train-check.sh                 (train-check.sh on train/), unit tests on GPU and CPU
 #   BUILD-INFO.txt, build-info.json
 # There: tar -xzf bundle.tar.gz && bash fcn-caffe-gpu/run-gpu-checks.sh
 set -euo pipefail
