@@ -438,7 +438,8 @@ def test_data_layers_read_the_unpacked_fixture(data_root, tmp_path):
         n = caffe.NetSpec()
         n.data, n.label = L.Python(module='layers', layer=layer, ntop=2,
                                    param_str=str(dict(params, mean=datasets.VOC_MEAN,
-                                                      randomize=False, seed=1337)))
+                                                      randomize=False, seed=1337,
+                                                      num_classes=len(datasets.VOC_CLASSES))))
         proto = tmp_path / f'{layer}.prototxt'
         proto.write_text(str(n.to_proto()))
         net = caffe.Net(str(proto), caffe.TEST)
@@ -568,7 +569,8 @@ def test_score_all_scores_a_fixture_published_model(data_root, tmp_path):
         return n
 
     data, label = L.Python(module='layers', layer='VOCSegDataLayer', ntop=2, param_str=str(dict(
-        voc_dir='../data/pascal/VOC2011', split='seg11valid', mean=datasets.VOC_MEAN, seed=1337)))
+        voc_dir='../data/pascal/VOC2011', split='seg11valid', mean=datasets.VOC_MEAN, seed=1337,
+        num_classes=len(datasets.VOC_CLASSES))))
     (models / model.folder / 'val.prototxt').write_text(str(net_spec(data, label).to_proto()))
     weights_net = tmp_path / 'weights.prototxt'
     weights_net.write_text(str(net_spec(L.Input(shape=dict(dim=[1, 3, 4, 4]))).to_proto()))
