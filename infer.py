@@ -20,6 +20,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+import checks
 import datasets
 import layers
 import locations
@@ -77,10 +78,17 @@ def default_weights(model):
 
 
 def load_net(model, weights):
+    """The model's deploy net with `weights`, checked before Caffe reads them."""
     import caffe
     if not os.path.isfile(weights):
         raise InferError(f'weights not found: {weights}')
-    return caffe.Net(os.path.join(model.folder, 'deploy.prototxt'), caffe.TEST, weights=weights)
+    deploy = os.path.join(model.folder, 'deploy.prototxt')
+    net = caffe.Net(deploy, caffe.TEST)
+    try:
+        checks.load_weights(net, weights, net_name=deploy)
+    except checks.CheckError as e:
+        raise InferError(str(e)) from e
+    return net
 
 
 # ------------------------------------------------------------------ outputs
@@ -139,6 +147,10 @@ def output_stems(paths):
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True):
     """Segment every image; returns [(path, label path, overlay path, shares)]."""
     from tqdm import tqdm
+    try:
+        checks.writable_dir(out, '--out')
+    except checks.CheckError as e:
+        raise InferError(str(e)) from e
     paths = image_paths(inputs)
     try:
         model = nets.load(model)
@@ -161,7 +173,11 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
             raise InferError(str(e)) from e
         label = segment(net, rgb, mean, head.score)
         shares = class_shares(label, head.classes)
-        results.append((path, *write_outputs(out, stem, rgb, label), shares))
+        try:
+            written = write_outputs(out, stem, rgb, label)
+        except OSError as e:
+            raise InferError(f'--out {out}: cannot write {stem}.png ({e.strerror or e})') from e
+        results.append((path, *written, shares))
         bar.write(f'{path}: ' + ', '.join(f'{name} {100 * share:.1f}%' for name, share in shares))
     return results
 

@@ -28,6 +28,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+import checks
 import locations
 import nets
 import runtime
@@ -98,23 +99,41 @@ def initialize(solver, model, weights):
     """Load start weights into the solver's net and fill upsampling layers."""
     import caffe
     net = solver.net
+    upsampling = [k for k in net.params if k.startswith('upscore')]
     for suffix, path in weights.items():
         if not os.path.isfile(path):
             raise TrainingError(f'start weights {path} do not exist')
-        if not suffix and model.source.fusion != 'early':
-            net.copy_from(path)
-            continue
-        # Streams (late fusion) and the 4-channel early-fusion conv need the
-        # source weights in a net of their own.
         source_proto = _source_proto(model, path)
-        source_net = caffe.Net(source_proto, caffe.TEST, weights=path)
+        try:
+            if not suffix and model.source.fusion != 'early':
+                checks.load_weights(net, path, _fresh_layers(net, source_proto, upsampling))
+                continue
+            # Streams (late fusion) and the 4-channel early-fusion conv need the
+            # source weights in a net of their own.
+            if not os.path.isfile(source_proto):
+                raise TrainingError(f'start weights {path}: no net definition {source_proto} '
+                                    'to read them with')
+            source_net = caffe.Net(source_proto, caffe.TEST)
+            checks.load_weights(source_net, path, net_name=source_proto)
+        except checks.CheckError as e:
+            raise TrainingError(f'start weights: {e}') from e
         if suffix:
             surgery.transplant(net, source_net, suffix=suffix)
         else:
             surgery.transplant(net, source_net)
             surgery.init_early_fusion(net, source_net)
-    upsampling = [k for k in net.params if k.startswith('upscore')]
     surgery.interp(net, upsampling)
+
+
+def _fresh_layers(net, source_proto, upsampling):
+    """The learned layers start weights may leave alone: the upsampling
+    layers (interp fills them) and the layers the start net lacks, which
+    begin from their fillers (a new score layer); where the start net's
+    definition is unknown, every layer (only the shapes are checked)."""
+    if not os.path.isfile(source_proto):
+        return set(net.params)
+    start = checks.layer_names(source_proto)
+    return set(upsampling) | {k for k in net.params if k not in start}
 
 
 def _source_proto(model, weights_path):
@@ -304,6 +323,10 @@ def start(solver, model, snapshots, weights=None, resume=None):
         state = latest['solverstate']
         if not os.path.isfile(state):
             raise TrainingError(f'--resume {state}: no such solverstate')
+        try:
+            checks.check_solverstate(state, solver.net)
+        except checks.CheckError as e:
+            raise TrainingError(f'cannot resume: {e}') from e
         solver.restore(state)
     else:
         initialize(solver, model, {'': weights} if weights else start_weights(model))
