@@ -487,7 +487,9 @@ class SegDataLayerBase(caffe.Layer):
         raise NotImplementedError
 
     def list_examples(self):
-        return read_split(self.split_file())
+        # Absolute, so that messages name the file wherever the user is
+        # (the net's paths are relative to the model folder).
+        return read_split(os.path.abspath(self.split_file()))
 
     def example_files(self, example):
         raise NotImplementedError
@@ -600,7 +602,8 @@ class SegDataLayerBase(caffe.Layer):
         """Load one example as the arrays of its tops (no Caffe calls: runs in
         the prefetch thread too)."""
         index, flip, dy, dx = plan
-        files = self.example_files(self.examples[index])
+        files = {top: os.path.abspath(path)  # messages name files wherever the user is
+                 for top, path in self.example_files(self.examples[index]).items()}
         arrays = []
         for top in self.top_names:
             array = self.load(top, files[top])

@@ -177,8 +177,8 @@ def weights_check(name, models_root):
     proto = reference_net(name, models_root)
 
     def check(path):
+        checks.read_caffemodel(str(path))  # refuses any other file before building a net
         if proto is None:
-            checks.read_caffemodel(str(path))
             return
         if not os.path.isfile(proto):
             raise checks.CheckError(f'no net definition {proto} to check {path} against')
