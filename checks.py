@@ -202,7 +202,8 @@ def check_solverstate(path, net, solver_type=None):
         raise CheckError(
             f'{path}: {len(state.history)} history blobs where the net\'s '
             f'{len(learnable)} learnable parameter blobs need '
-            f'{" or ".join(map(str, expected))} ({solver_type or "SGD"}): truncated, or the '
+            f'{" or ".join(map(str, expected))} '
+            f'({solver_type or "one each, or two for Adam and AdaDelta"}): truncated, or the '
             'solverstate of another net')
     for i, blob in enumerate(state.history):
         name, j, shape = learnable[i % len(learnable)]

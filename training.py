@@ -324,7 +324,7 @@ def start(solver, model, snapshots, weights=None, resume=None):
         if not os.path.isfile(state):
             raise TrainingError(f'--resume {state}: no such solverstate')
         try:
-            checks.check_solverstate(state, solver.net)
+            checks.check_solverstate(state, solver.net, model.solver_type)
         except checks.CheckError as e:
             raise TrainingError(f'cannot resume: {e}') from e
         solver.restore(state)
