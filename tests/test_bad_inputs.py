@@ -274,6 +274,7 @@ def snapshots(repo):
         model = nets.load(repo[name])
         with locations.working_dir(repo[name]):
             solver, _ = training.make_solver(model, 5, 5)
+            os.makedirs(locations.SNAPSHOT_DIR, exist_ok=True)
             solver.snapshot()
         prefix = os.path.join(repo[name], 'snapshot', 'train_iter_0')
         out[name] = (prefix + '.solverstate', prefix + '.caffemodel')
