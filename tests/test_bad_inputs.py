@@ -346,6 +346,37 @@ def test_start_weights_are_checked(repo, weights, message):
         training.train(repo['fcn8'], weights=repo[weights], max_iter=1, quiet=True)
 
 
+SOLVE_CASES = {
+    # case: (solve.py options from (fixture paths, snapshots), culprits); the
+    # paths are relative to where the user is (the model folder's parent).
+    '--weights a text file': (
+        lambda r, s: ['--weights', os.path.relpath(r['text'], r['root'])],
+        lambda r, s: ['notes.txt', 'not a caffemodel']),
+    '--weights of a 21-class net': (
+        lambda r, s: ['--weights', os.path.relpath(r['fcn8-21.caffemodel'], r['root'])],
+        lambda r, s: ['fcn8-21.caffemodel', 'layer score_fr blob 0 has shape (21,', 'needs (5,']),
+    '--resume a caffemodel': (
+        lambda r, s: ['--resume', os.path.relpath(s['fcn8'][1], r['root'])],
+        lambda r, s: ['train_iter_0.caffemodel', 'not a solverstate']),
+    '--resume the solverstate of another net': (
+        lambda r, s: ['--resume', os.path.relpath(s['fcn8-21'][0], r['root'])],
+        lambda r, s: ['fcn8-21/snapshot/train_iter_0.solverstate', 'score_fr[0]', 'another net']),
+}
+
+
+@pytest.mark.parametrize('case', SOLVE_CASES)
+def test_solve_rejects(repo, snapshots, case):
+    """The real command, `python fcn8/solve.py ...` from the folder above."""
+    options, culprits = SOLVE_CASES[case]
+    shutil.copy(os.path.join(REPO, 'voc-fcn8s', 'solve.py'), os.path.join(repo['fcn8'], 'solve.py'))
+    before = tree(repo['root'])
+    out = run(os.path.join('fcn8', 'solve.py'), '--cpu', '--max-iter', 1,
+              *options(repo, snapshots), cwd=repo['root'])
+    line = assert_one_line_error(out, *culprits(repo, snapshots))
+    assert line.startswith('solve.py: ')
+    assert tree(repo['root']) == before
+
+
 def test_start_weights_of_the_previous_stage_may_leave_new_layers(repo, snapshots, tmp_path):
     """FCN-32s weights start an FCN-8s: its skip and upsampling layers are new
     (fillers, surgery), but weights sharing no layer are refused."""
