@@ -191,6 +191,56 @@ def test_infer_rejects(repo, case):
     assert tree(repo['root']) == before
 
 
+# ---------------------------------------------------------------- weights files
+
+WEIGHTS_FILES = {
+    # case: (bytes from (fixture paths, snapshots), message)
+    'empty': (lambda r, s: b'', 'not a caffemodel'),
+    'text': (lambda r, s: b'not weights\n', 'not a caffemodel'),
+    'truncated': (lambda r, s: open(r['fcn8.caffemodel'], 'rb').read()[:-1000], 'not a caffemodel'),
+    'a solverstate': (lambda r, s: open(s['fcn8'][0], 'rb').read(),
+                      'a solverstate, not a caffemodel'),
+}
+
+
+@pytest.mark.parametrize('case', WEIGHTS_FILES)
+def test_not_a_caffemodel(repo, snapshots, tmp_path, case):
+    data, message = WEIGHTS_FILES[case]
+    path = tmp_path / 'w.caffemodel'
+    path.write_bytes(data(repo, snapshots))
+    with pytest.raises(checks.CheckError) as err:
+        checks.check_weights(str(path), snapshots['solver'].net)
+    assert str(err.value).startswith(f'{path}: {message}')
+
+
+def test_v1_caffemodels_are_checked_as_caffe_reads_them(tmp_path):
+    """Old caffemodels (the published VGG16) store V1 layers and 4-D legacy
+    blob shapes: one that fits loads, one that does not is named."""
+    n = caffe.NetSpec()
+    n.data = caffe.layers.Input(shape=dict(dim=[1, 3, 2, 2]))
+    n.fc8 = caffe.layers.InnerProduct(n.data, num_output=2)
+    (tmp_path / 'net.prototxt').write_text(str(n.to_proto()))
+    net = caffe.Net(str(tmp_path / 'net.prototxt'), caffe.TEST)
+
+    def v1_weights(name, dims):
+        net_param = caffe_pb2.NetParameter()
+        layer = net_param.layers.add(name='fc8', type=caffe_pb2.V1LayerParameter.INNER_PRODUCT)
+        for shape in dims:
+            blob = layer.blobs.add(num=shape[0], channels=shape[1], height=shape[2], width=shape[3])
+            blob.data.extend(np.arange(np.prod(shape), dtype=np.float32))
+        path = tmp_path / name
+        path.write_bytes(net_param.SerializeToString())
+        return str(path)
+
+    good = v1_weights('good.caffemodel', [(1, 1, 2, 12), (1, 1, 1, 2)])
+    checks.load_weights(net, good)
+    np.testing.assert_array_equal(net.params['fc8'][0].data.ravel(), np.arange(24))
+    bad = v1_weights('bad.caffemodel', [(1, 1, 3, 8), (1, 1, 1, 2)])
+    with pytest.raises(checks.CheckError, match=r'bad\.caffemodel: layer fc8 blob 0 has shape '
+                                                r'\(1, 1, 3, 8\), layer fc8 needs \(2, 12\)'):
+        checks.check_weights(bad, net)
+
+
 # ---------------------------------------------------------------- labels
 
 def mat(path, key, value):
