@@ -38,6 +38,7 @@ import runtime
 runtime.quiet_caffe_log()  # before nets imports caffe
 
 import checks  # noqa: E402
+import layers  # noqa: E402
 import locations  # noqa: E402
 import nets  # noqa: E402
 import score  # noqa: E402
@@ -688,8 +689,8 @@ def main(folder, argv=None):
         else:
             train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
                   resume=args.resume, gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
-    except (TrainingError, FileNotFoundError, TypeError) as e:
-        sys.exit(f'solve.py: {e}')
+    except (TrainingError, FileNotFoundError, TypeError, layers.DataError, layers.ParamError) as e:
+        sys.exit(f'solve.py: {e}')  # data errors name the file, value and class count
     except Interrupted as e:
         print(f'\nsolve.py: {e}', file=sys.stderr)
         sys.exit(130)

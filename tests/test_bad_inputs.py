@@ -427,6 +427,24 @@ def test_solve_rejects(repo, snapshots, case):
     assert tree(repo['root']) == before
 
 
+def test_solve_stops_on_a_training_label_outside_the_nets_classes(tmp_path):
+    """`cd model && python solve.py` with a train label holding 7 for a
+    5-class net: one line naming the file, the value and the count."""
+    voc = tmp_path / 'data' / 'voc'
+    write_voc(str(voc), {'train': ['train_0000'], 'val': ['val_0000']}, learnable=True)
+    label = np.zeros(layers.load_image(str(voc / 'JPEGImages' / 'train_0000.jpg')).shape[:2],
+                     np.uint8)
+    label[2, 2] = 7
+    save_palette_png(voc / 'SegmentationClass' / 'train_0000.png', label)
+    folder = write_model(tmp_path / 'fcn32', classes=CLASSES, val_size=1)
+    shutil.copy(os.path.join(REPO, 'voc-fcn8s', 'solve.py'), os.path.join(folder, 'solve.py'))
+    before = tree(tmp_path)
+    out = run('solve.py', '--cpu', '--max-iter', 1, cwd=folder)
+    assert_one_line_error(out, 'solve.py: ', voc / 'SegmentationClass' / 'train_0000.png',
+                          'label values 7', "the net's 5 classes")
+    assert tree(tmp_path) == before
+
+
 def test_start_weights_of_the_previous_stage_may_leave_new_layers(repo, snapshots, tmp_path):
     """FCN-32s weights start an FCN-8s: its skip and upsampling layers are new
     (fillers, surgery), but weights sharing no layer are refused."""
