@@ -20,13 +20,16 @@ import sys
 import numpy as np
 from PIL import Image
 
-import checks
-import datasets
-import layers
-import locations
-import nets
 import runtime
-import score
+
+runtime.quiet_caffe_log()  # before layers imports caffe
+
+import checks  # noqa: E402
+import datasets  # noqa: E402
+import layers  # noqa: E402
+import locations  # noqa: E402
+import nets  # noqa: E402
+import score  # noqa: E402
 
 DEFAULT_MODEL = 'voc-fcn8s'
 OVERLAY_ALPHA = 0.5  # weight of the class colour over object pixels
@@ -192,6 +195,7 @@ def main(argv=None):
                                           'else its latest snapshot)')
     parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
     parser.add_argument('--out', default=os.path.join('out', 'infer'), help='output folder')
+    parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     args = parser.parse_args(argv)
     try:
         results = run(args.images, args.model, args.weights, args.out, args.gpu)

@@ -472,6 +472,7 @@ def jsonable(x):
 
 
 def main(argv=None):
+    runtime.quiet_caffe_log(argv)
     parser = argparse.ArgumentParser(
         description='Score a model folder\'s evaluation net on a dataset split '
                     '(pixel acc., mean acc., mean IU, f.w. IU).')
@@ -485,6 +486,7 @@ def main(argv=None):
     parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
     parser.add_argument('--save-dir', help='write predictions as palette PNGs here')
     parser.add_argument('--json', help='write the metrics (fractions) here')
+    parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     parser.add_argument('--limit', type=int, help='score only the first N images')
     args = parser.parse_args(argv)
     if (args.weights is None) == (args.upper_bound is None):

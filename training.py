@@ -680,7 +680,10 @@ def main(folder, argv=None):
     line (no traceback); Ctrl-C or SIGTERM snapshot, then end in one line."""
     args = parse_args(argv)
     folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: snapshot first
+    # Ctrl-C and SIGTERM snapshot first; also when started in the background
+    # (where the shell leaves SIGINT ignored).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
     try:
         model = nets.load(folder)
         check_start(model, args.weights, args.resume)

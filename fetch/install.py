@@ -188,8 +188,6 @@ def weights_check(name, models_root):
     """A check (path -> None, raising ValueError) that a file is a caffemodel
     fitting the reference_net of `name`, as every command will load it."""
     import checks
-    import runtime
-    runtime.quiet_caffe_log()  # building the net would log every layer
     proto = reference_net(name, models_root)
 
     def check(path):
