@@ -20,12 +20,16 @@ import sys
 import numpy as np
 from PIL import Image
 
-import datasets
-import layers
-import locations
-import nets
 import runtime
-import score
+
+runtime.quiet_caffe_log()  # before layers imports caffe
+
+import checks  # noqa: E402
+import datasets  # noqa: E402
+import layers  # noqa: E402
+import locations  # noqa: E402
+import nets  # noqa: E402
+import score  # noqa: E402
 
 DEFAULT_MODEL = 'voc-fcn8s'
 OVERLAY_ALPHA = 0.5  # weight of the class colour over object pixels
@@ -77,10 +81,17 @@ def default_weights(model):
 
 
 def load_net(model, weights):
+    """The model's deploy net with `weights`, checked before Caffe reads them."""
     import caffe
     if not os.path.isfile(weights):
         raise InferError(f'weights not found: {weights}')
-    return caffe.Net(os.path.join(model.folder, 'deploy.prototxt'), caffe.TEST, weights=weights)
+    deploy = os.path.join(model.folder, 'deploy.prototxt')
+    net = caffe.Net(deploy, caffe.TEST)
+    try:
+        checks.load_weights(net, weights, net_name=deploy)
+    except checks.CheckError as e:
+        raise InferError(str(e)) from e
+    return net
 
 
 # ------------------------------------------------------------------ outputs
@@ -139,6 +150,10 @@ def output_stems(paths):
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True):
     """Segment every image; returns [(path, label path, overlay path, shares)]."""
     from tqdm import tqdm
+    try:
+        checks.writable_dir(out, '--out')
+    except checks.CheckError as e:
+        raise InferError(str(e)) from e
     paths = image_paths(inputs)
     try:
         model = nets.load(model)
@@ -161,7 +176,11 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
             raise InferError(str(e)) from e
         label = segment(net, rgb, mean, head.score)
         shares = class_shares(label, head.classes)
-        results.append((path, *write_outputs(out, stem, rgb, label), shares))
+        try:
+            written = write_outputs(out, stem, rgb, label)
+        except OSError as e:
+            raise InferError(f'--out {out}: cannot write {stem}.png ({e.strerror or e})') from e
+        results.append((path, *written, shares))
         bar.write(f'{path}: ' + ', '.join(f'{name} {100 * share:.1f}%' for name, share in shares))
     return results
 
@@ -176,6 +195,7 @@ def main(argv=None):
                                           'else its latest snapshot)')
     parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
     parser.add_argument('--out', default=os.path.join('out', 'infer'), help='output folder')
+    parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     args = parser.parse_args(argv)
     try:
         results = run(args.images, args.model, args.weights, args.out, args.gpu)

@@ -18,9 +18,14 @@ Progress: snapshot/log.jsonl (one JSON object per line) and
 snapshot/curves.png (loss and mean IU against iteration).
 """
 import argparse
+import contextlib
+import hashlib
+import io
 import json
 import math
 import os
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -28,14 +33,19 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-import locations
-import nets
 import runtime
-import score
-import surgery
-from fetch.catalog import ILSVRC_NETS
-from locations import SNAPSHOT_DIR
-from nets import SEED
+
+runtime.quiet_caffe_log()  # before nets imports caffe
+
+import checks  # noqa: E402
+import layers  # noqa: E402
+import locations  # noqa: E402
+import nets  # noqa: E402
+import score  # noqa: E402
+import surgery  # noqa: E402
+from fetch.catalog import ILSVRC_NETS  # noqa: E402
+from locations import SNAPSHOT_DIR  # noqa: E402
+from nets import SEED  # noqa: E402
 
 
 class TrainingError(Exception):
@@ -44,6 +54,29 @@ class TrainingError(Exception):
 
 class Diverged(TrainingError):
     pass
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C (or SIGTERM) after snapshotting `entry`."""
+
+    def __init__(self, entry):
+        super().__init__(f'interrupted at iteration {entry["iteration"]}: snapshot '
+                         f'{entry["solverstate"]}; continue with --resume')
+        self.entry = entry
+
+
+@contextlib.contextmanager
+def ignoring_interrupts():
+    """Let a snapshot being written finish even if Ctrl-C comes again."""
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals go elsewhere
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 # ------------------------------------------------------------------ weights
@@ -98,23 +131,41 @@ def initialize(solver, model, weights):
     """Load start weights into the solver's net and fill upsampling layers."""
     import caffe
     net = solver.net
+    upsampling = [k for k in net.params if k.startswith('upscore')]
     for suffix, path in weights.items():
         if not os.path.isfile(path):
             raise TrainingError(f'start weights {path} do not exist')
-        if not suffix and model.source.fusion != 'early':
-            net.copy_from(path)
-            continue
-        # Streams (late fusion) and the 4-channel early-fusion conv need the
-        # source weights in a net of their own.
         source_proto = _source_proto(model, path)
-        source_net = caffe.Net(source_proto, caffe.TEST, weights=path)
+        try:
+            if not suffix and model.source.fusion != 'early':
+                checks.load_weights(net, path, _fresh_layers(net, source_proto, upsampling))
+                continue
+            # Streams (late fusion) and the 4-channel early-fusion conv need the
+            # source weights in a net of their own.
+            if not os.path.isfile(source_proto):
+                raise TrainingError(f'start weights {path}: no net definition {source_proto} '
+                                    'to read them with')
+            source_net = caffe.Net(source_proto, caffe.TEST)
+            checks.load_weights(source_net, path, net_name=source_proto)
+        except checks.CheckError as e:
+            raise TrainingError(f'start weights: {e}') from e
         if suffix:
             surgery.transplant(net, source_net, suffix=suffix)
         else:
             surgery.transplant(net, source_net)
             surgery.init_early_fusion(net, source_net)
-    upsampling = [k for k in net.params if k.startswith('upscore')]
     surgery.interp(net, upsampling)
+
+
+def _fresh_layers(net, source_proto, upsampling):
+    """The learned layers start weights may leave alone: the upsampling
+    layers (interp fills them) and the layers the start net lacks, which
+    begin from their fillers (a new score layer); where the start net's
+    definition is unknown, every layer (only the shapes are checked)."""
+    if not os.path.isfile(source_proto):
+        return set(net.params)
+    start = checks.layer_names(source_proto)
+    return set(upsampling) | {k for k in net.params if k not in start}
 
 
 def _source_proto(model, weights_path):
@@ -131,46 +182,136 @@ def _source_proto(model, weights_path):
 
 # ---------------------------------------------------------------- snapshots
 class Snapshots:
-    """Complete snapshots in a folder, with an atomic `latest.json` pointer."""
+    """Complete snapshots in a folder. Each snapshot's manifest
+    (<prefix>_iter_N.json) records its two files' sizes and sha256;
+    `latest.json`, a copy of the newest manifest, is replaced atomically
+    once both files are on disk, so a crash mid-write never leaves a
+    corrupt "latest", and a file changed later is caught before it is used."""
+
+    FILES = (('solverstate', '.solverstate'), ('caffemodel', '.caffemodel'))
 
     def __init__(self, folder, prefix=None):
-        self.folder = folder
-        self.prefix = prefix or os.path.join(folder, 'train')  # the solver's snapshot_prefix
+        self.folder = os.path.abspath(folder)
+        # the solver's snapshot_prefix (relative to the current directory, as Caffe takes it)
+        self.prefix = os.path.abspath(prefix or os.path.join(folder, 'train'))
         self.pointer = os.path.join(folder, 'latest.json')
 
-    def latest(self):
-        """{'iteration', 'solverstate', 'caffemodel'} of the newest complete
-        snapshot (absolute paths), or None."""
+    def _read(self, path):
+        """A manifest's entry with absolute paths; TrainingError naming the
+        file if it is unreadable or incomplete."""
         try:
-            with open(self.pointer) as f:
+            with open(path) as f:
                 entry = json.load(f)
-        except FileNotFoundError:
-            return None
-        for key in ('solverstate', 'caffemodel'):
-            path = os.path.join(self.folder, entry[key])
-            if not os.path.isfile(path) or os.path.getsize(path) != entry[key + '_bytes']:
-                raise TrainingError(f'{self.pointer} names {path}, which is missing or changed')
-            entry[key] = path
+            for key, _ in self.FILES:
+                entry[key] = os.path.join(os.path.dirname(path), entry[key])
+                int(entry[key + '_bytes']), str(entry[key + '_sha256'])
+            int(entry['iteration'])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            kind = type(e).__name__ if not isinstance(e, OSError) else e.strerror
+            raise TrainingError(f'{path}: not a readable snapshot manifest ({kind}: {e}); '
+                                f'{self._alternatives(exclude=path)}') from None
         return entry
 
-    def save(self, solver):
-        """Snapshot the solver; point latest.json at it once it is on disk."""
+    def check(self, entry, full=True):
+        """Raise TrainingError unless both files of `entry` are as recorded
+        (size, and with `full` the sha256)."""
+        for key, _ in self.FILES:
+            path = entry[key]
+            if not os.path.isfile(path):
+                problem = 'is missing'
+            elif os.path.getsize(path) != entry[key + '_bytes']:
+                problem = f'has {os.path.getsize(path)} bytes, {entry[key + "_bytes"]} recorded'
+            elif full and _sha256(path) != entry[key + '_sha256']:
+                problem = 'does not match its recorded sha256 (corrupted)'
+            else:
+                continue
+            raise TrainingError(f'snapshot {path} {problem}; '
+                                f'{self._alternatives(exclude=entry[key])}')
+
+    def latest(self, full=False):
+        """{'iteration', 'solverstate', 'caffemodel', ...} of the newest
+        complete snapshot (absolute paths), checked (sizes; with `full` the
+        sha256 too), or None if there is none."""
+        if not os.path.exists(self.pointer):
+            return None
+        entry = self._read(self.pointer)
+        self.check(entry, full)
+        return entry
+
+    def for_solverstate(self, path):
+        """The manifest entry of a solverstate written here, or None for a
+        solverstate without one (made elsewhere)."""
+        manifest = os.path.splitext(path)[0] + '.json'
+        return self._read(manifest) if os.path.isfile(manifest) else None
+
+    def complete(self):
+        """Entries of every snapshot in the folder whose files have their
+        recorded sizes, oldest first."""
+        found = []
+        for name in sorted(os.listdir(self.folder)) if os.path.isdir(self.folder) else ():
+            if not (name.endswith('.json') and '_iter_' in name):
+                continue
+            try:
+                entry = self._read(os.path.join(self.folder, name))
+                self.check(entry, full=False)
+            except TrainingError:
+                continue
+            found.append(entry)
+        return sorted(found, key=lambda e: e['iteration'])
+
+    def _alternatives(self, exclude):
+        """What the user can resume from instead, in words."""
+        exclude = os.path.splitext(exclude)[0]
+        older = [e['solverstate'] for e in self.complete()
+                 if os.path.splitext(e['solverstate'])[0] != exclude]
+        if not older:
+            return 'no other complete snapshot here: start without --resume'
+        return 'other complete snapshots: ' + ', '.join(older[::-1]) + \
+            ' (resume one with --resume FILE)'
+
+    def needed_bytes(self, net, solver_type):
+        """About what a snapshot of `net` takes on disk: the weights, and the
+        solver's history (one blob per parameter, two for Adam, AdaDelta)."""
+        params = sum(b.data.nbytes for blobs in net.params.values() for b in blobs)
+        history = 2 if solver_type in ('Adam', 'AdaDelta') else 1
+        return params * (1 + history) + (1 << 20)
+
+    def save(self, solver, solver_type='SGD'):
+        """Snapshot the solver; point latest.json at it once it is on disk.
+        Checks the free space first: Caffe aborts on a failed write."""
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            free = shutil.disk_usage(self.folder).free
+        except OSError as e:
+            raise TrainingError(f'cannot write snapshots into {os.path.abspath(self.folder)}: '
+                                f'{e.strerror}') from None
+        needed = self.needed_bytes(solver.net, solver_type)
+        if free < needed:
+            raise TrainingError(
+                f'cannot snapshot iteration {solver.iter} into {os.path.abspath(self.folder)}: '
+                f'{free / 2**20:.1f} MiB free, a snapshot needs about {needed / 2**20:.1f} MiB '
+                '(disk full?); free some space and --resume')
         solver.snapshot()
         prefix = f'{self.prefix}_iter_{solver.iter}'
         entry = {'iteration': solver.iter}
-        for key, ext in (('solverstate', '.solverstate'), ('caffemodel', '.caffemodel')):
+        for key, ext in self.FILES:
             path = prefix + ext
             _fsync(path)
             entry[key] = os.path.relpath(path, self.folder)
             entry[key + '_bytes'] = os.path.getsize(path)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix='.latest')
-        with os.fdopen(fd, 'w') as f:
-            json.dump(entry, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.pointer)
+            entry[key + '_sha256'] = _sha256(path)
+        for path in (prefix + '.json', self.pointer):
+            write_atomically(path, json.dumps(entry), what='snapshot manifest')
         _fsync(self.folder)
-        return entry
+        return {**entry, **{key: os.path.join(self.folder, entry[key]) for key, _ in self.FILES}}
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync(path):
@@ -181,25 +322,51 @@ def _fsync(path):
         os.close(fd)
 
 
+def write_atomically(path, data, what='file', mode='w'):
+    """Write `data` (text or, with mode 'wb', bytes) to `path` through a temp
+    file in the same folder, replaced into place; on an I/O error (disk full)
+    the temp file is removed, `path` keeps its previous content, and a
+    TrainingError names the folder and the cause."""
+    folder = os.path.dirname(path) or '.'
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp and os.path.exists(tmp):
+            os.remove(tmp)
+        raise TrainingError(f'cannot write the {what} {os.path.basename(path)} into '
+                            f'{os.path.abspath(folder)}: {e.strerror or e}') from None
+
+
 # --------------------------------------------------------------- progress
 class Progress:
-    """log.jsonl (one JSON object per line) and curves.png, kept current."""
+    """log.jsonl (one JSON object per line) and curves.png, kept current.
+    Nothing is written before the first record (a failed start leaves no
+    files)."""
 
     def __init__(self, folder, resume_iter=None):
+        self.folder = folder
         self.log_path = os.path.join(folder, 'log.jsonl')
         self.plot_path = os.path.join(folder, 'curves.png')
         self.records = []
         if resume_iter is not None and os.path.exists(self.log_path):
-            with open(self.log_path) as f:  # drop what came after the snapshot
-                self.records = [r for r in map(json.loads, f) if r['iteration'] <= resume_iter]
-        with open(self.log_path, 'w') as f:
-            for r in self.records:
-                f.write(json.dumps(r) + '\n')
+            try:
+                with open(self.log_path) as f:  # drop what came after the snapshot
+                    self.records = [r for r in map(json.loads, f) if r['iteration'] <= resume_iter]
+            except (ValueError, KeyError, TypeError) as e:
+                raise TrainingError(f'{os.path.abspath(self.log_path)}: not a training log '
+                                    f'({e}); move it away to start a new one') from None
 
     def add(self, record):
         self.records.append(record)
-        with open(self.log_path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+        os.makedirs(self.folder, exist_ok=True)
+        write_atomically(self.log_path, ''.join(json.dumps(r) + '\n' for r in self.records),
+                         what='training log')
 
     def plot(self, title):
         import matplotlib
@@ -219,10 +386,10 @@ class Progress:
             ax2.set_ylabel('val mean IU', color='tab:red')
         ax.set_title(title)
         fig.tight_layout()
-        tmp = self.plot_path + '.tmp.png'
-        fig.savefig(tmp)
+        png = io.BytesIO()
+        fig.savefig(png, format='png')
         plt.close(fig)
-        os.replace(tmp, self.plot_path)
+        write_atomically(self.plot_path, png.getvalue(), what='plot', mode='wb')
 
 
 # ------------------------------------------------------------------ solver
@@ -239,7 +406,6 @@ def make_solver(model, test_interval, max_iter):
     param.snapshot = 0
     param.max_iter = max_iter
     param.random_seed = SEED
-    os.makedirs(os.path.dirname(param.snapshot_prefix) or '.', exist_ok=True)
     fd, path = tempfile.mkstemp(dir='.', prefix='.solver-', suffix='.prototxt')
     with os.fdopen(fd, 'w') as f:
         f.write(text_format.MessageToString(param))
@@ -258,12 +424,18 @@ def data_layers(net):
 
 
 def position_data(solver, param, iteration):
-    """Put the training data where an uninterrupted run would be at
-    `iteration`, and derive Caffe's random state (dropout) from it."""
-    import caffe
-    caffe.set_random_seed(SEED + iteration)
+    """Put the training data where an uninterrupted run is at `iteration`
+    (each data layer's draws depend on the examples served so far only)."""
     for layer in data_layers(solver.net):
         layer.seek(iteration * param.iter_size)
+
+
+def seed_step(iteration):
+    """Derive Caffe's random state (dropout) from the iteration about to
+    run, so that a run resumed from a snapshot at any iteration draws what
+    an uninterrupted one does."""
+    import caffe
+    caffe.set_random_seed(SEED + iteration)
 
 
 def val_examples(solver, limit=None):
@@ -292,21 +464,42 @@ def evaluate(solver, model, examples):
     return results
 
 
-def start(solver, model, snapshots, weights=None, resume=None):
-    """Load where training starts: a snapshot (`resume` True: the latest
-    complete one; or a solverstate path), else the start weights (`weights`,
-    or the model's reference start) with the upsampling layers filled."""
-    if resume:
-        latest = snapshots.latest() if resume is True else {'solverstate': os.path.abspath(resume)}
-        if latest is None:
+def resume_point(snapshots, resume):
+    """The solverstate to resume from (`resume` True: the latest complete
+    snapshot; or a path), its files verified against their manifest."""
+    if resume is True:
+        entry = snapshots.latest(full=True)
+        if entry is None:
             raise TrainingError(f'no complete snapshot in {os.path.abspath(snapshots.folder)}: '
                                 'start without --resume')
-        state = latest['solverstate']
-        if not os.path.isfile(state):
-            raise TrainingError(f'--resume {state}: no such solverstate')
+        return entry['solverstate']
+    state = os.path.abspath(resume)
+    if not os.path.isfile(state):
+        raise TrainingError(f'--resume {state}: no such solverstate')
+    entry = snapshots.for_solverstate(state)
+    if entry is not None:
+        if os.path.abspath(entry['solverstate']) != state:
+            raise TrainingError(f'--resume {state}: not a solverstate; resume with the '
+                                f"snapshot's solverstate {entry['solverstate']}")
+        snapshots.check(entry)
+    return state
+
+
+def start(solver, param, model, snapshots, weights=None, resume=None):
+    """Load where training starts: a snapshot (`resume` True: the latest
+    complete one; or a solverstate path), else the start weights (`weights`,
+    or the model's reference start) with the upsampling layers filled; then
+    put the data where that iteration is."""
+    if resume:
+        state = resume_point(snapshots, resume)
+        try:
+            checks.check_solverstate(state, solver.net, model.solver_type)
+        except checks.CheckError as e:
+            raise TrainingError(f'cannot resume: {e}') from e
         solver.restore(state)
     else:
         initialize(solver, model, {'': weights} if weights else start_weights(model))
+    position_data(solver, param, solver.iter)
 
 
 def step_loop(solver, param, model, snapshots, progress, examples, max_iter, test_interval,
@@ -316,18 +509,19 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
     work done so far before the KeyboardInterrupt goes on."""
     losses = [h.loss for h in model.source.heads]
     t0 = time.time()
+    # The bar only on a terminal (None): a log file keeps log.jsonl's records.
     bar = tqdm(total=max_iter, initial=solver.iter, desc=model.name, unit='it',
-               disable=quiet or not leader, dynamic_ncols=True)
+               disable=True if quiet or not leader else None, dynamic_ncols=True)
     window = []
     try:
         while solver.iter < max_iter:
-            position_data(solver, param, solver.iter)  # at each snapshot boundary
             stop = min(max_iter, (solver.iter // test_interval + 1) * test_interval)
             while solver.iter < stop:
+                seed_step(solver.iter)
                 solver.step(1)
                 loss = sum(float(solver.net.blobs[b].data) for b in losses)
                 if not math.isfinite(loss):
-                    last = snapshots.latest()
+                    last = snapshots.latest(full=True)
                     kept = f'the last good snapshot is {last["caffemodel"]} (iteration {last["iteration"]})' \
                         if last else 'no snapshot was written yet'
                     raise Diverged(f'loss is {loss} at iteration {solver.iter}: training stopped; {kept}. '
@@ -346,17 +540,16 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
             metrics = evaluate(solver, model, examples) if examples else {}
             progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
                               metrics=metrics, seconds=round(time.time() - t0, 3)))
-            snapshots.save(solver)
+            snapshots.save(solver, param.type)
             window = []
             progress.plot(model.name)
     except KeyboardInterrupt:
         if not leader:
             raise
-        # Interrupted between iterations: keep the work done so far.
-        entry = snapshots.save(solver)
-        print(f'\ninterrupted: snapshot at iteration {entry["iteration"]} '
-              f'({entry["caffemodel"]}); continue with --resume', file=sys.stderr)
-        raise
+        # Interrupted between iterations: keep the work done so far, once.
+        with ignoring_interrupts():
+            bar.close()
+            raise Interrupted(snapshots.save(solver, param.type)) from None
     finally:
         bar.close()
 
@@ -382,7 +575,7 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
     with locations.working_dir(model.folder):  # prototxt paths are relative to the folder
         solver, param = make_solver(model, test_interval, max_iter)
         snapshots = Snapshots(SNAPSHOT_DIR, param.snapshot_prefix)
-        start(solver, model, snapshots, weights, resume)
+        start(solver, param, model, snapshots, weights, resume)
         if nccl is not None:  # Caffe's data parallelism: share weights, sum gradients
             reducer = caffe.NCCL(solver, nccl[0])
             reducer.bcast()
@@ -402,6 +595,10 @@ def _parallel_worker(folder, gpus, rank, uid, args):
               nccl=(uid, rank, len(gpus)))
     except TrainingError as e:
         sys.exit(f'solve.py (GPU {gpus[rank]}): {e}')
+    except Interrupted as e:
+        sys.exit(f'solve.py: {e}')
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def train_parallel(folder, gpus, args):
@@ -438,19 +635,67 @@ def parse_args(argv):
     parser.add_argument('--resume', nargs='?', const=True, metavar='SOLVERSTATE',
                         help='continue from the latest complete snapshot (or the one given)')
     parser.add_argument('--val-limit', type=int, help='score only the first N val images')
-    return parser.parse_args(argv)
+    parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
+    args = parser.parse_args(argv)
+    try:
+        args.gpus = [int(g) for g in args.gpu.split(',')] if args.gpu else []
+    except ValueError:
+        parser.error(f'--gpu {args.gpu}: expected GPU ids such as 0 or 0,1')
+    for name in ('max_iter', 'test_interval', 'val_limit'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be a positive number')
+    # Paths as the user typed them: relative to the current directory.
+    args.weights = args.weights and os.path.abspath(args.weights)
+    if isinstance(args.resume, str):
+        args.resume = os.path.abspath(args.resume)
+    return args
+
+
+def check_start(model, weights=None, resume=None):
+    """Before any net is built: the data each of the model's nets reads,
+    and where training starts (start weights or snapshot). Raises
+    TrainingError naming what is missing and the command that gets it."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    for file in (model.source.train_file, model.source.val_file):
+        net_param = caffe_pb2.NetParameter()
+        try:
+            with open(os.path.join(model.folder, file)) as f:
+                text_format.Merge(f.read(), net_param)
+            layer = score.data_layer(net_param)
+            score.check_inputs(model.folder, layer, score.eval_params(layer))
+        except (OSError, ValueError, text_format.ParseError) as e:
+            raise TrainingError(str(e)) from None
+    if resume:
+        resume_point(Snapshots(os.path.join(model.folder, SNAPSHOT_DIR)), resume)
+    elif weights:
+        if not os.path.isfile(weights):
+            raise TrainingError(f'--weights {weights}: no such file')
+    else:
+        start_weights(model)
 
 
 def main(folder, argv=None):
-    """Entry point of every model folder's solve.py."""
+    """Entry point of every model folder's solve.py. User errors end in one
+    line (no traceback); Ctrl-C or SIGTERM snapshot, then end in one line."""
     args = parse_args(argv)
     folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
-    gpus = [int(g) for g in args.gpu.split(',')] if args.gpu else []
+    # Ctrl-C and SIGTERM snapshot first; also when started in the background
+    # (where the shell leaves SIGINT ignored).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
     try:
-        if len(gpus) > 1:
-            train_parallel(folder, gpus, args)
+        model = nets.load(folder)
+        check_start(model, args.weights, args.resume)
+        if len(args.gpus) > 1:
+            train_parallel(folder, args.gpus, args)
         else:
             train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
-                  resume=args.resume, gpu=gpus[0] if gpus else None, val_limit=args.val_limit)
-    except TrainingError as e:
-        sys.exit(f'solve.py: {e}')
+                  resume=args.resume, gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
+    except (TrainingError, FileNotFoundError, TypeError, layers.DataError, layers.ParamError) as e:
+        sys.exit(f'solve.py: {e}')  # data errors name the file, value and class count
+    except Interrupted as e:
+        print(f'\nsolve.py: {e}', file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:  # before training began: nothing to keep
+        sys.exit('\nsolve.py: interrupted before training began; nothing was written')
