@@ -271,10 +271,9 @@ class Snapshots:
 
     def needed_bytes(self, net, solver_type):
         """About what a snapshot of `net` takes on disk: the weights, and the
-        solver's history (one blob per parameter, two for Adam, AdaDelta)."""
+        solver's history (checks.HISTORY_PER_PARAM blobs per parameter)."""
         params = sum(b.data.nbytes for blobs in net.params.values() for b in blobs)
-        history = 2 if solver_type in ('Adam', 'AdaDelta') else 1
-        return params * (1 + history) + (1 << 20)
+        return params * (1 + checks.HISTORY_PER_PARAM.get(solver_type, 2)) + (1 << 20)
 
     def save(self, solver, solver_type='SGD'):
         """Snapshot the solver; point latest.json at it once it is on disk.

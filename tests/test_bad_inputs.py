@@ -168,17 +168,6 @@ SUBPROCESS = {'FCN-32s weights for an FCN-8s net', 'truncated .tar.gz downloaded
               '--weights a text file'}
 
 
-@pytest.mark.parametrize('case', SCORE_CASES)
-def test_score_rejects(repo, case, capfd):
-    argv, culprits = SCORE_CASES[case]
-    before = tree(repo['root'])
-    out = run(*argv(repo), capfd=None if case in SUBPROCESS else capfd)
-    line = assert_one_line_error(out, *culprits(repo))
-    assert line.startswith('score.py: error: ')
-    assert 'Iteration' not in out.stdout and 'images)' not in out.stdout  # stopped before scoring
-    assert tree(repo['root']) == before
-
-
 def test_score_reads_a_bom_crlf_split_with_paths_from_the_current_directory(repo, tmp_path):
     """Relative --weights and --json are the user's, not the model folder's."""
     shutil.copy(repo['fcn8.caffemodel'], tmp_path / 'w.caffemodel')
@@ -211,13 +200,18 @@ INFER_CASES = {
 }
 
 
-@pytest.mark.parametrize('case', INFER_CASES)
-def test_infer_rejects(repo, case, capfd):
-    argv, culprits = INFER_CASES[case]
+COMMAND_CASES = {'score.py': SCORE_CASES, 'infer.py': INFER_CASES}
+
+
+@pytest.mark.parametrize('command, case', [(c, case) for c, cases in COMMAND_CASES.items()
+                                           for case in cases])
+def test_command_rejects(repo, command, case, capfd):
+    argv, culprits = COMMAND_CASES[command][case]
     before = tree(repo['root'])
     out = run(*argv(repo), capfd=None if case in SUBPROCESS else capfd)
     line = assert_one_line_error(out, *culprits(repo))
-    assert line.startswith('infer.py: error: ')
+    assert line.startswith(f'{command}: error: ')
+    assert 'Iteration' not in out.stdout and 'images)' not in out.stdout  # stopped before the work
     assert tree(repo['root']) == before
 
 
