@@ -75,7 +75,7 @@ FAILED=()
 fail() { FAILED+=("$1"); }
 
 # --------------------------------------------------------------- figures.json
-J_GPU=null; J_QUERY=null; J_TESTS=null; J_TIME=""; J_TRAIN=null; J_ERROR=null
+J_GPU=null; J_NCCL=null; J_QUERY=null; J_TESTS=null; J_TIME=""; J_TRAIN=null; J_ERROR=null
 json_str() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g' | tr -d '\n')"; }
 json_num() { [ -n "$1" ] && echo "$1" || echo null; }
 finish() { # $1: exit status. Writes figures.json and logs.tar.gz, then exits.
@@ -84,6 +84,7 @@ finish() { # $1: exit status. Writes figures.json and logs.tar.gz, then exits.
   {
     echo "{\"bundle\": $(json_str "$(head -n1 "$ROOT/BUILD-INFO.txt" 2>/dev/null)"),"
     echo " \"gpu\": $J_GPU,"
+    echo " \"nccl_linked\": $J_NCCL,"
     echo " \"device_query_ok\": $J_QUERY,"
     echo " \"unit_tests\": $J_TESTS,"
     echo " \"caffe_time_ms\": [${J_TIME}],"
@@ -138,6 +139,8 @@ ldd "$ROOT/bin/caffe" > "$D/ldd-caffe.txt" 2>&1 || stop "ldd cannot read bin/caf
 if grep -q 'not found' "$D/ldd-caffe.txt"; then
   stop "unresolved libraries of bin/caffe: $(grep 'not found' "$D/ldd-caffe.txt" | awk '{print $1}' | tr '\n' ' ')"
 fi
+# Multi-GPU training needs NCCL (build.sh --cuda has it unless --no-nccl).
+J_NCCL="$(grep -q 'libnccl\.so' "$D/ldd-caffe.txt" && echo true || echo false)"
 find_host_lib libcuda.so.1 > /dev/null || stop "no NVIDIA driver here (libcuda.so.1 not found)"
 [ -f "$ROOT/BUILD-INFO.txt" ] && cat "$ROOT/BUILD-INFO.txt"
 if command -v nvidia-smi >/dev/null; then
