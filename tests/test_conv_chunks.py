@@ -75,8 +75,9 @@ def conv_weight_grad(x, dy, kernel, geometry, group):
     for offset, sl in windows:
         patch = xp[(slice(None), slice(None)) + sl]
         for g in range(group):
-            dw[(slice(g * o_g, (g + 1) * o_g), slice(None)) + offset] = np.einsum(
-                'no...,nc...->oc', dy[:, g * o_g:(g + 1) * o_g], patch[:, g * c_g:(g + 1) * c_g])
+            summed = [0] + list(range(2, dy.ndim))  # images and positions
+            dw[(slice(g * o_g, (g + 1) * o_g), slice(None)) + offset] = np.tensordot(
+                dy[:, g * o_g:(g + 1) * o_g], patch[:, g * c_g:(g + 1) * c_g], axes=(summed, summed))
     return dw
 
 
@@ -153,8 +154,8 @@ def column_matrix(net, name='out'):
     w = layer.blobs[0].data
     top, bottom = net.blobs[name].data, net.blobs['data'].data
     if layer.type == 'Convolution':
-        return bottom.shape[1] * np.prod(w.shape[2:]), np.prod(top.shape[2:])
-    return top.shape[1] * np.prod(w.shape[2:]), np.prod(bottom.shape[2:])
+        return int(bottom.shape[1] * np.prod(w.shape[2:])), int(np.prod(top.shape[2:]))
+    return int(top.shape[1] * np.prod(w.shape[2:])), int(np.prod(bottom.shape[2:]))
 
 
 @pytest.fixture
