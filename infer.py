@@ -34,6 +34,10 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
+# Caffe logs every layer of the net it builds; a command shows its own
+# progress instead (set before the first `import caffe`).
+os.environ.setdefault('GLOG_minloglevel', '2')
+
 import datasets
 import layers
 import locations
@@ -185,9 +189,12 @@ def resize(rgb, size):
 
 
 def probabilities(scores):
-    """Softmax over the classes (axis 0) of C x h x w scores."""
-    from scipy.special import softmax
-    return softmax(scores, axis=0).astype(np.float32)
+    """Softmax over the classes (axis 0) of C x h x w float32 scores, in
+    place (a large photo's scores are gigabytes: no copies)."""
+    scores -= scores.max(axis=0)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=0)
+    return scores
 
 
 def upsample_labels(probs, size, scores_path=None):
@@ -218,12 +225,13 @@ def upsample_labels(probs, size, scores_path=None):
 
 # ------------------------------------------------------------------ memory
 # Bytes per pixel besides the net's blobs: at the net's input size, the
-# preprocessed image and its copies (3 channels x float32 x 2) and, per class,
-# the scores and their softmax (float32 x 4); at the photo's size, the photo
-# (3), its labels (1), the best probability so far and one upsampled class
-# with its copy (4 x 3), and the overlay's rows.
-NET_BYTES_PER_PIXEL = 24
-NET_BYTES_PER_PIXEL_PER_CLASS = 16
+# resized photo (3), the preprocessed image and its copy (3 channels x float32
+# x 2), the softmax's maximum and sum (float32 x 2) and, per class, the copy
+# of the scores (float32); at the photo's size, the photo (3), its labels (1),
+# the best probability so far and one upsampled class with its copy
+# (float32 x 3), and the overlay's rows.
+NET_BYTES_PER_PIXEL = 35
+NET_BYTES_PER_PIXEL_PER_CLASS = 4
 PHOTO_BYTES_PER_PIXEL = 20
 
 
@@ -235,20 +243,22 @@ class MemoryModel:
     strided convolutions), so the bytes of all blobs are A*h*w + B*h + C*w + D:
     the model reads the blob counts Caffe computes at four small input sizes
     (reshaping allocates nothing) and solves for A, B, C, D. Max pooling's
-    argmax masks (one int32 per pooled value) are counted with the blobs.
+    argmax masks (one int32 per pooled value) count with the blobs; the tops
+    of Split layers do not (they share their bottom's data).
     """
     SIZES = (128, 256)
 
     def __init__(self, net, classes):
-        pooled = {top for name, layer in zip(net._layer_names, net.layers)
-                  if layer.type == 'Pooling' for top in net.top_names[name]}
+        copies = {}
+        for name, layer in zip(net._layer_names, net.layers):
+            for top in net.top_names[name]:
+                copies[top] = {'Pooling': 2, 'Split': 0}.get(layer.type, 1)
         counts = {}
         for h in self.SIZES:
             for w in self.SIZES:
                 net.blobs['data'].reshape(1, net.blobs['data'].shape[1], h, w)
                 net.reshape()
-                counts[h, w] = 4 * sum(blob.count * (2 if name in pooled else 1)
-                                       for name, blob in net.blobs.items())
+                counts[h, w] = 4 * sum(blob.count * copies.get(name, 1) for name, blob in net.blobs.items())
         (h1, h2), (w1, w2) = self.SIZES, self.SIZES
         self.a = (counts[h2, w2] - counts[h2, w1] - counts[h1, w2] + counts[h1, w1]) / ((h2 - h1) * (w2 - w1))
         self.b = (counts[h2, w1] - counts[h1, w1]) / (h2 - h1) - self.a * w1
@@ -398,8 +408,8 @@ class Segmenter:
         side = self.memory_model.largest_side(photo_size, budget)
         h, w = photo_size
         fits = f'--max-side {side} fits' if side else 'no --max-side fits'
-        raise ImageError(f'{path}: {w}x{h} needs about {need / GB:.1f} GB at {size[1]}x{size[0]} '
-                         f'for the net, {budget / GB:.1f} GB available; {fits}')
+        raise ImageError(f'{path} ({w}x{h}): the net at {size[1]}x{size[0]} needs about '
+                         f'{need / GB:.1f} GB, {budget / GB:.1f} GB available; {fits}')
 
     def __call__(self, path, out_base, scores=False):
         """Segment one photo and write its outputs (out_base + suffixes)."""

@@ -221,9 +221,9 @@ def test_memory_model_matches_caffe_blob_counts(tiny_model):
     for h, w in ((333, 500), (1000, 750)):
         net.blobs['data'].reshape(1, 3, h, w)
         net.reshape()
-        pooled = {t for name, layer in zip(net._layer_names, net.layers)
-                  if layer.type == 'Pooling' for t in net.top_names[name]}
-        actual = 4 * sum(b.count * (2 if name in pooled else 1) for name, b in net.blobs.items())
+        copies = {t: {'Pooling': 2, 'Split': 0}.get(layer.type, 1)
+                  for name, layer in zip(net._layer_names, net.layers) for t in net.top_names[name]}
+        actual = 4 * sum(b.count * copies[name] for name, b in net.blobs.items())
         assert abs(memory.blob_bytes(h, w) - actual) < 0.01 * actual
 
 
@@ -240,7 +240,7 @@ def test_a_photo_too_large_for_memory_names_a_max_side_that_fits(tiny_model, tmp
     with pytest.raises(SystemExit) as err:
         infer.main(common + ['--max-side', '0'])
     message = str(err.value)
-    assert f'{path}: 400x300 needs about' in message
+    assert f'{path} (400x300): the net at 400x300 needs about' in message
     side = int(message.split('--max-side ')[1].split()[0])
     assert 190 <= side < 400
     infer.main(common + ['--max-side', str(side)])
