@@ -3,6 +3,9 @@
 against an independent numpy reference, with the workspace bound set so
 small that the layers work in many chunks, and with the default bound."""
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -274,6 +277,16 @@ def test_column_matrix_beyond_int_max(tmp_path):
     expected = channels * np.outer(inside, inside)
     np.testing.assert_array_equal(net.blobs['out'].data[0, 0], expected)
     assert caffe.conv_workspace_bytes() <= caffe.conv_workspace_limit()
+
+
+@pytest.mark.parametrize('value,expected', [('0.5', 2 ** 19), ('', 128 * 2 ** 20), ('lots', 128 * 2 ** 20)])
+def test_workspace_limit_from_the_environment(value, expected):
+    env = dict(os.environ, CAFFE_CONV_WORKSPACE_MB=value, GLOG_minloglevel='0', GLOG_logtostderr='1')
+    out = subprocess.run([sys.executable, '-c', 'import caffe; print(caffe.conv_workspace_limit())'],
+                         capture_output=True, text=True, env=env, check=True)
+    assert int(out.stdout) == expected
+    if value == 'lots':  # a bad value is named, and the default used
+        assert 'Ignoring CAFFE_CONV_WORKSPACE_MB=lots: expected a number of MiB' in out.stderr
 
 
 def test_workspace_limit_setting():
