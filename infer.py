@@ -34,16 +34,15 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
-# Caffe logs every layer of the net it builds; a command shows its own
-# progress instead (set before the first `import caffe`).
-os.environ.setdefault('GLOG_minloglevel', '2')
-
-import datasets
-import layers
-import locations
-import nets
 import runtime
-import score
+
+runtime.quiet_caffe_log()  # before layers imports caffe
+
+import datasets  # noqa: E402
+import layers  # noqa: E402
+import locations  # noqa: E402
+import nets  # noqa: E402
+import score  # noqa: E402
 
 DEFAULT_MODEL = 'voc-fcn8s'
 OVERLAY_ALPHA = 0.5  # weight of the class colour over object pixels
@@ -483,6 +482,7 @@ def main(argv=None):
     parser.add_argument('--scores', action='store_true',
                         help='also save the class probabilities (<stem>_scores.npy)')
     parser.add_argument('--json', help='write a summary per image to this file')
+    parser.add_argument('--verbose', action='store_true', help="show Caffe's log")
     parser.add_argument('--memory', type=float,
                         help='GB one photo may take (default: what the system has available)')
     args = parser.parse_args(argv)

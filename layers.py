@@ -475,8 +475,19 @@ class SegDataLayerBase(caffe.Layer):
     def configure(self):
         pass
 
-    def split_file(self):
+    @classmethod
+    def split_path(cls, params):
+        """The split file that `params` (parsed param_str) name."""
         raise NotImplementedError
+
+    @classmethod
+    def input_paths(cls, params):
+        """The files the layer reads before its first example (split files,
+        lists): what must exist for a net with these params to start."""
+        return [cls.split_path(params)]
+
+    def split_file(self):
+        return self.split_path(self.params)
 
     def list_examples(self):
         return read_split(self.split_file())
@@ -617,9 +628,9 @@ class VOCSegDataLayer(SegDataLayerBase):
     Keys: voc_dir, split, mean. Tops: data, label."""
     required = ('voc_dir', 'split', 'mean')
 
-    def split_file(self):
-        return os.path.join(self.params['voc_dir'], 'ImageSets', 'Segmentation',
-                            self.params['split'] + '.txt')
+    @classmethod
+    def split_path(cls, params):
+        return os.path.join(params['voc_dir'], 'ImageSets', 'Segmentation', params['split'] + '.txt')
 
     def example_files(self, idx):
         d = self.params['voc_dir']
@@ -637,8 +648,9 @@ class SBDDSegDataLayer(SegDataLayerBase):
     Keys: sbdd_dir, split, mean. Tops: data, label."""
     required = ('sbdd_dir', 'split', 'mean')
 
-    def split_file(self):
-        return os.path.join(self.params['sbdd_dir'], self.params['split'] + '.txt')
+    @classmethod
+    def split_path(cls, params):
+        return os.path.join(params['sbdd_dir'], params['split'] + '.txt')
 
     def example_files(self, idx):
         d = self.params['sbdd_dir']
@@ -668,8 +680,9 @@ class NYUDSegDataLayer(SegDataLayerBase):
             raise ParamError(f'NYUDSegDataLayer: param \'means\' has no mean for the tops {missing}')
         self.top_names = tuple(tops)
 
-    def split_file(self):
-        return os.path.join(self.params['nyud_dir'], self.params['split'] + '.txt')
+    @classmethod
+    def split_path(cls, params):
+        return os.path.join(params['nyud_dir'], params['split'] + '.txt')
 
     def example_files(self, idx):
         d = self.params['nyud_dir']
@@ -697,8 +710,9 @@ class SIFTFlowSegDataLayer(SegDataLayerBase):
     label_tops = ('sem', 'geo')
     SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
 
-    def split_file(self):
-        return os.path.join(self.params['siftflow_dir'], self.params['split'] + '.txt')
+    @classmethod
+    def split_path(cls, params):
+        return os.path.join(params['siftflow_dir'], params['split'] + '.txt')
 
     def example_files(self, idx):
         d = self.params['siftflow_dir']
@@ -720,9 +734,14 @@ class PASCALContextSegDataLayer(SegDataLayerBase):
     def configure(self):
         self.lut = context_label_lut(self.params['context_dir'])
 
-    def split_file(self):
-        return os.path.join(self.params['voc_dir'], 'VOC2010', 'ImageSets', 'Main',
-                            self.params['split'] + '.txt')
+    @classmethod
+    def split_path(cls, params):
+        return os.path.join(params['voc_dir'], 'VOC2010', 'ImageSets', 'Main', params['split'] + '.txt')
+
+    @classmethod
+    def input_paths(cls, params):
+        return [cls.split_path(params)] + [os.path.join(params['context_dir'], name)
+                                           for name in ('labels.txt', '59_labels.txt')]
 
     def example_files(self, idx):
         return {'data': os.path.join(self.params['voc_dir'], 'VOC2010', 'JPEGImages', idx + '.jpg'),
@@ -759,6 +778,10 @@ class SegDataLayer(SegDataLayerBase):
 
     def training(self):
         return self.phase == caffe.TRAIN
+
+    @classmethod
+    def input_paths(cls, params):
+        return [params['list_file']] if params['list_file'] else [params['image_dir'], params['label_dir']]
 
     def list_examples(self):
         p = self.params

@@ -39,29 +39,30 @@ def ilsvrc_prototxt(trunk, kind):
     return os.path.join(ILSVRC_DIR, f'{trunk}-{kind}.prototxt')
 
 
-def ilsvrc_weights(trunk, root=MODELS_DIR):
+def ilsvrc_weights(trunk, root=None):
     """The start weights of a first-stage FCN on `trunk`: the classifier
     convolutionalized by `surgery.py convert` (fetch runs it), or the download
     itself where there is nothing to convert (GoogLeNet)."""
     from fetch.catalog import ILSVRC_CONVERTED
-    folder = os.path.join(root, ILSVRC_SUBDIR)
+    folder = os.path.join(root or MODELS_DIR, ILSVRC_SUBDIR)
     if trunk in ILSVRC_CONVERTED:
         return os.path.join(folder, f'{trunk}-fcn.caffemodel')
     return ilsvrc_download(trunk, root)
 
 
-def ilsvrc_download(trunk, root=MODELS_DIR):
+def ilsvrc_download(trunk, root=None):
     """Where the fetch kit stores the published ILSVRC caffemodel of `trunk`."""
     from fetch.catalog import DOWNLOADS
-    return os.path.join(root, ILSVRC_SUBDIR, DOWNLOADS[trunk].filename)
+    return os.path.join(root or MODELS_DIR, ILSVRC_SUBDIR, DOWNLOADS[trunk].filename)
 
 
-def published_weights(name, root=MODELS_DIR):
+def published_weights(name, root=None):
     """Where the fetch kit stores the FCN authors' trained caffemodel of
-    model `name`, or None where none was published."""
+    model `name` (under the models root `root`), or None where none was
+    published."""
     from fetch.catalog import MODELS
     entry = MODELS.get(name)
-    return os.path.join(root, name, entry.weights) if entry and entry.weights else None
+    return os.path.join(root or MODELS_DIR, name, entry.weights) if entry and entry.weights else None
 
 
 def ilsvrc_deploy(trunk):

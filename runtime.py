@@ -1,5 +1,17 @@
-"""How the commands (solve.py, score.py, infer.py) set Caffe up: one device
-choice for all of them."""
+"""How the commands (solve.py, score.py, infer.py, fetch) set Caffe up: its
+log level and the device, one way for all of them."""
+import os
+import sys
+
+
+def quiet_caffe_log(argv=None):
+    """Keep Caffe's own log (every layer of every net it builds) to warnings
+    and errors, unless the user set GLOG_minloglevel or passed --verbose.
+    Glog reads the variable when Caffe's library loads: call this before the
+    first `import caffe`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if '--verbose' not in argv:
+        os.environ.setdefault('GLOG_minloglevel', '2')
 
 
 def use_device(gpu=None):

@@ -215,6 +215,23 @@ def eval_params(layer, split=None):
     return {**params, **EVAL_PARAMS}
 
 
+def check_inputs(model_dir, layer, params):
+    """Before a net is built: FileNotFoundError naming the first file the
+    data layer reads before its first example (split file, list) that is
+    missing, and the fetch command that gets it."""
+    import layers
+    from fetch.install import fetch_hint
+    # The datasets as the model folder sees them (../data), wherever it is.
+    data_root = os.path.normpath(os.path.join(model_dir, locations.DATA_FROM_MODEL))
+    for path in getattr(layers, layer.python_param.layer).input_paths(params):
+        full = os.path.normpath(os.path.join(model_dir, path))
+        if not os.path.exists(full):
+            hint = fetch_hint(full, data_root) or 'the data is not there'
+            raise FileNotFoundError(f'missing {full}, which the data layer of '
+                                    f'{os.path.basename(os.path.normpath(model_dir))} reads '
+                                    f'(split {params.get("split", "-")}): {hint}')
+
+
 def example_id(example):
     """A name for an example: its id, or for an (image, label) pair the image's stem."""
     if isinstance(example, str):
@@ -261,6 +278,7 @@ def eval_net_param(model, split=None):
         text_format.Merge(f.read(), net_param)
     layer = data_layer(net_param)
     params = eval_params(layer, split)
+    check_inputs(model_dir, layer, params)
     layer.python_param.param_str = repr(params)
     return model_dir, proto, net_param, layer, params
 

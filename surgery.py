@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import locations
+import runtime
 from fetch.catalog import ILSVRC_CONVERTED
 
 
@@ -198,7 +199,7 @@ def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False):
         raise FileExistsError(f'{out} exists (use --force to overwrite)')
 
     import caffe
-    caffe.set_mode_cpu()
+    runtime.use_device(None)  # a one-off conversion: the CPU will do
     classifier = caffe.Net(classifier_proto, caffe.TEST)
     missing = set(classifier.params) - _caffemodel_layer_names(weights)
     if missing:

@@ -18,9 +18,14 @@ Progress: snapshot/log.jsonl (one JSON object per line) and
 snapshot/curves.png (loss and mean IU against iteration).
 """
 import argparse
+import contextlib
+import hashlib
+import io
 import json
 import math
 import os
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -28,14 +33,17 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-import locations
-import nets
 import runtime
-import score
-import surgery
-from fetch.catalog import ILSVRC_NETS
-from locations import SNAPSHOT_DIR
-from nets import SEED
+
+runtime.quiet_caffe_log()  # before nets imports caffe
+
+import locations  # noqa: E402
+import nets  # noqa: E402
+import score  # noqa: E402
+import surgery  # noqa: E402
+from fetch.catalog import ILSVRC_NETS  # noqa: E402
+from locations import SNAPSHOT_DIR  # noqa: E402
+from nets import SEED  # noqa: E402
 
 
 class TrainingError(Exception):
@@ -44,6 +52,29 @@ class TrainingError(Exception):
 
 class Diverged(TrainingError):
     pass
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C (or SIGTERM) after snapshotting `entry`."""
+
+    def __init__(self, entry):
+        super().__init__(f'interrupted at iteration {entry["iteration"]}: snapshot '
+                         f'{entry["solverstate"]}; continue with --resume')
+        self.entry = entry
+
+
+@contextlib.contextmanager
+def ignoring_interrupts():
+    """Let a snapshot being written finish even if Ctrl-C comes again."""
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals go elsewhere
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 # ------------------------------------------------------------------ weights
@@ -131,46 +162,136 @@ def _source_proto(model, weights_path):
 
 # ---------------------------------------------------------------- snapshots
 class Snapshots:
-    """Complete snapshots in a folder, with an atomic `latest.json` pointer."""
+    """Complete snapshots in a folder. Each snapshot's manifest
+    (<prefix>_iter_N.json) records its two files' sizes and sha256;
+    `latest.json`, a copy of the newest manifest, is replaced atomically
+    once both files are on disk, so a crash mid-write never leaves a
+    corrupt "latest", and a file changed later is caught before it is used."""
+
+    FILES = (('solverstate', '.solverstate'), ('caffemodel', '.caffemodel'))
 
     def __init__(self, folder, prefix=None):
-        self.folder = folder
-        self.prefix = prefix or os.path.join(folder, 'train')  # the solver's snapshot_prefix
+        self.folder = os.path.abspath(folder)
+        # the solver's snapshot_prefix (relative to the current directory, as Caffe takes it)
+        self.prefix = os.path.abspath(prefix or os.path.join(folder, 'train'))
         self.pointer = os.path.join(folder, 'latest.json')
 
-    def latest(self):
-        """{'iteration', 'solverstate', 'caffemodel'} of the newest complete
-        snapshot (absolute paths), or None."""
+    def _read(self, path):
+        """A manifest's entry with absolute paths; TrainingError naming the
+        file if it is unreadable or incomplete."""
         try:
-            with open(self.pointer) as f:
+            with open(path) as f:
                 entry = json.load(f)
-        except FileNotFoundError:
-            return None
-        for key in ('solverstate', 'caffemodel'):
-            path = os.path.join(self.folder, entry[key])
-            if not os.path.isfile(path) or os.path.getsize(path) != entry[key + '_bytes']:
-                raise TrainingError(f'{self.pointer} names {path}, which is missing or changed')
-            entry[key] = path
+            for key, _ in self.FILES:
+                entry[key] = os.path.join(os.path.dirname(path), entry[key])
+                int(entry[key + '_bytes']), str(entry[key + '_sha256'])
+            int(entry['iteration'])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            kind = type(e).__name__ if not isinstance(e, OSError) else e.strerror
+            raise TrainingError(f'{path}: not a readable snapshot manifest ({kind}: {e}); '
+                                f'{self._alternatives(exclude=path)}') from None
         return entry
 
-    def save(self, solver):
-        """Snapshot the solver; point latest.json at it once it is on disk."""
+    def check(self, entry, full=True):
+        """Raise TrainingError unless both files of `entry` are as recorded
+        (size, and with `full` the sha256)."""
+        for key, _ in self.FILES:
+            path = entry[key]
+            if not os.path.isfile(path):
+                problem = 'is missing'
+            elif os.path.getsize(path) != entry[key + '_bytes']:
+                problem = f'has {os.path.getsize(path)} bytes, {entry[key + "_bytes"]} recorded'
+            elif full and _sha256(path) != entry[key + '_sha256']:
+                problem = 'does not match its recorded sha256 (corrupted)'
+            else:
+                continue
+            raise TrainingError(f'snapshot {path} {problem}; '
+                                f'{self._alternatives(exclude=entry[key])}')
+
+    def latest(self, full=False):
+        """{'iteration', 'solverstate', 'caffemodel', ...} of the newest
+        complete snapshot (absolute paths), checked (sizes; with `full` the
+        sha256 too), or None if there is none."""
+        if not os.path.exists(self.pointer):
+            return None
+        entry = self._read(self.pointer)
+        self.check(entry, full)
+        return entry
+
+    def for_solverstate(self, path):
+        """The manifest entry of a solverstate written here, or None for a
+        solverstate without one (made elsewhere)."""
+        manifest = os.path.splitext(path)[0] + '.json'
+        return self._read(manifest) if os.path.isfile(manifest) else None
+
+    def complete(self):
+        """Entries of every snapshot in the folder whose files have their
+        recorded sizes, oldest first."""
+        found = []
+        for name in sorted(os.listdir(self.folder)) if os.path.isdir(self.folder) else ():
+            if not (name.endswith('.json') and '_iter_' in name):
+                continue
+            try:
+                entry = self._read(os.path.join(self.folder, name))
+                self.check(entry, full=False)
+            except TrainingError:
+                continue
+            found.append(entry)
+        return sorted(found, key=lambda e: e['iteration'])
+
+    def _alternatives(self, exclude):
+        """What the user can resume from instead, in words."""
+        exclude = os.path.splitext(exclude)[0]
+        older = [e['solverstate'] for e in self.complete()
+                 if os.path.splitext(e['solverstate'])[0] != exclude]
+        if not older:
+            return 'no other complete snapshot here: start without --resume'
+        return 'other complete snapshots: ' + ', '.join(older[::-1]) + \
+            ' (resume one with --resume FILE)'
+
+    def needed_bytes(self, net, solver_type):
+        """About what a snapshot of `net` takes on disk: the weights, and the
+        solver's history (one blob per parameter, two for Adam, AdaDelta)."""
+        params = sum(b.data.nbytes for blobs in net.params.values() for b in blobs)
+        history = 2 if solver_type in ('Adam', 'AdaDelta') else 1
+        return params * (1 + history) + (1 << 20)
+
+    def save(self, solver, solver_type='SGD'):
+        """Snapshot the solver; point latest.json at it once it is on disk.
+        Checks the free space first: Caffe aborts on a failed write."""
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            free = shutil.disk_usage(self.folder).free
+        except OSError as e:
+            raise TrainingError(f'cannot write snapshots into {os.path.abspath(self.folder)}: '
+                                f'{e.strerror}') from None
+        needed = self.needed_bytes(solver.net, solver_type)
+        if free < needed:
+            raise TrainingError(
+                f'cannot snapshot iteration {solver.iter} into {os.path.abspath(self.folder)}: '
+                f'{free / 2**20:.1f} MiB free, a snapshot needs about {needed / 2**20:.1f} MiB '
+                '(disk full?); free some space and --resume')
         solver.snapshot()
         prefix = f'{self.prefix}_iter_{solver.iter}'
         entry = {'iteration': solver.iter}
-        for key, ext in (('solverstate', '.solverstate'), ('caffemodel', '.caffemodel')):
+        for key, ext in self.FILES:
             path = prefix + ext
             _fsync(path)
             entry[key] = os.path.relpath(path, self.folder)
             entry[key + '_bytes'] = os.path.getsize(path)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix='.latest')
-        with os.fdopen(fd, 'w') as f:
-            json.dump(entry, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.pointer)
+            entry[key + '_sha256'] = _sha256(path)
+        for path in (prefix + '.json', self.pointer):
+            write_atomically(path, json.dumps(entry), what='snapshot manifest')
         _fsync(self.folder)
-        return entry
+        return {**entry, **{key: os.path.join(self.folder, entry[key]) for key, _ in self.FILES}}
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync(path):
@@ -181,25 +302,51 @@ def _fsync(path):
         os.close(fd)
 
 
+def write_atomically(path, data, what='file', mode='w'):
+    """Write `data` (text or, with mode 'wb', bytes) to `path` through a temp
+    file in the same folder, replaced into place; on an I/O error (disk full)
+    the temp file is removed, `path` keeps its previous content, and a
+    TrainingError names the folder and the cause."""
+    folder = os.path.dirname(path) or '.'
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp and os.path.exists(tmp):
+            os.remove(tmp)
+        raise TrainingError(f'cannot write the {what} {os.path.basename(path)} into '
+                            f'{os.path.abspath(folder)}: {e.strerror or e}') from None
+
+
 # --------------------------------------------------------------- progress
 class Progress:
-    """log.jsonl (one JSON object per line) and curves.png, kept current."""
+    """log.jsonl (one JSON object per line) and curves.png, kept current.
+    Nothing is written before the first record (a failed start leaves no
+    files)."""
 
     def __init__(self, folder, resume_iter=None):
+        self.folder = folder
         self.log_path = os.path.join(folder, 'log.jsonl')
         self.plot_path = os.path.join(folder, 'curves.png')
         self.records = []
         if resume_iter is not None and os.path.exists(self.log_path):
-            with open(self.log_path) as f:  # drop what came after the snapshot
-                self.records = [r for r in map(json.loads, f) if r['iteration'] <= resume_iter]
-        with open(self.log_path, 'w') as f:
-            for r in self.records:
-                f.write(json.dumps(r) + '\n')
+            try:
+                with open(self.log_path) as f:  # drop what came after the snapshot
+                    self.records = [r for r in map(json.loads, f) if r['iteration'] <= resume_iter]
+            except (ValueError, KeyError, TypeError) as e:
+                raise TrainingError(f'{os.path.abspath(self.log_path)}: not a training log '
+                                    f'({e}); move it away to start a new one') from None
 
     def add(self, record):
         self.records.append(record)
-        with open(self.log_path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+        os.makedirs(self.folder, exist_ok=True)
+        write_atomically(self.log_path, ''.join(json.dumps(r) + '\n' for r in self.records),
+                         what='training log')
 
     def plot(self, title):
         import matplotlib
@@ -219,10 +366,10 @@ class Progress:
             ax2.set_ylabel('val mean IU', color='tab:red')
         ax.set_title(title)
         fig.tight_layout()
-        tmp = self.plot_path + '.tmp.png'
-        fig.savefig(tmp)
+        png = io.BytesIO()
+        fig.savefig(png, format='png')
         plt.close(fig)
-        os.replace(tmp, self.plot_path)
+        write_atomically(self.plot_path, png.getvalue(), what='plot', mode='wb')
 
 
 # ------------------------------------------------------------------ solver
@@ -239,7 +386,6 @@ def make_solver(model, test_interval, max_iter):
     param.snapshot = 0
     param.max_iter = max_iter
     param.random_seed = SEED
-    os.makedirs(os.path.dirname(param.snapshot_prefix) or '.', exist_ok=True)
     fd, path = tempfile.mkstemp(dir='.', prefix='.solver-', suffix='.prototxt')
     with os.fdopen(fd, 'w') as f:
         f.write(text_format.MessageToString(param))
@@ -258,12 +404,18 @@ def data_layers(net):
 
 
 def position_data(solver, param, iteration):
-    """Put the training data where an uninterrupted run would be at
-    `iteration`, and derive Caffe's random state (dropout) from it."""
-    import caffe
-    caffe.set_random_seed(SEED + iteration)
+    """Put the training data where an uninterrupted run is at `iteration`
+    (each data layer's draws depend on the examples served so far only)."""
     for layer in data_layers(solver.net):
         layer.seek(iteration * param.iter_size)
+
+
+def seed_step(iteration):
+    """Derive Caffe's random state (dropout) from the iteration about to
+    run, so that a run resumed from a snapshot at any iteration draws what
+    an uninterrupted one does."""
+    import caffe
+    caffe.set_random_seed(SEED + iteration)
 
 
 def val_examples(solver, limit=None):
@@ -273,6 +425,144 @@ def val_examples(solver, limit=None):
     return examples[:limit] if limit else examples
 
 
+# What each scoring logs per head: the paper's metrics and the mean loss.
+SCALAR_METRICS = tuple(key for key, _ in score.METRICS) + ('loss',)
+
+
+def evaluate(solver, model, examples):
+    """Score every head on the val split: {head name: scalar metrics}."""
+    for layer in data_layers(solver.test_nets[0]):
+        layer.seek(0)  # every scoring sees the same images
+    split = model.source.val_split
+    results = {}
+    for head in model.source.heads:
+        result = score.seg_tests(solver, False, examples, layer=head.score, gt=head.label,
+                                 loss=head.loss, class_names=head.classes,
+                                 exclude=head.excluded(split))
+        results[head.name] = {
+            k: (None if not math.isfinite(result[k]) else float(result[k])) for k in SCALAR_METRICS}
+    return results
+
+
+def resume_point(snapshots, resume):
+    """The solverstate to resume from (`resume` True: the latest complete
+    snapshot; or a path), its files verified against their manifest."""
+    if resume is True:
+        entry = snapshots.latest(full=True)
+        if entry is None:
+            raise TrainingError(f'no complete snapshot in {os.path.abspath(snapshots.folder)}: '
+                                'start without --resume')
+        return entry['solverstate']
+    state = os.path.abspath(resume)
+    if not os.path.isfile(state):
+        raise TrainingError(f'--resume {state}: no such solverstate')
+    entry = snapshots.for_solverstate(state)
+    if entry is not None:
+        if os.path.abspath(entry['solverstate']) != state:
+            raise TrainingError(f'--resume {state}: not a solverstate; resume with the '
+                                f"snapshot's solverstate {entry['solverstate']}")
+        snapshots.check(entry)
+    return state
+
+
+def start(solver, param, model, snapshots, weights=None, resume=None):
+    """Load where training starts: a snapshot (`resume` True: the latest
+    complete one; or a solverstate path), else the start weights (`weights`,
+    or the model's reference start) with the upsampling layers filled; then
+    put the data where that iteration is."""
+    if resume:
+        solver.restore(resume_point(snapshots, resume))
+    else:
+        initialize(solver, model, {'': weights} if weights else start_weights(model))
+    position_data(solver, param, solver.iter)
+
+
+def step_loop(solver, param, model, snapshots, progress, examples, max_iter, test_interval,
+              leader=True, quiet=False):
+    """Step the solver to `max_iter`: every `test_interval` iterations the
+    leader scores the val examples, logs and snapshots. Ctrl-C snapshots the
+    work done so far before the KeyboardInterrupt goes on."""
+    losses = [h.loss for h in model.source.heads]
+    t0 = time.time()
+    # The bar only on a terminal (None): a log file keeps log.jsonl's records.
+    bar = tqdm(total=max_iter, initial=solver.iter, desc=model.name, unit='it',
+               disable=True if quiet or not leader else None, dynamic_ncols=True)
+    window = []
+    try:
+        while solver.iter < max_iter:
+            stop = min(max_iter, (solver.iter // test_interval + 1) * test_interval)
+            while solver.iter < stop:
+                seed_step(solver.iter)
+                solver.step(1)
+                loss = sum(float(solver.net.blobs[b].data) for b in losses)
+                if not math.isfinite(loss):
+                    last = snapshots.latest(full=True)
+                    kept = f'the last good snapshot is {last["caffemodel"]} (iteration {last["iteration"]})' \
+                        if last else 'no snapshot was written yet'
+                    raise Diverged(f'loss is {loss} at iteration {solver.iter}: training stopped; {kept}. '
+                                   'Lower base_lr in solver.prototxt (or check the data) and --resume.')
+                window.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f'{loss:.4g}')
+                if param.display and solver.iter % param.display == 0:
+                    progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
+                                      seconds=round(time.time() - t0, 3)))
+                    window = []
+            if not leader:
+                continue
+            # Log before snapshotting: a kill in between resumes from the
+            # previous snapshot and drops this record with the work.
+            metrics = evaluate(solver, model, examples) if examples else {}
+            progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
+                              metrics=metrics, seconds=round(time.time() - t0, 3)))
+            snapshots.save(solver, param.type)
+            window = []
+            progress.plot(model.name)
+    except KeyboardInterrupt:
+        if not leader:
+            raise
+        # Interrupted between iterations: keep the work done so far, once.
+        with ignoring_interrupts():
+            bar.close()
+            raise Interrupted(snapshots.save(solver, param.type)) from None
+    finally:
+        bar.close()
+
+
+def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, gpu=None,
+          val_limit=None, quiet=False, nccl=None):
+    """Train the model in `folder` on GPU `gpu` (None: the CPU). Returns the
+    Progress records. With `nccl` = (uid, rank, solver count), this process
+    is one of Caffe's data-parallel solvers (see train_parallel): only rank
+    0 scores, snapshots and logs. Paths given relative to the current
+    directory stay so; the current directory is restored on return."""
+    import caffe
+    model = nets.load(folder)
+    weights = weights and os.path.abspath(weights)
+    resume = os.path.abspath(resume) if isinstance(resume, str) else resume
+    runtime.use_device(gpu)
+    if nccl is not None:
+        caffe.set_solver_count(nccl[2])
+        caffe.set_solver_rank(nccl[1])
+        caffe.set_multiprocess(True)
+    test_interval = test_interval or model.source.test_interval
+    max_iter = max_iter or model.training_length
+    with locations.working_dir(model.folder):  # prototxt paths are relative to the folder
+        solver, param = make_solver(model, test_interval, max_iter)
+        snapshots = Snapshots(SNAPSHOT_DIR, param.snapshot_prefix)
+        start(solver, param, model, snapshots, weights, resume)
+        if nccl is not None:  # Caffe's data parallelism: share weights, sum gradients
+            reducer = caffe.NCCL(solver, nccl[0])
+            reducer.bcast()
+            solver.add_callback(reducer)
+            if solver.param.layer_wise_reduce:
+                solver.net.after_backward(reducer)
+        progress = Progress(SNAPSHOT_DIR, resume_iter=solver.iter if resume else None)
+        step_loop(solver, param, model, snapshots, progress, val_examples(solver, val_limit),
+                  max_iter, test_interval, leader=nccl is None or nccl[1] == 0, quiet=quiet)
+    return progress.records
+
+
 def _parallel_worker(folder, gpus, rank, uid, args):
     try:
         train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
@@ -280,6 +570,10 @@ def _parallel_worker(folder, gpus, rank, uid, args):
               nccl=(uid, rank, len(gpus)))
     except TrainingError as e:
         sys.exit(f'solve.py (GPU {gpus[rank]}): {e}')
+    except Interrupted as e:
+        sys.exit(f'solve.py: {e}')
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def train_parallel(folder, gpus, args):
@@ -316,19 +610,64 @@ def parse_args(argv):
     parser.add_argument('--resume', nargs='?', const=True, metavar='SOLVERSTATE',
                         help='continue from the latest complete snapshot (or the one given)')
     parser.add_argument('--val-limit', type=int, help='score only the first N val images')
-    return parser.parse_args(argv)
+    parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
+    args = parser.parse_args(argv)
+    try:
+        args.gpus = [int(g) for g in args.gpu.split(',')] if args.gpu else []
+    except ValueError:
+        parser.error(f'--gpu {args.gpu}: expected GPU ids such as 0 or 0,1')
+    for name in ('max_iter', 'test_interval', 'val_limit'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be a positive number')
+    # Paths as the user typed them: relative to the current directory.
+    args.weights = args.weights and os.path.abspath(args.weights)
+    if isinstance(args.resume, str):
+        args.resume = os.path.abspath(args.resume)
+    return args
+
+
+def check_start(model, weights=None, resume=None):
+    """Before any net is built: the data each of the model's nets reads,
+    and where training starts (start weights or snapshot). Raises
+    TrainingError naming what is missing and the command that gets it."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    for file in (model.source.train_file, model.source.val_file):
+        net_param = caffe_pb2.NetParameter()
+        try:
+            with open(os.path.join(model.folder, file)) as f:
+                text_format.Merge(f.read(), net_param)
+            layer = score.data_layer(net_param)
+            score.check_inputs(model.folder, layer, score.eval_params(layer))
+        except (OSError, ValueError, text_format.ParseError) as e:
+            raise TrainingError(str(e)) from None
+    if resume:
+        resume_point(Snapshots(os.path.join(model.folder, SNAPSHOT_DIR)), resume)
+    elif weights:
+        if not os.path.isfile(weights):
+            raise TrainingError(f'--weights {weights}: no such file')
+    else:
+        start_weights(model)
 
 
 def main(folder, argv=None):
-    """Entry point of every model folder's solve.py."""
+    """Entry point of every model folder's solve.py. User errors end in one
+    line (no traceback); Ctrl-C or SIGTERM snapshot, then end in one line."""
     args = parse_args(argv)
     folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
-    gpus = [int(g) for g in args.gpu.split(',')] if args.gpu else []
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: snapshot first
     try:
-        if len(gpus) > 1:
-            train_parallel(folder, gpus, args)
+        model = nets.load(folder)
+        check_start(model, args.weights, args.resume)
+        if len(args.gpus) > 1:
+            train_parallel(folder, args.gpus, args)
         else:
             train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
-                  resume=args.resume, gpu=gpus[0] if gpus else None, val_limit=args.val_limit)
-    except TrainingError as e:
+                  resume=args.resume, gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
+    except (TrainingError, FileNotFoundError, TypeError) as e:
         sys.exit(f'solve.py: {e}')
+    except Interrupted as e:
+        print(f'\nsolve.py: {e}', file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:  # before training began: nothing to keep
+        sys.exit('\nsolve.py: interrupted before training began; nothing was written')

@@ -67,6 +67,20 @@ DATASETS = {
            for split in ('train', 'val')}}),
 }
 DOWNLOADS_DIR = 'downloads'  # archives, under the data root
+
+
+def fetch_hint(path, data_root=locations.DATA_DIR):
+    """How to get `path` (a file the data layers read, under the data
+    root): 'get it with `python -m fetch data NAME`', with why it could still
+    be missing after that; '' for a path no dataset here provides."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(data_root)).replace(os.sep, '/')
+    for name, dataset in DATASETS.items():
+        steps = [s for s in dataset.steps if rel == s.dest or rel.startswith(s.dest + '/')]
+        if steps or rel in dataset.needs:
+            fetched = all(s.done(data_root) for s in steps or dataset.steps)
+            why = f' ({dataset.needs[rel]})' if fetched and rel in dataset.needs else ''
+            return f'get it with `python -m fetch data {name}`{why}'
+    return ''
 SURGERY = REPO / 'surgery.py'
 
 

@@ -9,7 +9,7 @@ import glob
 import importlib.util
 import os
 
-from locations import MODELS_DIR
+import locations
 from nets.model import Model
 from nets.sources import NYUD, SEED, VOC, Context, Head, SIFTFlow, Source
 
@@ -20,13 +20,13 @@ __all__ = ['Model', 'Source', 'Head', 'VOC', 'NYUD', 'SIFTFlow', 'Context', 'SEE
 def model_names():
     """Every model folder: a folder of the models directory with a net.py."""
     return sorted(os.path.basename(os.path.dirname(p))
-                  for p in glob.glob(os.path.join(MODELS_DIR, '*', 'net.py')))
+                  for p in glob.glob(os.path.join(locations.MODELS_DIR, '*', 'net.py')))
 
 
 def load(name_or_folder):
     """The Model defined by a model folder's net.py (a model's name, or a
     path to any folder holding a net.py)."""
-    folder = name_or_folder if os.path.isdir(name_or_folder) else os.path.join(MODELS_DIR, name_or_folder)
+    folder = name_or_folder if os.path.isdir(name_or_folder) else locations.model_dir(name_or_folder)
     folder = os.path.abspath(folder)
     path = os.path.join(folder, 'net.py')
     if not os.path.isfile(path):

@@ -6,15 +6,9 @@ import os
 
 import pytest
 
-import nets
+from conftest import write_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NET_PY = '''\
-from nets import VOC, Model
-
-model = Model(VOC(), trunk='vgg16', stride=8, base_lr=1e-3, init=(), trunk_width=1 / 32,
-              trunk_filler='msra', {extra})
-'''
 
 
 @pytest.fixture(scope='module')
@@ -25,18 +19,9 @@ def benchmark():
     return module
 
 
-def tiny_model(root, name, extra=''):
-    folder = os.path.join(root, name)
-    os.makedirs(folder)
-    with open(os.path.join(folder, 'net.py'), 'w') as f:
-        f.write(NET_PY.format(extra=extra))
-    nets.load(folder).write(folder)
-    return folder
-
-
 def test_benchmark_reports_speed_and_memory(benchmark, tmp_path, capsys):
-    softmax = tiny_model(tmp_path, 'tiny-fcn8s')
-    sigmoid = tiny_model(tmp_path, 'tiny-fcn8s-sigmoid', extra="loss='sigmoid'")
+    softmax = write_model(tmp_path / 'tiny-fcn8s', stride=8)
+    sigmoid = write_model(tmp_path / 'tiny-fcn8s-sigmoid', stride=8, extra=", loss='sigmoid'")
     out = tmp_path / 'bench.json'
     benchmark.main(['--models', softmax, sigmoid, '--sizes', '37', '90x61', '--train-sizes', '37',
                     '--iters', '1', '--no-stock', '--json', str(out)])
@@ -65,7 +50,7 @@ def test_benchmark_compares_with_another_build(benchmark, tmp_path):
     """--stock runs the same measurement with the Caffe of another build's
     dist/ (here the installed build's own, the one at hand in every checkout)."""
     import caffe
-    folder = tiny_model(tmp_path, 'tiny-fcn8s')
+    folder = write_model(tmp_path / 'tiny-fcn8s', stride=8)
     with open(os.path.join(os.path.dirname(caffe.__file__), '.build-cache')) as f:
         dist = os.path.join(f.read().strip(), 'dist')
     results = benchmark.main(['--models', folder, '--sizes', '33', '--train-sizes', '--iters', '1',

@@ -431,7 +431,7 @@ def test_unpacking_refuses_members_that_escape(tmp_path):
 
 
 def test_data_layers_read_the_unpacked_fixture(data_root, tmp_path):
-    caffe = pytest.importorskip('caffe')
+    import caffe
     from caffe import layers as L
 
     def forward(layer, **params):
@@ -497,15 +497,15 @@ def test_ilsvrc_weights_are_downloaded_then_converted(server, tmp_path, monkeypa
     for net in ('vgg16', 'caffenet'):
         monkeypatch.setitem(DOWNLOADS, net, Download(server.serve(f'/{net}/{DOWNLOADS[net].filename}',
                                                               net.encode())))
-    nets = tmp_path / 'nets'
-    assert fetch_cli('weights', 'vgg16', '--dest', nets) == 0
-    ilsvrc = nets / 'ilsvrc-nets'
+    root = tmp_path / 'models'
+    assert fetch_cli('weights', 'vgg16', '--dest', root) == 0
+    ilsvrc = root / 'nets' / 'ilsvrc-nets'
     assert (ilsvrc / 'VGG_ILSVRC_16_layers.caffemodel').read_bytes() == b'vgg16'
     assert (ilsvrc / 'vgg16-fcn.caffemodel').read_bytes() == b'fcn:vgg16'
     argv = json.loads((ilsvrc / 'argv.json').read_text())
     assert argv[:3] == ['convert', '--net', 'vgg16'] and argv[-1].endswith('vgg16-fcn.caffemodel.part')
     # A failed conversion leaves no converted file (the download stays).
-    assert fetch_cli('weights', 'caffenet', '--dest', nets) == 1
+    assert fetch_cli('weights', 'caffenet', '--dest', root) == 1
     assert (ilsvrc / 'bvlc_reference_caffenet.caffemodel').exists()
     assert not list(ilsvrc.glob('caffenet-fcn*'))
 
@@ -513,8 +513,6 @@ def test_ilsvrc_weights_are_downloaded_then_converted(server, tmp_path, monkeypa
 def test_convert_command_matches_surgery_cli(tmp_path, capfd):
     """The real surgery.py accepts the command fetch runs (it fails here only
     because the weights do not exist, before loading any net)."""
-    if not install.SURGERY.exists():
-        pytest.skip('surgery.py not there yet')
     with pytest.raises(FetchError, match='convert failed'):
         install.convert_ilsvrc('vgg16', tmp_path / 'missing.caffemodel',
                                tmp_path / 'vgg16-fcn.caffemodel')
@@ -525,8 +523,8 @@ def test_convert_command_matches_surgery_cli(tmp_path, capfd):
 def test_published_model_from_a_local_file(tmp_path):
     mine = tmp_path / 'downloaded-elsewhere.caffemodel'
     mine.write_bytes(b'weights')
-    assert fetch_cli('weights', 'voc-fcn8s', '--dest', tmp_path / 'nets', '--file', mine) == 0
-    assert (tmp_path / 'nets/voc-fcn8s/fcn8s-heavy-pascal.caffemodel').read_bytes() == b'weights'
+    assert fetch_cli('weights', 'voc-fcn8s', '--dest', tmp_path / 'models', '--file', mine) == 0
+    assert (tmp_path / 'models/voc-fcn8s/fcn8s-heavy-pascal.caffemodel').read_bytes() == b'weights'
 
 
 # ---------------------------------------------------------------- score-all
@@ -553,14 +551,12 @@ def test_table_formatting_from_score_json():
 def test_score_all_scores_a_fixture_published_model(data_root, tmp_path):
     """score-all -> score.py on a fixture model folder and caffemodel: a 1x1
     convolution whose bias makes it predict SCORED_CLASS everywhere."""
-    caffe = pytest.importorskip('caffe')
+    import caffe
     from caffe import layers as L
-    if not (REPO / 'score.py').exists():
-        pytest.skip('score.py not there yet')
     model = MODELS['voc-fcn8s']
-    nets = tmp_path / 'nets'
-    (nets / model.folder).mkdir(parents=True)
-    (nets / 'data').symlink_to(data_root)  # as the repository's nets/data
+    models = tmp_path / 'models'  # a models root elsewhere, its data beside the model folders
+    (models / model.folder).mkdir(parents=True)
+    (models / 'data').symlink_to(data_root)
 
     def net_spec(data, label=None):
         n = caffe.NetSpec()
@@ -573,16 +569,16 @@ def test_score_all_scores_a_fixture_published_model(data_root, tmp_path):
 
     data, label = L.Python(module='layers', layer='VOCSegDataLayer', ntop=2, param_str=str(dict(
         voc_dir='../data/pascal/VOC2011', split='seg11valid', mean=datasets.VOC_MEAN, seed=1337)))
-    (nets / model.folder / 'val.prototxt').write_text(str(net_spec(data, label).to_proto()))
+    (models / model.folder / 'val.prototxt').write_text(str(net_spec(data, label).to_proto()))
     weights_net = tmp_path / 'weights.prototxt'
     weights_net.write_text(str(net_spec(L.Input(shape=dict(dim=[1, 3, 4, 4]))).to_proto()))
     net = caffe.Net(str(weights_net), caffe.TEST)
     net.params['score'][0].data[...] = 0
     net.params['score'][1].data[...] = 0
     net.params['score'][1].data[SCORED_CLASS] = 1
-    net.save(str(nets / model.folder / model.weights))
+    net.save(str(models / model.folder / model.weights))
 
-    out = subprocess.run([sys.executable, '-m', 'fetch', 'score-all', '--nets', str(nets),
+    out = subprocess.run([sys.executable, '-m', 'fetch', 'score-all', '--models-root', str(models),
                           '--limit', '1'], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     label = VOC_LABELS[SEG11VALID[0]]

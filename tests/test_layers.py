@@ -16,14 +16,29 @@ from caffe import layers as L
 
 import datasets
 import layers
+from conftest import save_palette_png, save_rgb, write_voc
+from nets import NYUD
+from nets.sources import source_of_data_layer
 
 SIFT_SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
 
 
 # ---------------------------------------------------------------- helpers
 
+def dataset_means(layer):
+    """The mean param(s) the dataset's own nets give data layer `layer`
+    (NYUD: every modality's)."""
+    source = source_of_data_layer(layer)
+    if source is None:
+        return {}
+    return {'means': dict(source.means)} if isinstance(source, NYUD) else {'mean': source.mean}
+
+
 def make_net(tmp_path, layer, params, top_names, phase=caffe.TEST):
-    """A net holding only the data layer, built from a prototxt file."""
+    """A net holding only the data layer, built from a prototxt file; a dict
+    of params gets the dataset's mean(s) where it names none."""
+    if isinstance(params, dict) and not {'mean', 'means'} & set(params):
+        params = {**dataset_means(layer), **params}
     n = caffe.NetSpec()
     tops = L.Python(module='layers', layer=layer, ntop=len(top_names),
                     param_str=params if isinstance(params, str) else str(params))
@@ -45,20 +60,6 @@ def mkdirs(*paths):
         p.mkdir(parents=True, exist_ok=True)
 
 
-def save_rgb(path, rgb):
-    """Write an image; returns the RGB pixels Pillow decodes from the file
-    (the truth for lossy JPEG)."""
-    Image.fromarray(rgb).save(path)
-    with Image.open(path) as im:
-        return np.asarray(im.convert('RGB'))
-
-
-def save_palette_png(path, label):
-    im = Image.fromarray(label.astype(np.uint8), mode='P')
-    im.putpalette(datasets.voc_palette().ravel().tolist())
-    im.save(path)
-
-
 def random_rgb(rng, h, w):
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
@@ -70,19 +71,7 @@ def expected_data(rgb, mean):
 
 def voc_fixture(root, ids=('a', 'b', 'c'), split='val', sizes=None, seed=0):
     """VOC layout; returns {id: (rgb as decoded, label)}."""
-    rng = np.random.default_rng(seed)
-    mkdirs(root / 'ImageSets' / 'Segmentation', root / 'JPEGImages', root / 'SegmentationClass')
-    (root / 'ImageSets' / 'Segmentation' / f'{split}.txt').write_text('\n'.join(ids) + '\n')
-    out = {}
-    for k, idx in enumerate(ids):
-        h, w = sizes[k] if sizes else (6 + k, 9 - k)
-        rgb = save_rgb(root / 'JPEGImages' / f'{idx}.jpg', random_rgb(rng, h, w))
-        label = rng.integers(0, 21, (h, w)).astype(np.uint8)
-        label[0, :] = 255
-        label[1, 0] = 20
-        save_palette_png(root / 'SegmentationClass' / f'{idx}.png', label)
-        out[idx] = (rgb, label)
-    return out
+    return write_voc(str(root), {split: list(ids)}, sizes=sizes, seed=seed)
 
 
 def sbdd_fixture(root, n=5, split='train', seed=0):
@@ -273,7 +262,7 @@ def test_pascal_context_maps_full_labels_to_59(tmp_path):
                     task.index('clothes') + 1, task.index('pottedplant') + 1, 59, 1, 0, 0, 0,
                     task.index('tvmonitor') + 1]
     np.testing.assert_array_equal(blobs['label'][0, 0], np.array(expected_row * 2).reshape(4, 5))
-    np.testing.assert_array_equal(blobs['data'][0], expected_data(rgb, datasets.VOC_MEAN))
+    np.testing.assert_array_equal(blobs['data'][0], expected_data(rgb, datasets.CONTEXT_MEAN))
 
 
 # ---------------------------------------------------------------- SegDataLayer
@@ -372,7 +361,7 @@ def test_interpreter_exits_with_a_prefetch_in_flight(tmp_path):
     proto.write_text(textwrap.dedent(f'''\
         layer {{ name: "d" type: "Python" top: "data" top: "label"
           python_param {{ module: "layers" layer: "SBDDSegDataLayer"
-            param_str: "{{'sbdd_dir': '{tmp_path / 'sbdd'}', 'split': 'train', 'seed': 0}}" }} }}
+            param_str: "{{'sbdd_dir': '{tmp_path / 'sbdd'}', 'split': 'train', 'seed': 0, 'mean': (104, 117, 123)}}" }} }}
         '''))
     code = f'import caffe; net = caffe.Net({str(proto)!r}, caffe.TRAIN); net.forward(); print("ok")'
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60,
@@ -536,7 +525,7 @@ def test_label_values_out_of_range(tmp_path):
 def test_bad_depth_and_context_lists(tmp_path):
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / 'depth8.png')
     with pytest.raises(layers.DataError, match=r'depth8\.png: expected a 16-bit single-channel'):
-        layers.load_nyud_depth(str(tmp_path / 'depth8.png'))
+        layers.load_nyud_depth(str(tmp_path / 'depth8.png'), datasets.NYUD_LOG_DEPTH_MEAN)
     (tmp_path / 'labels.txt').write_text('1: aeroplane\n')
     (tmp_path / '59_labels.txt').write_text(''.join(
         f'{k + 1}: {t}\n' for k, t in enumerate(datasets.CONTEXT_CLASSES[1:])))

@@ -1,17 +1,20 @@
 """nets/: the generated model folders are the published nets."""
 import ast
 import os
-import tempfile
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import caffe
+import locations
 import nets
-from nets import ilsvrc
 from nets.fcn import fcn
 from nets.__main__ import generated, stale
+
+from conftest import write_voc
 
 caffe.set_mode_cpu()
 
@@ -28,7 +31,7 @@ SIZES = [(32, 32), (33, 47), (64, 95), (100, 101), (127, 128), (161, 200), (187,
 
 
 def deploy_net(name):
-    return caffe.Net(os.path.join(nets.NETS_DIR, name, 'deploy.prototxt'), caffe.TEST)
+    return caffe.Net(os.path.join(locations.MODELS_DIR, name, 'deploy.prototxt'), caffe.TEST)
 
 
 def net_param(path):
@@ -80,12 +83,12 @@ def test_deploy_score_matches_input_size(name):
 
 def test_deploy_nets_have_no_loss_or_dropout():
     for name in ALL_MODELS:
-        types = {l.type for l in net_param(os.path.join(nets.NETS_DIR, name, 'deploy.prototxt')).layer}
+        types = {l.type for l in net_param(os.path.join(locations.MODELS_DIR, name, 'deploy.prototxt')).layer}
         assert not types & {'SoftmaxWithLoss', 'Dropout', 'Python'}, name
 
 
 def crop_offsets(name, file='deploy.prototxt'):
-    param = net_param(os.path.join(nets.NETS_DIR, name, file))
+    param = net_param(os.path.join(locations.MODELS_DIR, name, file))
     return {l.name: list(l.crop_param.offset) for l in param.layer if l.type == 'Crop'}
 
 
@@ -131,7 +134,7 @@ def test_dataset_variants():
     assert sift.params['score_fr_geo'][0].data.shape == (3, 4096, 1, 1)
     assert 'score_pool4_semc' in sift.blobs and 'upscore16_geo' in sift.params
     assert set(sift.outputs) == {'score_sem', 'score_geo'}
-    sift_layers = {l.name for l in net_param(os.path.join(nets.NETS_DIR, 'siftflow-fcn8s', 'trainval.prototxt')).layer}
+    sift_layers = {l.name for l in net_param(os.path.join(locations.MODELS_DIR, 'siftflow-fcn8s', 'trainval.prototxt')).layer}
     assert {'loss', 'loss_geo'} <= sift_layers
 
     early = deploy_net('nyud-fcn32s-color-d')
@@ -139,7 +142,7 @@ def test_dataset_variants():
     assert early.params['conv1_1_bgrd'][0].data.shape == (64, 4, 3, 3)
     assert 'conv1_1' not in early.params
 
-    late = net_param(os.path.join(nets.NETS_DIR, 'nyud-fcn32s-color-hha', 'trainval.prototxt'))
+    late = net_param(os.path.join(locations.MODELS_DIR, 'nyud-fcn32s-color-hha', 'trainval.prototxt'))
     by_name = {l.name: l for l in late.layer}
     assert {'conv1_1color', 'conv1_1hha', 'fc7color', 'fc7hha', 'score_frcolor', 'score_frhha'} <= set(by_name)
     fused = by_name['score_fused']
@@ -149,14 +152,14 @@ def test_dataset_variants():
     assert {'score_pool4color', 'score_pool4hha'} <= set(late16.params)
     assert list(late16.inputs) == ['color', 'hha']
 
-    atonce = {l.name: l for l in net_param(os.path.join(nets.NETS_DIR, 'voc-fcn8s-atonce', 'train.prototxt')).layer}
+    atonce = {l.name: l for l in net_param(os.path.join(locations.MODELS_DIR, 'voc-fcn8s-atonce', 'train.prototxt')).layer}
     assert atonce['scale_pool4'].scale_param.filler.value == pytest.approx(0.01)
     assert atonce['scale_pool3'].scale_param.filler.value == pytest.approx(0.0001)
     assert atonce['scale_pool4'].param[0].lr_mult == 0
     assert list(atonce['score_pool4'].bottom) == ['scale_pool4']
     # other constants (Model.at_once_scales) reach the Scale layers; without
     # at_once there are none
-    atonce_model = nets.load(os.path.join(nets.NETS_DIR, 'voc-fcn8s-atonce'))
+    atonce_model = nets.load(os.path.join(locations.MODELS_DIR, 'voc-fcn8s-atonce'))
     rescaled = {l.name: l for l in fcn(replace(atonce_model, at_once_scales=(0.5, 0.25)), 'deploy').to_proto().layer}
     assert [rescaled[f'scale_{p}'].scale_param.filler.value for p in ('pool4', 'pool3')] == [0.5, 0.25]
     staged = fcn(replace(atonce_model, at_once=False), 'deploy').to_proto().layer
@@ -165,7 +168,7 @@ def test_dataset_variants():
 
 def test_learning_rates_losses_and_data_layers():
     import ast
-    layers = {l.name: l for l in net_param(os.path.join(nets.NETS_DIR, 'voc-fcn8s', 'train.prototxt')).layer}
+    layers = {l.name: l for l in net_param(os.path.join(locations.MODELS_DIR, 'voc-fcn8s', 'train.prototxt')).layer}
     for name in ('conv1_1', 'fc6', 'score_fr', 'score_pool3'):
         assert [(p.lr_mult, p.decay_mult) for p in layers[name].param] == [(1, 1), (2, 0)]
     for name in ('upscore2', 'upscore_pool4', 'upscore8'):
@@ -181,13 +184,13 @@ def test_learning_rates_losses_and_data_layers():
     params = ast.literal_eval(data.python_param.param_str)
     assert params['split'] == 'train' and params['seed'] == 1337
     assert params['sbdd_dir'].startswith('../data/')
-    val = {l.name: l for l in net_param(os.path.join(nets.NETS_DIR, 'voc-fcn8s', 'val.prototxt')).layer}
+    val = {l.name: l for l in net_param(os.path.join(locations.MODELS_DIR, 'voc-fcn8s', 'val.prototxt')).layer}
     vparams = ast.literal_eval(val['data'].python_param.param_str)
     assert val['data'].python_param.layer == 'VOCSegDataLayer' and vparams['split'] == 'seg11valid'
 
-    alex = {l.name: l for l in net_param(os.path.join(nets.NETS_DIR, 'voc-fcn-alexnet', 'train.prototxt')).layer}
+    alex = {l.name: l for l in net_param(os.path.join(locations.MODELS_DIR, 'voc-fcn-alexnet', 'train.prototxt')).layer}
     assert alex['loss'].loss_param.normalize is True
-    nyud = {l.name: l for l in net_param(os.path.join(nets.NETS_DIR, 'nyud-fcn32s-color-hha', 'trainval.prototxt')).layer}
+    nyud = {l.name: l for l in net_param(os.path.join(locations.MODELS_DIR, 'nyud-fcn32s-color-hha', 'trainval.prototxt')).layer}
     nparams = ast.literal_eval(nyud['color'].python_param.param_str)
     assert nparams['tops'] == ['color', 'hha', 'label'] and nparams['split'] == 'trainval'
 
@@ -196,7 +199,7 @@ def solver_settings(name):
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
     s = caffe_pb2.SolverParameter()
-    with open(os.path.join(nets.NETS_DIR, name, 'solver.prototxt')) as f:
+    with open(os.path.join(locations.MODELS_DIR, name, 'solver.prototxt')) as f:
         text_format.Merge(f.read(), s)
     return s
 
@@ -223,20 +226,20 @@ def test_solver_settings_are_the_reference_ones():
 
 
 def test_ilsvrc_nets_convolutionalize():
-    classifier = caffe.Net(os.path.join(ilsvrc.ILSVRC_DIR, 'vgg16-classifier.prototxt'), caffe.TEST)
-    fcn = caffe.Net(os.path.join(ilsvrc.ILSVRC_DIR, 'vgg16-fcn.prototxt'), caffe.TEST)
+    classifier = caffe.Net(locations.ilsvrc_prototxt('vgg16', 'classifier'), caffe.TEST)
+    fcn = caffe.Net(locations.ilsvrc_prototxt('vgg16', 'fcn'), caffe.TEST)
     assert classifier.params['fc6'][0].data.shape == (4096, 25088)
     assert fcn.params['fc6'][0].data.shape == (4096, 512, 7, 7)
     assert fcn.params['fc8'][0].data.shape == (1000, 4096, 1, 1)
     assert classifier.params.keys() == fcn.params.keys()
-    cn = caffe.Net(os.path.join(ilsvrc.ILSVRC_DIR, 'caffenet-fcn.prototxt'), caffe.TEST)
+    cn = caffe.Net(locations.ilsvrc_prototxt('caffenet', 'fcn'), caffe.TEST)
     assert cn.params['fc6'][0].data.shape == (4096, 256, 6, 6)
 
 
 def test_model_folder_is_declarative():
     """net.py says only what differs: a short declaration, no layer code."""
     for name in ALL_MODELS:
-        with open(os.path.join(nets.NETS_DIR, name, 'net.py')) as f:
+        with open(os.path.join(locations.MODELS_DIR, name, 'net.py')) as f:
             text = f.read()
         assert len(text.splitlines()) <= 15, name
         assert 'caffe' not in text.replace('caffenet', ''), name
@@ -253,13 +256,10 @@ def test_write_regenerates_a_folder(tmp_path):
 def test_val_net_runs_on_fixture_data(tmp_path, name, monkeypatch):
     """The committed val net, as is, reads VOC-layout data from ../data and
     scores every pixel of each image."""
-    from test_training import write_voc
-    write_voc(str(tmp_path / 'nets' / 'data' / 'pascal' / 'VOC2011'), n_train=1, n_val=2)
-    os.rename(tmp_path / 'nets' / 'data' / 'pascal' / 'VOC2011' / 'ImageSets' / 'Segmentation' / 'val.txt',
-              tmp_path / 'nets' / 'data' / 'pascal' / 'VOC2011' / 'ImageSets' / 'Segmentation' / 'seg11valid.txt')
-    folder = tmp_path / 'nets' / name
+    write_voc(str(tmp_path / 'data' / 'pascal' / 'VOC2011'), {'seg11valid': ['v0', 'v1']}, learnable=True)
+    folder = tmp_path / name
     folder.mkdir()
-    (folder / 'val.prototxt').write_text(open(os.path.join(nets.NETS_DIR, name, 'val.prototxt')).read())
+    (folder / 'val.prototxt').write_text(open(os.path.join(locations.MODELS_DIR, name, 'val.prototxt')).read())
     monkeypatch.chdir(folder)
     net = caffe.Net('val.prototxt', caffe.TEST)
     for _ in range(2):
@@ -272,7 +272,7 @@ def test_val_net_runs_on_fixture_data(tmp_path, name, monkeypatch):
 def test_loss_ablation_options():
     """Model.loss 'sigmoid' and Model.loss_sampling p (PAMI ablations): the
     layers they add, where, and the solver's images per step."""
-    base = nets.load(os.path.join(nets.NETS_DIR, 'voc-fcn16s'))
+    base = nets.load(os.path.join(locations.MODELS_DIR, 'voc-fcn16s'))
     sampled = replace(base, loss_sampling=0.25)
     train = {l.name: l for l in fcn(sampled, 'train').to_proto().layer}
     sampling = train['label_sampled']
@@ -293,7 +293,7 @@ def test_loss_ablation_options():
         assert layers['label_onehot'].python_param.layer == 'OneHotLabelLayer'
         assert list(layers['label_onehot'].bottom) == ['label_sampled' if phase == 'train' else 'label']
     # SIFT Flow: each head gets its own
-    siftflow = replace(nets.load(os.path.join(nets.NETS_DIR, 'siftflow-fcn16s')), loss='sigmoid')
+    siftflow = replace(nets.load(os.path.join(locations.MODELS_DIR, 'siftflow-fcn16s')), loss='sigmoid')
     layers = {l.name: l for l in fcn(siftflow, 'train').to_proto().layer}
     assert ast.literal_eval(layers['geo_onehot'].python_param.param_str) == dict(num_classes=3)
     assert list(layers['loss_geo'].bottom) == ['score_geo', 'geo_onehot']
@@ -301,3 +301,63 @@ def test_loss_ablation_options():
         replace(base, loss='hinge')
     with pytest.raises(ValueError, match='loss_sampling must be a fraction'):
         replace(base, loss_sampling=0)
+
+
+def test_design_card_layout():
+    """The model folders sit at the repository root beside the library, reach
+    the data as ../data with no link, and `python solve.py` runs in them."""
+    root = locations.REPO_DIR
+    for entry in ('nets', 'surgery.py', 'score.py', 'layers.py', 'infer.py', 'tests', 'README.md',
+                  *ALL_MODELS):
+        assert os.path.exists(os.path.join(root, entry)), entry
+    assert not os.path.lexists(os.path.join(root, 'nets', 'data'))
+    assert nets.load('voc-fcn32s').folder == os.path.join(root, 'voc-fcn32s')
+    out = subprocess.run([sys.executable, 'solve.py', '--help'], cwd=os.path.join(root, 'voc-fcn32s'),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and '--resume' in out.stdout, out.stderr
+
+
+def test_reference_training_lengths():
+    """max_iter is the reference solve.py's loop: 25 x 4,000 for VOC, 75 x
+    4,000 for all-at-once, 50 x 2,000 NYUD and SIFT Flow, 50 x 8,000 Context."""
+    expected = {name: 100000 for name in ALL_MODELS}
+    expected.update({'voc-fcn8s-atonce': 300000, 'pascalcontext-fcn32s': 400000,
+                     'pascalcontext-fcn16s': 400000, 'pascalcontext-fcn8s': 400000})
+    assert {name: solver_settings(name).max_iter for name in ALL_MODELS} == expected
+
+
+def test_alexnet_convolutions_keep_caffe_defaults():
+    """The reference FCN-AlexNet declares no `param` on its convolutions; the
+    fixed upsampling still has lr_mult 0."""
+    for file in ('train.prototxt', 'val.prototxt', 'deploy.prototxt'):
+        layers = net_param(os.path.join(locations.MODELS_DIR, 'voc-fcn-alexnet', file)).layer
+        convs = [l for l in layers if l.type == 'Convolution']
+        assert [l.name for l in convs] == ['conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
+                                           'score_fr']
+        assert all(len(l.param) == 0 for l in convs), file
+        upscore = next(l for l in layers if l.type == 'Deconvolution')
+        assert [p.lr_mult for p in upscore.param] == [0]
+    vgg = {l.name: l for l in net_param(os.path.join(locations.MODELS_DIR, 'voc-fcn32s', 'train.prototxt')).layer}
+    assert len(vgg['conv1_1'].param) == 2
+
+
+def test_each_dataset_mean_reaches_its_data_layer():
+    """Every data layer is given its dataset's mean(s) in param_str; the
+    PASCAL-Context one is the reference's own constant, not the VOC mean."""
+    means = {}
+    for name in ('voc-fcn8s', 'nyud-fcn32s-color-d', 'nyud-fcn32s-color-hha', 'nyud-fcn32s-hha',
+                 'siftflow-fcn16s', 'pascalcontext-fcn8s'):
+        model = nets.load(name)
+        for file in (model.source.train_file, model.source.val_file):
+            layer = next(l for l in net_param(os.path.join(model.folder, file)).layer if l.type == 'Python')
+            params = ast.literal_eval(layer.python_param.param_str)
+            means[name, file] = params.get('mean', params.get('means'))
+    assert means['pascalcontext-fcn8s', 'train.prototxt'] == (104.007, 116.669, 122.679)
+    assert means['voc-fcn8s', 'val.prototxt'] == (104.00699, 116.66877, 122.67892)
+    assert means['siftflow-fcn16s', 'test.prototxt'] == (114.578, 115.294, 108.353)
+    assert means['nyud-fcn32s-color-d', 'trainval.prototxt'] == {
+        'color': (116.190, 97.203, 92.318), 'depth': 7.844}
+    assert means['nyud-fcn32s-color-hha', 'test.prototxt'] == {
+        'color': (116.190, 97.203, 92.318), 'hha': (132.431, 94.076, 118.477)}
+    assert means['nyud-fcn32s-hha', 'test.prototxt'] == {'hha': (132.431, 94.076, 118.477)}
+    assert nets.load('pascalcontext-fcn8s').source.mean == (104.007, 116.669, 122.679)

@@ -287,7 +287,7 @@ def siftflow_labels(idx):
 
 @pytest.fixture
 def siftflow_model(tmp_path):
-    """nets/siftflow-tiny/test.prototxt reading ../data/sift-flow with the real
+    """models/siftflow-tiny/test.prototxt (a folder with no net.py) reading the data with the real
     SIFTFlowSegDataLayer; its heads score fake_prediction of the labels."""
     data = tmp_path / 'data' / 'sift-flow'
     for folder in ('Images', 'SemanticLabels', 'GeoLabels'):
@@ -310,14 +310,15 @@ def siftflow_model(tmp_path):
                                                num_output=classes, bias_term=False)
         return n
 
-    model = tmp_path / 'nets' / 'siftflow-tiny'
+    model = tmp_path / 'models' / 'siftflow-tiny'
     model.mkdir(parents=True)
     n = caffe.NetSpec()
     n.data, n.sem, n.geo = L.Python(module='layers', layer='SIFTFlowSegDataLayer', ntop=3,
                                     param_str=repr(dict(siftflow_dir='../../data/sift-flow',
-                                                        split='train', seed=1337)))
+                                                        split='train', mean=datasets.SIFTFLOW_MEAN,
+                                                        seed=1337)))
     heads(n, {'sem': n.sem, 'geo': n.geo})
-    # loss blob names as in nets/siftflow-*
+    # loss blob names as in siftflow-*
     n.loss = L.SoftmaxWithLoss(n.score_sem, n.sem, loss_param=dict(ignore_label=255))
     n.loss_geo = L.SoftmaxWithLoss(n.score_geo, n.geo, loss_param=dict(ignore_label=255))
     write_net(n, model / 'test.prototxt')

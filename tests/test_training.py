@@ -10,65 +10,29 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import caffe
 import datasets
+import locations
 import nets
 import training
+from conftest import write_model, write_voc
 
 caffe.set_mode_cpu()
 
-NET_PY = '''\
-from nets import VOC, Model
-
-model = Model(VOC(voc_dir='../data/voc', sbdd_dir='', val_split='val', val_size=2),
-              trunk='vgg16', stride={stride}, base_lr={lr}, init={init}, momentum=0.9,
-              normalize_loss=True, trunk_width=1 / 32, trunk_filler='msra'{extra})
-'''
 
 
-def write_voc(root, n_train=4, n_val=2, seed=0):
-    """Tiny VOC-layout data: coloured squares (classes 1-2) on background,
-    void borders, JPEG images and palette PNG labels."""
-    rng = np.random.RandomState(seed)
-    for sub in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-    palette = datasets.voc_palette().flatten().tolist()
-    splits = {'train': [f't{i}' for i in range(n_train)], 'val': [f'v{i}' for i in range(n_val)]}
-    for ids in splits.values():
-        for name in ids:
-            h, w = rng.randint(36, 48, size=2)
-            label = np.zeros((h, w), np.uint8)
-            image = np.full((h, w, 3), 90, np.uint8) + rng.randint(0, 20, (h, w, 3)).astype(np.uint8)
-            for cls, colour in ((1, (220, 40, 40)), (2, (40, 40, 220))):
-                y, x = rng.randint(0, h - 16), rng.randint(0, w - 16)
-                label[y:y + 14, x:x + 14] = cls
-                label[y - 1 if y else 0, x:x + 14] = 255  # a void border line
-                image[y:y + 14, x:x + 14] = colour
-            Image.fromarray(image).save(os.path.join(root, 'JPEGImages', name + '.jpg'), quality=95)
-            png = Image.fromarray(label, mode='P')
-            png.putpalette(palette)
-            png.save(os.path.join(root, 'SegmentationClass', name + '.png'))
-    for split, ids in splits.items():
-        with open(os.path.join(root, 'ImageSets', 'Segmentation', split + '.txt'), 'w') as f:
-            f.write('\n'.join(ids) + '\n')
-
-
-def make_model(root, name, stride=32, lr=1e-3, init=(), extra=''):
-    folder = os.path.join(root, 'nets', name)
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, 'net.py'), 'w') as f:
-        f.write(NET_PY.format(stride=stride, lr=lr, init=repr(tuple(init)), extra=extra))
-    model = nets.load(folder)
-    model.write(folder)
-    return folder
+def make_model(root, name, **options):
+    """A tiny model folder `name` beside the others in `root` (the
+    repository's layout: data in root/data)."""
+    return write_model(os.path.join(root, name), **options)
 
 
 @pytest.fixture(scope='module')
 def workspace(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('train'))
-    write_voc(os.path.join(root, 'nets', 'data', 'voc'))
+    write_voc(os.path.join(root, 'data', 'voc'), {'train': [f't{i}' for i in range(4)],
+                                                 'val': [f'v{i}' for i in range(2)]}, learnable=True)
     yield root
 
 
@@ -126,7 +90,7 @@ def test_loss_ablations_train_with_sampled_sigmoid_loss(workspace):
 
 
 def test_staged_16s_starts_from_the_32s_predictions(workspace):
-    folder32 = os.path.join(workspace, 'nets', 'fcn32s')
+    folder32 = os.path.join(workspace, 'fcn32s')
     if not os.path.exists(os.path.join(folder32, 'snapshot', 'latest.json')):
         training.train(make_model(workspace, 'fcn32s'), max_iter=20, test_interval=20, quiet=True)
     weights32 = training.Snapshots(os.path.join(folder32, 'snapshot')).latest()['caffemodel']
@@ -157,25 +121,31 @@ def test_staged_16s_starts_from_the_32s_predictions(workspace):
 
 
 def test_previous_stage_weights_are_found_by_model_name(workspace, monkeypatch):
-    folder32 = os.path.join(workspace, 'nets', 'fcn32s')
+    folder32 = os.path.join(workspace, 'fcn32s')
     if not os.path.exists(os.path.join(folder32, 'snapshot', 'latest.json')):
         training.train(make_model(workspace, 'fcn32s'), max_iter=20, test_interval=20, quiet=True)
-    monkeypatch.setattr(nets, 'NETS_DIR', os.path.join(workspace, 'nets'))
-    monkeypatch.setattr(training.nets, 'NETS_DIR', os.path.join(workspace, 'nets'))
+    # init names a sibling folder (a user's own models, side by side)
     folder16 = make_model(workspace, 'fcn16s-named', stride=16, init=['fcn32s'])
     weights = training.start_weights(nets.load(folder16))
     assert weights[''] == training.Snapshots(os.path.join(folder32, 'snapshot')).latest()['caffemodel']
+    # else the repository's model folder of that name
+    monkeypatch.setattr(locations, 'MODELS_DIR', workspace)
+    elsewhere = make_model(os.path.join(workspace, 'elsewhere'), 'fcn16s', stride=16, init=['fcn32s'])
+    assert training.start_weights(nets.load(elsewhere)) == weights
 
 
 def test_missing_start_weights_say_how_to_get_them(workspace, monkeypatch):
-    monkeypatch.setitem(training.ILSVRC_WEIGHTS, 'vgg16', os.path.join(workspace, 'absent.caffemodel'))
+    monkeypatch.setattr(locations, 'MODELS_DIR', os.path.join(workspace, 'empty'))
     folder = make_model(workspace, 'from-ilsvrc', init=['vgg16'])
     with pytest.raises(training.TrainingError, match='python -m fetch weights vgg16'):
         training.start_weights(nets.load(folder))
-    monkeypatch.setattr(training.nets, 'NETS_DIR', os.path.join(workspace, 'nets'))
     folder = make_model(workspace, 'from-untrained', stride=16, init=['never-trained'])
-    with pytest.raises(training.TrainingError, match=r'train it first \(cd nets/never-trained && python solve.py\)'):
+    monkeypatch.chdir(workspace)
+    with pytest.raises(training.TrainingError,
+                       match=r'train it first \(cd empty/never-trained && python solve.py\)'):
         training.start_weights(nets.load(folder))
+    with pytest.raises(training.TrainingError, match=r'python -m fetch weights voc-fcn32s'):
+        training.start_weights(nets.load(make_model(workspace, 'after-voc', init=['voc-fcn32s'])))
 
 
 def test_nan_loss_stops_with_the_promised_message(workspace):

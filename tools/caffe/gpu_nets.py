@@ -6,8 +6,9 @@ For each model (default voc-fcn32s voc-fcn16s voc-fcn8s) it writes
 OUTDIR/<model>/deploy.prototxt (a copy of <repo>/<model>/deploy.prototxt) and
 OUTDIR/<model>/train-input.prototxt: <repo>/<model>/train.prototxt with its Python
 data layer replaced by an Input layer giving blobs of the same names and the
-shapes that layer would give for a 500x500 image (data 1x3x500x500, label
-1x1x500x500), so the caffe tool can time forward and backward without Python.
+shapes that layer would give for an image of the deploy net's declared size
+(500x500: data 1x3x500x500, label 1x1x500x500), so the caffe tool can time
+forward and backward without Python.
 
 CAFFE_PB2 is the path of Caffe's generated caffe_pb2.py (loaded from its file,
 so pycaffe's compiled module is not imported).
@@ -24,7 +25,6 @@ sys.path.insert(0, REPO)  # run by bundle.sh with any Python, not only the venv'
 import locations  # noqa: E402  (needs REPO on the path)
 
 MODELS = ['voc-fcn32s', 'voc-fcn16s', 'voc-fcn8s']
-SHAPES = {'data': [1, 3, 500, 500], 'label': [1, 1, 500, 500]}
 
 
 def load_caffe_pb2(path):
@@ -34,7 +34,17 @@ def load_caffe_pb2(path):
     return mod
 
 
-def without_python_layer(pb2, text):
+def input_shapes(pb2, deploy_text):
+    """{top: shape} the Python data layer stands for: the deploy net's
+    input (its declared size), and a label of that size."""
+    net = pb2.NetParameter()
+    text_format.Merge(deploy_text, net)
+    layer = next(l for l in net.layer if l.type == 'Input')
+    data = list(layer.input_param.shape[0].dim)
+    return {'data': data, 'label': [data[0], 1] + data[2:]}
+
+
+def without_python_layer(pb2, text, shapes):
     net = pb2.NetParameter()
     text_format.Merge(text, net)
     out = pb2.NetParameter()
@@ -46,7 +56,7 @@ def without_python_layer(pb2, text):
             out.layer.add().CopyFrom(layer)
             continue
         tops = list(layer.top)
-        missing = [t for t in tops if t not in SHAPES]
+        missing = [t for t in tops if t not in shapes]
         if missing:
             raise SystemExit(f'gpu_nets.py: no shape known for top(s) {missing} of Python layer {layer.name!r}')
         inp = out.layer.add()
@@ -54,7 +64,7 @@ def without_python_layer(pb2, text):
         inp.type = 'Input'
         inp.top.extend(tops)
         for t in tops:
-            inp.input_param.shape.add().dim.extend(SHAPES[t])
+            inp.input_param.shape.add().dim.extend(shapes[t])
         replaced += 1
     if replaced != 1:
         raise SystemExit(f'gpu_nets.py: expected one Python layer, found {replaced}')
@@ -71,8 +81,10 @@ def main(argv):
         dst = os.path.join(outdir, model)
         os.makedirs(dst, exist_ok=True)
         shutil.copyfile(os.path.join(src, 'deploy.prototxt'), os.path.join(dst, 'deploy.prototxt'))
+        with open(os.path.join(src, 'deploy.prototxt')) as f:
+            shapes = input_shapes(pb2, f.read())
         with open(os.path.join(src, 'train.prototxt')) as f:
-            net = without_python_layer(pb2, f.read())
+            net = without_python_layer(pb2, f.read(), shapes)
         with open(os.path.join(dst, 'train-input.prototxt'), 'w') as f:
             f.write(f'# {model}/train.prototxt with its Python data layer replaced by Input blobs\n'
                     f'# of the same shapes (written by tools/caffe/gpu_nets.py for caffe time).\n')
