@@ -227,6 +227,12 @@ def dist_of(folder):
                      'in it or in its dist/)')
 
 
+def options(info):
+    """A build's CMake options but the Python executable's path (builds of
+    any checkout's environment with the same Python and numpy are alike)."""
+    return [o for o in info['cmake_options'] if not o.startswith('-DPYTHON_EXECUTABLE=')]
+
+
 def find_stock_build():
     """The cached dist/ of the build equal to the installed one but without
     STOCK_PATCH (same source, options, Python and numpy), or None."""
@@ -237,7 +243,8 @@ def find_stock_build():
     for path in sorted(glob.glob(os.path.join(os.path.dirname(cache), '*', 'dist', 'build-info.json'))):
         with open(path) as f:
             other = json.load(f)
-        same = all(other.get(k) == info.get(k) for k in ('source', 'variant', 'python', 'numpy', 'cmake_options'))
+        same = all(other.get(k) == info.get(k) for k in ('source', 'variant', 'python', 'numpy')) and \
+            options(other) == options(info)
         if same and other['patches'] == wanted and os.path.exists(os.path.join(os.path.dirname(path), '.complete')):
             return os.path.dirname(path)
     return None
