@@ -26,6 +26,7 @@ weights <model>` puts it (<model>/<file>), else its latest training
 snapshot.
 """
 import argparse
+import collections
 import json
 import os
 import sys
@@ -365,7 +366,7 @@ def image_paths(inputs, recursive=False):
     paths = list(dict.fromkeys(found))  # each once, in order
     root = os.path.commonpath(roots)
     bases = [os.path.splitext(os.path.relpath(os.path.abspath(p), root))[0] for p in paths]
-    clashes = {b for b in bases if bases.count(b) > 1}
+    clashes = {b for b, n in collections.Counter(bases).items() if n > 1}
     return [(p, os.path.relpath(os.path.abspath(p), root) if b in clashes else b)
             for p, b in zip(paths, bases)]
 
