@@ -39,6 +39,7 @@ import runtime
 
 runtime.quiet_caffe_log()  # before layers imports caffe
 
+import checks  # noqa: E402
 import datasets  # noqa: E402
 import layers  # noqa: E402
 import locations  # noqa: E402
@@ -129,10 +130,17 @@ def default_weights(model):
 
 
 def load_net(model, weights):
+    """The model's deploy net with `weights`, checked before Caffe reads them."""
     import caffe
     if not os.path.isfile(weights):
         raise InferError(f'weights not found: {weights}')
-    return caffe.Net(os.path.join(model.folder, 'deploy.prototxt'), caffe.TEST, weights=weights)
+    deploy = os.path.join(model.folder, 'deploy.prototxt')
+    net = caffe.Net(deploy, caffe.TEST)
+    try:
+        checks.load_weights(net, weights, net_name=deploy)
+    except checks.CheckError as e:
+        raise InferError(str(e)) from e
+    return net
 
 
 # ------------------------------------------------------------------ photos
@@ -420,13 +428,16 @@ class Segmenter:
         probs = probabilities(net_scores(self.net, resize(rgb, size), self.mean, self.head.score))
         if self.memory_model is not None:
             self.held = max(self.held, self.memory_model.blob_bytes(*size))
-        os.makedirs(os.path.dirname(out_base) or '.', exist_ok=True)
         scores_path = out_base + '_scores.npy' if scores else None
-        label = upsample_labels(probs, photo_size, scores_path)
-        del probs
         label_path, overlay_path = out_base + '.png', out_base + '_overlay.png'
-        score.save_prediction(label, label_path)
-        write_overlay(rgb, label, overlay_path)
+        try:  # a full disk or a read-only --out stops the run: no other photo would fare better
+            os.makedirs(os.path.dirname(out_base) or '.', exist_ok=True)
+            label = upsample_labels(probs, photo_size, scores_path)
+            del probs
+            score.save_prediction(label, label_path)
+            write_overlay(rgb, label, overlay_path)
+        except OSError as e:
+            raise InferError(f'{out_base}: cannot write the outputs of {path} ({e.strerror or e})') from e
         return Result(path, label_path, overlay_path, tuple(class_shares(label, self.head.classes)),
                       scores_path, photo_size[::-1], size[::-1])
 
@@ -450,6 +461,10 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     """Segment every image with one net; returns a Result per image (those
     that failed carry their error, which is also reported on stderr)."""
     from tqdm import tqdm
+    try:
+        checks.writable_dir(out, '--out')
+    except checks.CheckError as e:
+        raise InferError(str(e)) from e
     todo = image_paths(inputs, recursive)
     segmenter = Segmenter(model, weights, gpu, max_side, memory)
     results = []
@@ -483,7 +498,7 @@ def main(argv=None):
     parser.add_argument('--scores', action='store_true',
                         help='also save the class probabilities (<stem>_scores.npy)')
     parser.add_argument('--json', help='write a summary per image to this file')
-    parser.add_argument('--verbose', action='store_true', help="show Caffe's log")
+    parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     parser.add_argument('--memory', type=float,
                         help='GB one photo may take (default: what the system has available)')
     args = parser.parse_args(argv)

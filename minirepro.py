@@ -423,7 +423,8 @@ def figure_image(voc_dir, ids):
     at least two object classes (the kind of scene where strides differ)."""
     thin = [synthetic.CLASSES.index(c) for c in ('ring', 'cross')]
     for idx in ids:
-        label = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'))
+        label = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'),
+                                      len(synthetic.CLASSES))
         present = set(np.unique(label).tolist()) - {0, 255}
         if len(present) >= 2 and present & set(thin):
             return idx
@@ -451,7 +452,8 @@ def plot_figure4(out, voc_dir, idx, path):
     palette = datasets.voc_palette()
     shown = ('fcn32s', 'fcn16s', 'fcn8s')
     rgb, preds = predictions(out, voc_dir, idx, shown)
-    gt = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'))
+    gt = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'),
+                               len(synthetic.CLASSES))
     titles = {s.folder: s.title for s in STAGES}
     panels = [('image', rgb), ('ground truth', palette[gt])] + \
         [(titles[name], palette[preds[name]]) for name in shown]

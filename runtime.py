@@ -10,8 +10,9 @@ def quiet_caffe_log(argv=None):
     Glog reads the variable when Caffe's library loads: call this before the
     first `import caffe`."""
     argv = sys.argv[1:] if argv is None else argv
-    if '--verbose' not in argv:
-        os.environ.setdefault('GLOG_minloglevel', '2')
+    # Explicit either way, so the commands' subprocesses (surgery.py under
+    # fetch, score.py under score-all) log as their parent does.
+    os.environ.setdefault('GLOG_minloglevel', '0' if '--verbose' in argv else '2')
 
 
 def use_device(gpu=None):

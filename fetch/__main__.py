@@ -1,6 +1,9 @@
 """python -m fetch {data,weights,classes,splits,score-all,sources} ... (see --help)."""
 import argparse
+import os
 import sys
+
+import runtime
 
 from . import DATA_ROOT, MODELS_ROOT, REPO, FetchError
 from .catalog import DOWNLOADS, MODELS
@@ -17,6 +20,11 @@ def _overrides(values, sources, option):
         key, sep, rest = value.partition('=')
         if sep and key in DOWNLOADS:
             result[key] = rest
+        elif sep and os.sep not in key and not os.path.exists(value):
+            # SOURCE=VALUE with a name that is no source (a path holding '='
+            # that exists is taken as a path)
+            raise FetchError(f'{option} {value}: unknown source {key}; sources are '
+                             f'{", ".join(sources)}')
         elif len(sources) == 1:
             result[sources[0]] = value
         else:
@@ -90,6 +98,7 @@ def build_parser():
         p.add_argument('--retries', type=int, default=3,
                        help='resume attempts after a network failure (default 3)')
         p.add_argument('--quiet', action='store_true', help='no progress bars')
+        p.add_argument('--verbose', action='store_true', help="show Caffe's own log (surgery)")
 
     p = sub.add_parser('data', help='download and unpack datasets into data/')
     p.add_argument('names', nargs='+', choices=list(DATASETS) + ['all'], metavar='DATASET',
@@ -125,6 +134,7 @@ def build_parser():
                                          'print the results next to the published figures')
     p.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
     p.add_argument('--limit', type=int, help='score only the first N images of each split')
+    p.add_argument('--verbose', action='store_true', help="show Caffe's own log (score.py)")
     p.add_argument('--models', nargs='+', choices=list(MODELS), metavar='MODEL',
                    help='only these model folders')
     p.add_argument('--models-root', default=MODELS_ROOT,
@@ -138,6 +148,7 @@ def build_parser():
 
 
 def main(argv=None):
+    runtime.quiet_caffe_log(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0

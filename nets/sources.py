@@ -67,8 +67,22 @@ class Source:
     fusion: str = ''               # '', 'early' (concat to `data`) or 'late' (two streams)
 
     def data_layer_params(self, split):
-        """(layer class in layers.py, param_str dict) for a split."""
+        """(layer class in layers.py, param_str dict) for a split: the
+        dataset's own params and the net's class counts."""
+        layer, params = self.dataset_params(split)
+        return layer, dict(params, num_classes=self.label_classes)
+
+    def dataset_params(self, split):
+        """(layer class in layers.py, params saying where and how to read) for a split."""
         raise NotImplementedError
+
+    @property
+    def label_classes(self):
+        """The data layer's `num_classes`: the one head's class count, or
+        {label top: class count} for several heads."""
+        if len(self.heads) == 1:
+            return self.heads[0].num_classes
+        return {h.label: h.num_classes for h in self.heads}
 
     @property
     def mean(self):
@@ -110,7 +124,7 @@ class VOC(Source):
     sbdd_dir: str = f'{DATA_FROM_MODEL}/sbdd/dataset'  # '' trains on voc_dir's train split
     mean: Tuple[float, ...] = datasets.VOC_MEAN
 
-    def data_layer_params(self, split):
+    def dataset_params(self, split):
         params = dict(split=split, mean=self.mean, seed=SEED)
         if split == self.train_split and self.sbdd_dir:
             return 'SBDDSegDataLayer', dict(params, sbdd_dir=self.sbdd_dir)
@@ -130,7 +144,7 @@ class Context(Source):
     val_size: int = 5105
     mean: Tuple[float, ...] = datasets.CONTEXT_MEAN
 
-    def data_layer_params(self, split):
+    def dataset_params(self, split):
         return 'PASCALContextSegDataLayer', dict(
             voc_dir=f'{DATA_FROM_MODEL}/pascal', context_dir=f'{DATA_FROM_MODEL}/pascal-context',
             split=split, mean=self.mean, seed=SEED)
@@ -153,7 +167,7 @@ class SIFTFlow(Source):
     val_size: int = 200
     mean: Tuple[float, ...] = datasets.SIFTFLOW_MEAN
 
-    def data_layer_params(self, split):
+    def dataset_params(self, split):
         return 'SIFTFlowSegDataLayer', dict(siftflow_dir=f'{DATA_FROM_MODEL}/sift-flow',
                                             split=split, mean=self.mean, seed=SEED)
 
@@ -192,7 +206,7 @@ class NYUD(Source):
     def mean(self):
         return self.means['color']
 
-    def data_layer_params(self, split):
+    def dataset_params(self, split):
         return 'NYUDSegDataLayer', dict(nyud_dir=f'{DATA_FROM_MODEL}/nyud', split=split,
                                         tops=list(self.modalities) + ['label'],
                                         means={m: self.means[m] for m in self.modalities},

@@ -85,7 +85,9 @@ def interrupt(kind, folder, common, window, rng):
         if proc.returncode != 0:
             break
         window = (window[0] * 0.8, window[0])
-    assert proc.returncode in ((130, 1) if kind == 'sigint' else (-signal.SIGKILL,)), proc.err
+    # 130: Ctrl-C while training; 1 or -SIGINT: before training began (nothing written)
+    expected = (130, 1, -signal.SIGINT) if kind == 'sigint' else (-signal.SIGKILL,)
+    assert proc.returncode in expected, (proc.returncode, proc.err)
     if proc.returncode == 130:  # interrupted while training: one line naming the snapshot
         lines = [line for line in proc.err.splitlines() if line.strip()]
         assert lines[-1].startswith('solve.py: interrupted at iteration'), proc.err
