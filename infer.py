@@ -513,7 +513,10 @@ def main(argv=None):
     except InferError as e:
         sys.exit(f'infer.py: error: {e}')
     if args.json:
-        write_json(results, args.json)
+        try:
+            write_json(results, args.json)
+        except OSError as e:
+            sys.exit(f'infer.py: error: --json {args.json}: {e.strerror or e}')
     failed = [r for r in results if r.error]
     done = len(results) - len(failed)
     print(f'segmented {done} of {len(results)} images into {args.out}')
