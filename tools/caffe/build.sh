@@ -37,6 +37,9 @@
 #   --jobs N          parallel compile jobs (default: number of cores).
 #   --force           rebuild even when the cache holds this key.
 #   --info            print what is installed in the venv and exit.
+#   --without PATCH   leave the project patch PATCH (a name in patches/series)
+#                     out, e.g. to build stock Caffe's convolution for
+#                     tools/benchmark.py's comparison (with --no-install).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -57,7 +60,7 @@ CUDA_WHEEL_CUDNN="nvidia-cudnn-cu13==9.28.0.42"
 CUDA_WHEEL_NCCL="nvidia-nccl-cu13==2.32.3"
 
 CUDA=0; CUDNN=0; NCCL=1; CUDA_ARCH_LIST="${CUDA_ARCH:-90}"
-VENV="$REPO/.venv"; JOBS="$(nproc)"; FORCE=0; INFO=0; INSTALL=1; PRINT_DIR=0
+VENV="$REPO/.venv"; JOBS="$(nproc)"; FORCE=0; INFO=0; INSTALL=1; PRINT_DIR=0; WITHOUT=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) CUDA=1 ;;
@@ -70,6 +73,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0 ;;
     --print-dir) INSTALL=0; PRINT_DIR=1 ;;
     --info) INFO=1 ;;
+    --without) WITHOUT+=("$2"); shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -118,7 +122,10 @@ project_series() {
   local f="$HERE/patches/series"
   [ "$CUDA" = 1 ] && f="$f $HERE/patches/series.cuda"
   [ "$CUDNN" = 1 ] && f="$f $HERE/patches/series.cudnn"
-  cat $f 2>/dev/null | grep -v '^\s*#' | sed '/^\s*$/d'
+  local p
+  for p in $(cat $f 2>/dev/null | grep -v '^\s*#' | sed '/^\s*$/d'); do
+    [[ " ${WITHOUT[*]} " == *" $p "* ]] || echo "$p"
+  done
 }
 
 DL="$CACHE_ROOT/downloads"
@@ -258,6 +265,9 @@ else
   CMAKE_OPTS+=(-DCPU_ONLY=ON -DUSE_CUDNN=OFF)
 fi
 
+for p in "${WITHOUT[@]}"; do
+  grep -qx "$p" "$HERE/patches/series" || { echo "build.sh: --without $p: no such patch in patches/series" >&2; exit 2; }
+done
 PROJECT_PATCHES="$(project_series)"
 KEY="$( {
   # The venv's path is left out: any clone's venv with the same Python and
