@@ -1,29 +1,45 @@
-"""Segment images with a trained FCN: a label PNG, an overlay and the share
+"""Segment photos with a trained FCN: a label PNG, an overlay and the share
 of pixels per class for each image.
 
-    python infer.py image.jpg [more images or folders] [--model voc-fcn8s]
-        [--weights W] [--gpu N] [--out DIR]
+    python infer.py PHOTO_OR_FOLDER [...] [--model voc-fcn8s] [--weights W]
+        [--gpu N] [--out DIR] [--recursive] [--max-side N] [--scores]
+        [--json FILE] [--memory GB]
 
-The model's deploy net is reshaped to each image (any size). Images are
-prepared by the data layers' own code (layers.load_image, layers.preprocess
-with the model's mean). For each image <stem>:
-    <out>/<stem>.png           class indices, PASCAL VOC palette (as score.py saves)
-    <out>/<stem>_overlay.png   the image with the classes' colours blended in
+Photos are read as viewers show them: the EXIF orientation is applied;
+16-bit, palette, CMYK, grayscale and transparent images become 8-bit RGB
+(transparency over white). A photo longer than --max-side pixels on its
+longer side is resized for the net and the class probabilities are upsampled
+back (bilinear), so every output has the photo's own size. Before each photo
+the memory the net needs is estimated: a photo that would not fit is reported
+with a --max-side that would, and skipped. The net is loaded once.
+
+Outputs mirror the inputs' folder tree under --out. For a photo <dir>/<stem>.<ext>:
+    <out>/<dir>/<stem>.png           class indices, PASCAL VOC palette (as score.py saves)
+    <out>/<dir>/<stem>_overlay.png   the photo with the classes' colours blended in
+    <out>/<dir>/<stem>_scores.npy    with --scores: C x H x W class probabilities (float16)
+(<stem>.<ext>.png and so on where two photos of a folder share a stem).
+--json FILE: one entry per image (its outputs, sizes, and class shares, or
+its error). A photo that cannot be read is reported and skipped; the others
+are segmented, and the run ends with a summary and exit status 1.
 Default weights: the model's published caffemodel where `python -m fetch
 weights <model>` puts it (<model>/<file>), else its latest training
 snapshot.
 """
 import argparse
+import collections
+import json
 import os
 import sys
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 import runtime
 
 runtime.quiet_caffe_log()  # before layers imports caffe
 
+import checks  # noqa: E402
 import datasets  # noqa: E402
 import layers  # noqa: E402
 import locations  # noqa: E402
@@ -32,20 +48,54 @@ import score  # noqa: E402
 
 DEFAULT_MODEL = 'voc-fcn8s'
 OVERLAY_ALPHA = 0.5  # weight of the class colour over object pixels
+# The nets learned from PASCAL-sized images (at most 500 px a side): photos
+# resized to 1000 px keep objects near the scale the nets know, and FCN-8s
+# then needs about 2.5 GB on the CPU; a 12 MP photo at full size needs about
+# 20 GB and is no better segmented. 0 keeps every photo's own size.
+DEFAULT_MAX_SIDE = 1000
+# Probabilities need no more precision; it halves the files (a 12 MP photo's
+# 21 classes: 0.5 GB).
+SCORES_DTYPE = np.float16
+OVERLAY_ROWS = 512  # the overlay is blended this many rows at a time (bounded float copies)
+TRANSPARENT_BACKGROUND = (255, 255, 255)  # what transparent pixels show, as most viewers do
+GB = 2 ** 30
 
 
 class InferError(Exception):
     """A problem the user must act on; the message says what."""
 
 
+class ImageError(InferError):
+    """One image cannot be segmented (unreadable, or too large for memory):
+    reported and skipped."""
+
+
+class Result(NamedTuple):
+    """One image's outcome: its outputs, or its error."""
+    path: str
+    label: Optional[str] = None
+    overlay: Optional[str] = None
+    shares: Tuple = ()
+    scores: Optional[str] = None
+    size: Optional[Tuple[int, int]] = None       # the photo's (width, height)
+    net_size: Optional[Tuple[int, int]] = None   # the net input's (width, height)
+    error: Optional[str] = None
+
+
 # ------------------------------------------------------------------ the net
-def segment(net, rgb, mean, score_blob='score'):
-    """H x W uint8 class indices for an H x W x 3 RGB image (any size)."""
+def net_scores(net, rgb, mean, score_blob='score'):
+    """C x H x W float32 class scores of the net for an H x W x 3 RGB image
+    (any size)."""
     data = layers.preprocess(rgb, mean)
     net.blobs['data'].reshape(1, *data.shape)
     net.blobs['data'].data[...] = data
     net.forward()
-    return net.blobs[score_blob].data[0].argmax(axis=0).astype(np.uint8)
+    return net.blobs[score_blob].data[0].copy()
+
+
+def segment(net, rgb, mean, score_blob='score'):
+    """H x W uint8 class indices for an H x W x 3 RGB image (any size)."""
+    return net_scores(net, rgb, mean, score_blob).argmax(axis=0).astype(np.uint8)
 
 
 def check_rgb_model(model):
@@ -80,10 +130,191 @@ def default_weights(model):
 
 
 def load_net(model, weights):
+    """The model's deploy net with `weights`, checked before Caffe reads them."""
     import caffe
     if not os.path.isfile(weights):
         raise InferError(f'weights not found: {weights}')
-    return caffe.Net(os.path.join(model.folder, 'deploy.prototxt'), caffe.TEST, weights=weights)
+    deploy = os.path.join(model.folder, 'deploy.prototxt')
+    net = caffe.Net(deploy, caffe.TEST)
+    try:
+        checks.load_weights(net, weights, net_name=deploy)
+    except checks.CheckError as e:
+        raise InferError(str(e)) from e
+    return net
+
+
+# ------------------------------------------------------------------ photos
+def to_rgb(im):
+    """An H x W x 3 uint8 RGB array of a Pillow image of any mode: integer
+    images deeper than 8 bits are taken as 16-bit and scaled, float ones are
+    scaled from 0..1 (or clipped to 0..255 if larger), transparency is
+    composited over TRANSPARENT_BACKGROUND."""
+    if im.mode.startswith('I') or im.mode == 'F':
+        values = np.asarray(im, dtype=np.float32)
+        if im.mode == 'F':
+            values = values * 255 if values.size and values.max() <= 1 else values
+        elif im.mode.startswith('I;16') or (values.size and values.max() > 255):
+            values = values / 257  # 65535 -> 255
+        gray = np.clip(np.round(values), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or \
+            (im.mode == 'P' and 'transparency' in im.info):
+        rgba = im.convert('RGBA')
+        background = Image.new('RGBA', rgba.size, TRANSPARENT_BACKGROUND + (255,))
+        im = Image.alpha_composite(background, rgba)
+    if im.mode != 'RGB':
+        im = im.convert('RGB')
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_photo(path):
+    """An image file as viewers show it (EXIF orientation applied), as an
+    H x W x 3 uint8 RGB array; an ImageError naming the file otherwise."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(ImageOps.exif_transpose(im))
+    except MemoryError:
+        raise ImageError(f'{path}: not enough memory to decode it') from None
+    except Exception as e:  # noqa: BLE001 -- any decoder failure means: this file is unreadable
+        raise ImageError(f'{path}: cannot read image ({type(e).__name__}: {e})') from e
+
+
+def net_size(height, width, max_side):
+    """(height, width) of the net input for a photo: scaled so its longer side
+    is at most max_side (0: no limit)."""
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(rgb, size):
+    """The H x W x 3 image at size (height, width), Pillow's antialiased bilinear."""
+    if rgb.shape[:2] == tuple(size):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize(size[::-1], Image.Resampling.BILINEAR))
+
+
+def probabilities(scores):
+    """Softmax over the classes (axis 0) of C x h x w float32 scores, in
+    place (a large photo's scores are gigabytes: no copies)."""
+    scores -= scores.max(axis=0)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=0)
+    return scores
+
+
+def upsample_labels(probs, size, scores_path=None):
+    """H x W uint8 class indices of C x h x w probabilities upsampled (bilinear)
+    to size (H, W), one class at a time so that a large photo holds a few H x W
+    arrays, not C; with scores_path, the upsampled probabilities are written
+    there (.npy, C x H x W, SCORES_DTYPE)."""
+    height, width = size
+    saved = None
+    if scores_path:
+        saved = np.lib.format.open_memmap(scores_path, mode='w+', dtype=SCORES_DTYPE,
+                                          shape=(len(probs), height, width))
+    best = np.full(size, -np.inf, np.float32)
+    label = np.zeros(size, np.uint8)
+    for c, p in enumerate(probs):
+        if p.shape != size:
+            p = np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR))
+        better = p > best  # strict: the first of equal classes wins, as argmax
+        label[better] = c
+        np.maximum(best, p, out=best)
+        if saved is not None:
+            saved[c] = p
+    if saved is not None:
+        saved.flush()
+        del saved
+    return label
+
+
+# ------------------------------------------------------------------ memory
+# Bytes per pixel besides the net's blobs: at the net's input size, the
+# resized photo (3), the preprocessed image and its copy (3 channels x float32
+# x 2), the softmax's maximum and sum (float32 x 2) and, per class, the copy
+# of the scores (float32); at the photo's size, the photo (3), its labels (1),
+# the best probability so far and one upsampled class with its copy
+# (float32 x 3), and the overlay's rows.
+NET_BYTES_PER_PIXEL = 35
+NET_BYTES_PER_PIXEL_PER_CLASS = 4
+PHOTO_BYTES_PER_PIXEL = 20
+
+
+class MemoryModel:
+    """The memory a forward pass of the deploy net takes for an h x w input.
+
+    Every blob's height is an affine function of the input's height and its
+    width of the input's width (up to the rounding of pooling and of
+    strided convolutions), so the bytes of all blobs are A*h*w + B*h + C*w + D:
+    the model reads the blob counts Caffe computes at four small input sizes
+    (reshaping allocates nothing) and solves for A, B, C, D. Max pooling's
+    argmax masks (one int32 per pooled value) count with the blobs; the tops
+    of Split layers do not (they share their bottom's data).
+    """
+    SIZES = (128, 256)
+
+    def __init__(self, net, classes):
+        copies = {}
+        for name, layer in zip(net._layer_names, net.layers):
+            for top in net.top_names[name]:
+                copies[top] = {'Pooling': 2, 'Split': 0}.get(layer.type, 1)
+        counts = {}
+        for h in self.SIZES:
+            for w in self.SIZES:
+                net.blobs['data'].reshape(1, net.blobs['data'].shape[1], h, w)
+                net.reshape()
+                counts[h, w] = 4 * sum(blob.count * copies.get(name, 1) for name, blob in net.blobs.items())
+        (h1, h2), (w1, w2) = self.SIZES, self.SIZES
+        self.a = (counts[h2, w2] - counts[h2, w1] - counts[h1, w2] + counts[h1, w1]) / ((h2 - h1) * (w2 - w1))
+        self.b = (counts[h2, w1] - counts[h1, w1]) / (h2 - h1) - self.a * w1
+        self.c = (counts[h1, w2] - counts[h1, w1]) / (w2 - w1) - self.a * h1
+        self.d = counts[h1, w1] - self.a * h1 * w1 - self.b * h1 - self.c * w1
+        self.classes = classes
+
+    def blob_bytes(self, height, width):
+        """Bytes of the net's blobs for a height x width input."""
+        return max(0.0, self.a * height * width + self.b * height + self.c * width + self.d)
+
+    def needed(self, photo_size, size):
+        """Bytes one photo of photo_size (height, width) takes when the net runs
+        at size (height, width): the blobs, the CPU convolution workspace, and
+        the arrays of this module."""
+        import caffe
+        pixels = size[0] * size[1]
+        return (self.blob_bytes(*size) + caffe.conv_workspace_limit()
+                + pixels * (NET_BYTES_PER_PIXEL + NET_BYTES_PER_PIXEL_PER_CLASS * self.classes)
+                + photo_size[0] * photo_size[1] * PHOTO_BYTES_PER_PIXEL)
+
+    def largest_side(self, photo_size, budget):
+        """The largest --max-side whose run of a photo of photo_size fits in
+        budget bytes (0 if none does)."""
+        lo, hi = 0, max(photo_size)
+        while lo < hi:  # the largest side s with needed(...) <= budget
+            mid = (lo + hi + 1) // 2
+            if self.needed(photo_size, net_size(*photo_size, mid)) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+
+def available_memory():
+    """Bytes the system can give now (Linux's MemAvailable, else the free
+    physical pages), or None where neither is known."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 # ------------------------------------------------------------------ outputs
@@ -101,71 +332,151 @@ def class_shares(label, class_names):
                   key=lambda x: -x[1])
 
 
-def write_outputs(out_dir, stem, rgb, label):
-    """Write <stem>.png (palette labels) and <stem>_overlay.png; returns both paths."""
-    label_path = os.path.join(out_dir, stem + '.png')
-    overlay_path = os.path.join(out_dir, stem + '_overlay.png')
-    score.save_prediction(label, label_path)
-    Image.fromarray(overlay(rgb, label)).save(overlay_path)
-    return label_path, overlay_path
+def write_overlay(rgb, label, path):
+    """The overlay PNG of a photo, blended OVERLAY_ROWS rows at a time."""
+    blended = np.empty_like(rgb)
+    for top in range(0, len(rgb), OVERLAY_ROWS):
+        rows = slice(top, top + OVERLAY_ROWS)
+        blended[rows] = overlay(rgb[rows], label[rows])
+    Image.fromarray(blended).save(path)
+
+
+def summary_line(shares):
+    return ', '.join(f'{name} {100 * share:.1f}%' for name, share in shares)
+
+
+# ------------------------------------------------------------------ inputs
+def image_paths(inputs, recursive=False):
+    """[(image path, output base)]: files as given, folders expanded to their
+    images (sorted; subfolders with `recursive`). Output bases mirror the
+    inputs' tree below their common folder, so that same-named photos of
+    different folders stay apart. A missing input is an InferError naming it."""
+    found = []
+    roots = []
+    for item in inputs:
+        if os.path.isdir(item):
+            roots.append(os.path.abspath(item))
+            walk = os.walk(item) if recursive else [(item, [], os.listdir(item))]
+            before = len(found)
+            for folder, subfolders, files in walk:
+                subfolders.sort()
+                found += [os.path.join(folder, f) for f in sorted(files)
+                          if f.lower().endswith(layers.IMAGE_EXTENSIONS)
+                          and os.path.isfile(os.path.join(folder, f))]
+            if len(found) == before:
+                raise InferError(f'no images ({", ".join(layers.IMAGE_EXTENSIONS)}) in folder {item}'
+                                 + ('' if recursive else ' (--recursive for its subfolders)'))
+        elif os.path.isfile(item):
+            roots.append(os.path.dirname(os.path.abspath(item)))
+            found.append(item)
+        else:
+            raise InferError(f'image not found: {item}')
+    paths = list(dict.fromkeys(found))  # each once, in order
+    root = os.path.commonpath(roots)
+    bases = [os.path.splitext(os.path.relpath(os.path.abspath(p), root))[0] for p in paths]
+    clashes = {b for b, n in collections.Counter(bases).items() if n > 1}
+    return [(p, os.path.relpath(os.path.abspath(p), root) if b in clashes else b)
+            for p, b in zip(paths, bases)]
 
 
 # ------------------------------------------------------------------ command
-def image_paths(inputs):
-    """Files as given, folders expanded to their images (sorted); a missing
-    input is an InferError naming it."""
-    paths = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item)
-                           if f.lower().endswith(layers.IMAGE_EXTENSIONS))
-            if not found:
-                raise InferError(f'no images in folder {item}')
-            paths += found
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            raise InferError(f'image not found: {item}')
-    return paths
+class Segmenter:
+    """A model's deploy net, loaded once, and what segmenting a photo needs."""
 
-
-def output_stems(paths):
-    """A distinct output name per image: its file stem, numbered on clashes."""
-    stems, seen = [], {}
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f'{stem}-{seen[stem]}')
-    return stems
-
-
-def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True):
-    """Segment every image; returns [(path, label path, overlay path, shares)]."""
-    from tqdm import tqdm
-    paths = image_paths(inputs)
-    try:
-        model = nets.load(model)
-    except (FileNotFoundError, TypeError) as e:
-        raise InferError(str(e)) from e
-    check_rgb_model(model)
-    weights = weights or default_weights(model)
-    runtime.use_device(gpu)
-    net = load_net(model, weights)
-    head = model.source.heads[0]
-    mean = model.source.mean
-    os.makedirs(out, exist_ok=True)
-    results = []
-    bar = tqdm(list(zip(paths, output_stems(paths))), desc=model.name, unit='image',
-               disable=not progress or len(paths) < 2)
-    for path, stem in bar:
+    def __init__(self, model, weights=None, gpu=None, max_side=DEFAULT_MAX_SIDE, memory=None):
         try:
-            rgb = layers.load_image(path)
-        except (OSError, ValueError) as e:
+            self.model = nets.load(model)
+        except (FileNotFoundError, TypeError) as e:
             raise InferError(str(e)) from e
-        label = segment(net, rgb, mean, head.score)
-        shares = class_shares(label, head.classes)
-        results.append((path, *write_outputs(out, stem, rgb, label), shares))
-        bar.write(f'{path}: ' + ', '.join(f'{name} {100 * share:.1f}%' for name, share in shares))
+        check_rgb_model(self.model)
+        runtime.use_device(gpu)
+        self.net = load_net(self.model, weights or default_weights(self.model))
+        self.head = self.model.source.heads[0]
+        self.mean = self.model.source.mean
+        self.max_side = max_side
+        self.memory = memory  # bytes for one photo; None: what the system has available
+        # GPU memory is not the host's: the estimate is for CPU runs only
+        self.memory_model = MemoryModel(self.net, len(self.head.classes)) if gpu is None else None
+        self.held = 0.0  # bytes of blobs already allocated (Caffe's blobs never shrink)
+
+    def check_memory(self, path, photo_size, size):
+        """An ImageError if the photo would not fit in memory at net size `size`."""
+        if self.memory_model is None:
+            return
+        import caffe
+        budget = self.memory
+        if budget is None:
+            available = available_memory()
+            if available is None:
+                return
+            budget = available + self.held + caffe.conv_workspace_bytes()
+        need = self.memory_model.needed(photo_size, size)
+        if need <= budget:
+            return
+        side = self.memory_model.largest_side(photo_size, budget)
+        h, w = photo_size
+        fits = f'--max-side {side} fits' if side else 'no --max-side fits'
+        raise ImageError(f'{path} ({w}x{h}): the net at {size[1]}x{size[0]} needs about '
+                         f'{need / GB:.1f} GB, {budget / GB:.1f} GB available; {fits}')
+
+    def __call__(self, path, out_base, scores=False):
+        """Segment one photo and write its outputs (out_base + suffixes)."""
+        rgb = load_photo(path)
+        photo_size = rgb.shape[:2]
+        size = net_size(*photo_size, self.max_side)
+        self.check_memory(path, photo_size, size)
+        probs = probabilities(net_scores(self.net, resize(rgb, size), self.mean, self.head.score))
+        if self.memory_model is not None:
+            self.held = max(self.held, self.memory_model.blob_bytes(*size))
+        scores_path = out_base + '_scores.npy' if scores else None
+        label_path, overlay_path = out_base + '.png', out_base + '_overlay.png'
+        try:  # a full disk or a read-only --out stops the run: no other photo would fare better
+            os.makedirs(os.path.dirname(out_base) or '.', exist_ok=True)
+            label = upsample_labels(probs, photo_size, scores_path)
+            del probs
+            score.save_prediction(label, label_path)
+            write_overlay(rgb, label, overlay_path)
+        except OSError as e:
+            raise InferError(f'{out_base}: cannot write the outputs of {path} ({e.strerror or e})') from e
+        return Result(path, label_path, overlay_path, tuple(class_shares(label, self.head.classes)),
+                      scores_path, photo_size[::-1], size[::-1])
+
+
+def write_json(results, path):
+    entries = []
+    for r in results:
+        entry = dict(image=r.path)
+        if r.error:
+            entry['error'] = r.error
+        else:
+            entry.update(size=list(r.size), net_size=list(r.net_size), label=r.label,
+                         overlay=r.overlay, scores=r.scores, classes=dict(r.shares))
+        entries.append(entry)
+    with open(path, 'w') as f:
+        json.dump(entries, f, indent=1)
+
+
+def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True,
+        recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None):
+    """Segment every image with one net; returns a Result per image (those
+    that failed carry their error, which is also reported on stderr)."""
+    from tqdm import tqdm
+    try:
+        checks.writable_dir(out, '--out')
+    except checks.CheckError as e:
+        raise InferError(str(e)) from e
+    todo = image_paths(inputs, recursive)
+    segmenter = Segmenter(model, weights, gpu, max_side, memory)
+    results = []
+    bar = tqdm(todo, desc=segmenter.model.name, unit='image', disable=not progress or len(todo) < 2)
+    for path, base in bar:
+        try:
+            results.append(segmenter(path, os.path.join(out, base), scores))
+        except ImageError as e:
+            results.append(Result(path, error=str(e)))
+            bar.write(f'infer.py: skipped {e}', file=sys.stderr)
+            continue
+        bar.write(f'{path}: {summary_line(results[-1].shares)}')
     return results
 
 
@@ -179,13 +490,39 @@ def main(argv=None):
                                           'else its latest snapshot)')
     parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
     parser.add_argument('--out', default=os.path.join('out', 'infer'), help='output folder')
+    parser.add_argument('--recursive', action='store_true', help="also segment folders' subfolders")
+    parser.add_argument('--max-side', type=int, default=DEFAULT_MAX_SIDE,
+                        help='run the net on photos resized to at most this many pixels on their '
+                             f'longer side; outputs keep the photo size (default {DEFAULT_MAX_SIDE}, '
+                             '0: full size)')
+    parser.add_argument('--scores', action='store_true',
+                        help='also save the class probabilities (<stem>_scores.npy)')
+    parser.add_argument('--json', help='write a summary per image to this file')
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
+    parser.add_argument('--memory', type=float,
+                        help='GB one photo may take (default: what the system has available)')
     args = parser.parse_args(argv)
+    if args.max_side < 0:
+        parser.error(f'--max-side must be 0 or more, got {args.max_side}')
+    if args.memory is not None and not args.memory > 0:
+        parser.error(f'--memory must be positive, got {args.memory}')
     try:
-        results = run(args.images, args.model, args.weights, args.out, args.gpu)
+        results = run(args.images, args.model, args.weights, args.out, args.gpu,
+                      recursive=args.recursive, max_side=args.max_side, scores=args.scores,
+                      memory=None if args.memory is None else args.memory * GB)
     except InferError as e:
         sys.exit(f'infer.py: error: {e}')
-    print(f'wrote {2 * len(results)} files to {args.out}')
+    if args.json:
+        try:
+            write_json(results, args.json)
+        except OSError as e:
+            sys.exit(f'infer.py: error: --json {args.json}: {e.strerror or e}')
+    failed = [r for r in results if r.error]
+    done = len(results) - len(failed)
+    print(f'segmented {done} of {len(results)} images into {args.out}')
+    if failed:
+        shown = '; '.join(r.error for r in failed[:5]) + (f'; and {len(failed) - 5} more' if len(failed) > 5 else '')
+        sys.exit(f'infer.py: error: {len(failed)} of {len(results)} images failed: {shown}')
 
 
 if __name__ == '__main__':

@@ -10,6 +10,10 @@ classes 0..n-1 and 255 for void. A net declares one with
 `param_str` is a Python dict literal (or JSON object); it is read with
 ast.literal_eval, never evaluated. Keys every layer accepts besides its own:
 
+    num_classes        the net's number of classes: an int, or {label top:
+                       int} for a layer with several label tops (SIFT Flow's
+                       sem and geo). A label value that is neither a class
+                       nor 255 (void) is an error naming the file.
     randomize  (True)  shuffle, but only while training: the split's name
                        contains 'train' (SegDataLayer: the net's phase is
                        TRAIN). Otherwise the split runs in file order,
@@ -102,7 +106,7 @@ def check_label(label, num_classes, path):
         values = np.unique(label[bad])
         shown = ', '.join(str(v) for v in values[:10]) + (' ...' if len(values) > 10 else '')
         raise DataError(f'{path}: label values {shown} outside 0..{num_classes - 1} '
-                        f'(and {datasets.VOID} void) for {num_classes} classes')
+                        f'(and {datasets.VOID} void) for the net\'s {num_classes} classes')
     return label
 
 
@@ -168,7 +172,8 @@ def load_mat(path, key):
 def _shift_labels(raw, num_classes, path, expected):
     """File labels 1..n (0 void) -> 0..n-1 (255 void), what the reference's
     uint8 `label -= 1` gives; done in wide ints so corrupt values (which
-    uint8 would wrap silently) are reported instead."""
+    uint8 would wrap silently) are reported instead. `expected` describes
+    the file's values for the message."""
     raw = np.asarray(raw)
     if raw.ndim != 2:
         raise DataError(f'{path}: expected a 2-D label map ({expected}), got shape {raw.shape}')
@@ -176,16 +181,16 @@ def _shift_labels(raw, num_classes, path, expected):
     bad = (raw < 0) | (raw > num_classes)
     if bad.any():
         raise DataError(f'{path}: label values {np.unique(raw[bad])[:10].tolist()} '
-                        f'outside the expected {expected}')
+                        f'outside the expected {expected} for the net\'s {num_classes} classes')
     return np.where(raw == 0, datasets.VOID, raw - 1)
 
 
-def load_voc_label(path):
-    """A VOC SegmentationClass palette PNG: H x W, 0..20 and 255 void."""
-    return load_label_image(path, num_classes=len(datasets.VOC_CLASSES))
+def load_voc_label(path, num_classes):
+    """A VOC SegmentationClass palette PNG: H x W, 0..num_classes-1 and 255 void."""
+    return load_label_image(path, num_classes=num_classes)
 
 
-def load_sbd_label(path):
+def load_sbd_label(path, num_classes):
     """An SBD cls/<id>.mat (struct GTcls, field Segmentation): H x W, 0..20."""
     gtcls = load_mat(path, 'GTcls')
     try:
@@ -194,12 +199,12 @@ def load_sbd_label(path):
         raise DataError(f'{path}: expected struct GTcls with field Segmentation ({err})') from err
     if seg.ndim != 2:
         raise DataError(f'{path}: GTcls.Segmentation should be 2-D, got shape {seg.shape}')
-    return check_label(seg.astype(np.int64), len(datasets.VOC_CLASSES), path)
+    return check_label(seg.astype(np.int64), num_classes, path)
 
 
-def load_nyud_label(path):
+def load_nyud_label(path, num_classes):
     """NYUDv2 segmentation/img_<id>.mat (1..40, 0 void) -> 0..39, 255 void."""
-    n = len(datasets.NYUD_CLASSES)
+    n = num_classes
     return _shift_labels(load_mat(path, 'segmentation'), n, path, f'0..{n} (0 void)')
 
 
@@ -229,18 +234,17 @@ def load_nyud_hha(path, mean):
     return np.ascontiguousarray(hha.transpose(2, 0, 1))
 
 
-def load_siftflow_label(path, kind):
+def load_siftflow_label(path, kind, num_classes):
     """SIFT Flow label .mat (key S) -> H x W with 255 void.
 
     kind 'semantic': 1..33 (0 void) -> 0..32. kind 'geometric': 1..3 (-1 and
     0 void; the reference maps -1 to 0 before the shift) -> 0..2.
     """
     raw = np.asarray(load_mat(path, 'S'))
+    n = num_classes
     if kind == 'semantic':
-        n = len(datasets.SIFTFLOW_CLASSES)
         return _shift_labels(raw, n, path, f'semantic labels 0..{n} (0 void)')
     if kind == 'geometric':
-        n = len(datasets.SIFTFLOW_GEO_CLASSES)
         raw = np.where(raw == -1, 0, raw)
         return _shift_labels(raw, n, path, f'geometric labels -1..{n} (-1 and 0 void)')
     raise ValueError(f"load_siftflow_label: kind must be 'semantic' or 'geometric', got {kind!r}")
@@ -292,8 +296,9 @@ def context_label_lut(context_dir):
     return lut
 
 
-def load_context_label(path, lut):
-    """PASCAL-Context trainval/<id>.mat (LabelMap, full indices) -> H x W 0..59."""
+def load_context_label(path, lut, num_classes):
+    """PASCAL-Context trainval/<id>.mat (LabelMap, full indices) -> H x W 0..59
+    (task classes from `lut`, see context_label_lut)."""
     full = np.asarray(load_mat(path, 'LabelMap'))
     if full.ndim != 2:
         raise DataError(f'{path}: LabelMap should be 2-D, got shape {full.shape}')
@@ -302,14 +307,15 @@ def load_context_label(path, lut):
     if bad.any():
         raise DataError(f'{path}: LabelMap values {np.unique(full[bad])[:10].tolist()} '
                         f'outside the label list 0..{len(lut) - 1}')
-    return lut[full]
+    return check_label(lut[full], num_classes, path)
 
 
 def read_split(path):
-    """Ids of a split file, one per line, blank lines skipped."""
+    """Ids of a split file, one per line; blank lines, CRLF line ends and a
+    UTF-8 byte order mark (as Windows editors save) are tolerated."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'split file not found: {path}')
-    with open(path) as f:
+    with open(path, encoding='utf-8-sig') as f:
         ids = [line.strip() for line in f if line.strip()]
     if not ids:
         raise DataError(f'{path}: split file lists no examples')
@@ -362,7 +368,9 @@ PARAM_CHECKS = {
     'mirror': (_is_bool, 'True or False'),
     'jitter': (lambda v: _is_int(v, 0, MAX_JITTER), f'an int 0..{MAX_JITTER} (pixels)'),
     'tops': (lambda v: isinstance(v, (list, tuple)) and len(v) > 0, 'a non-empty list'),
-    'num_classes': (lambda v: _is_int(v, 1, datasets.VOID), f'an int 1..{datasets.VOID}'),
+    'num_classes': (lambda v: _is_int(v, 1, datasets.VOID) or isinstance(v, dict) and v and all(
+        _is_str(k) and _is_int(x, 1, datasets.VOID) for k, x in v.items()),
+        f'an int 1..{datasets.VOID}, or a dict of label top -> int 1..{datasets.VOID}'),
     'keep': (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
              'a fraction 0 < keep <= 1'),
     'cell': (lambda v: _is_int(v, 1, 1024), 'an int 1..1024 (pixels)'),
@@ -490,7 +498,9 @@ class SegDataLayerBase(caffe.Layer):
         return self.split_path(self.params)
 
     def list_examples(self):
-        return read_split(self.split_file())
+        # Absolute, so that messages name the file wherever the user is
+        # (the net's paths are relative to the model folder).
+        return read_split(os.path.abspath(self.split_file()))
 
     def example_files(self, example):
         raise NotImplementedError
@@ -513,6 +523,7 @@ class SegDataLayerBase(caffe.Layer):
         if len(top) != len(self.top_names):
             raise ParamError(f'{name}: needs {len(self.top_names)} tops '
                              f'({", ".join(self.top_names)}), got {len(top)}')
+        self.num_classes = self._class_counts()
         self.examples = self.list_examples()
         p = self.params
         self.shuffle = p['randomize'] and self.training()
@@ -521,6 +532,19 @@ class SegDataLayerBase(caffe.Layer):
         # share of the training sequence, every solver_count-th example.
         self._share = (caffe.solver_rank(), caffe.solver_count()) if self.training() else (0, 1)
         self.seek(0)
+
+    def _class_counts(self):
+        """{label top: the net's class count}, from param `num_classes`."""
+        name, given = type(self).__name__, self.params['num_classes']
+        if not isinstance(given, dict):
+            if len(self.label_tops) == 1:
+                return {self.label_tops[0]: given}
+            raise ParamError(f'{name}: param \'num_classes\' must give a count per label top '
+                             f'({", ".join(self.label_tops)}), got {given!r}')
+        if set(given) != set(self.label_tops):
+            raise ParamError(f'{name}: param \'num_classes\' must give a count for each label '
+                             f'top {list(self.label_tops)}, got {given!r}')
+        return dict(given)
 
     def seek(self, consumed):
         """Continue as if `consumed` examples had been served since setup (the
@@ -589,7 +613,8 @@ class SegDataLayerBase(caffe.Layer):
         """Load one example as the arrays of its tops (no Caffe calls: runs in
         the prefetch thread too)."""
         index, flip, dy, dx = plan
-        files = self.example_files(self.examples[index])
+        files = {top: os.path.abspath(path)  # messages name files wherever the user is
+                 for top, path in self.example_files(self.examples[index]).items()}
         arrays = []
         for top in self.top_names:
             array = self.load(top, files[top])
@@ -625,8 +650,8 @@ def _translate(array, dy, dx, fill):
 
 class VOCSegDataLayer(SegDataLayerBase):
     """PASCAL VOC: JPEGImages/<id>.jpg, SegmentationClass/<id>.png.
-    Keys: voc_dir, split, mean. Tops: data, label."""
-    required = ('voc_dir', 'split', 'mean')
+    Keys: voc_dir, split, mean, num_classes. Tops: data, label."""
+    required = ('voc_dir', 'split', 'mean', 'num_classes')
 
     @classmethod
     def split_path(cls, params):
@@ -640,13 +665,13 @@ class VOCSegDataLayer(SegDataLayerBase):
     def load(self, top, path):
         if top == 'data':
             return preprocess(load_image(path), self.params['mean'])
-        return load_voc_label(path)
+        return load_voc_label(path, self.num_classes[top])
 
 
 class SBDDSegDataLayer(SegDataLayerBase):
     """SBD: img/<id>.jpg, cls/<id>.mat (GTcls.Segmentation), split <sbdd_dir>/<split>.txt.
-    Keys: sbdd_dir, split, mean. Tops: data, label."""
-    required = ('sbdd_dir', 'split', 'mean')
+    Keys: sbdd_dir, split, mean, num_classes. Tops: data, label."""
+    required = ('sbdd_dir', 'split', 'mean', 'num_classes')
 
     @classmethod
     def split_path(cls, params):
@@ -660,14 +685,15 @@ class SBDDSegDataLayer(SegDataLayerBase):
     def load(self, top, path):
         if top == 'data':
             return preprocess(load_image(path), self.params['mean'])
-        return load_sbd_label(path)
+        return load_sbd_label(path, self.num_classes[top])
 
 
 class NYUDSegDataLayer(SegDataLayerBase):
     """NYUDv2 40 classes. Keys: nyud_dir, split, tops (names from color,
     depth, hha, label; output in the listed order), means (what each input
-    top subtracts: {'color': BGR, 'hha': in file order, 'depth': log depth})."""
-    required = ('nyud_dir', 'split', 'tops', 'means')
+    top subtracts: {'color': BGR, 'hha': in file order, 'depth': log depth}),
+    num_classes."""
+    required = ('nyud_dir', 'split', 'tops', 'means', 'num_classes')
     TOPS = ('color', 'depth', 'hha', 'label')
 
     def configure(self):
@@ -700,12 +726,13 @@ class NYUDSegDataLayer(SegDataLayerBase):
             return load_nyud_depth(path, means['depth'])
         if top == 'hha':
             return load_nyud_hha(path, means['hha'])
-        return load_nyud_label(path)
+        return load_nyud_label(path, self.num_classes[top])
 
 
 class SIFTFlowSegDataLayer(SegDataLayerBase):
-    """SIFT Flow. Keys: siftflow_dir, split, mean. Tops: data, sem (33 classes), geo (3)."""
-    required = ('siftflow_dir', 'split', 'mean')
+    """SIFT Flow. Keys: siftflow_dir, split, mean, num_classes ({'sem': n, 'geo': n}).
+    Tops: data, sem (33 classes), geo (3)."""
+    required = ('siftflow_dir', 'split', 'mean', 'num_classes')
     top_names = ('data', 'sem', 'geo')
     label_tops = ('sem', 'geo')
     SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
@@ -723,13 +750,15 @@ class SIFTFlowSegDataLayer(SegDataLayerBase):
     def load(self, top, path):
         if top == 'data':
             return preprocess(load_image(path), self.params['mean'])
-        return load_siftflow_label(path, 'semantic' if top == 'sem' else 'geometric')
+        return load_siftflow_label(path, 'semantic' if top == 'sem' else 'geometric',
+                                   self.num_classes[top])
 
 
 class PASCALContextSegDataLayer(SegDataLayerBase):
     """PASCAL-Context 59 classes + background. Keys: voc_dir (holding
-    VOC2010), context_dir, split (VOC2010 ImageSets/Main), mean. Tops: data, label."""
-    required = ('voc_dir', 'context_dir', 'split', 'mean')
+    VOC2010), context_dir, split (VOC2010 ImageSets/Main), mean, num_classes.
+    Tops: data, label."""
+    required = ('voc_dir', 'context_dir', 'split', 'mean', 'num_classes')
 
     def configure(self):
         self.lut = context_label_lut(self.params['context_dir'])
@@ -750,7 +779,7 @@ class PASCALContextSegDataLayer(SegDataLayerBase):
     def load(self, top, path):
         if top == 'data':
             return preprocess(load_image(path), self.params['mean'])
-        return load_context_label(path, self.lut)
+        return load_context_label(path, self.lut, self.num_classes[top])
 
 
 class SegDataLayer(SegDataLayerBase):
@@ -840,7 +869,7 @@ class SegDataLayer(SegDataLayerBase):
         p = self.params
         if top == 'data':
             return preprocess(load_image(path), p['mean'])
-        return load_label_image(path, p['num_classes'], p['label_map'])
+        return load_label_image(path, self.num_classes[top], p['label_map'])
 
 
 # ---------------------------------------------------------------- loss ablations
@@ -901,6 +930,12 @@ class OneHotLabelLayer(_LabelTransformLayer):
     targets for SigmoidCrossEntropyLoss; a void pixel is 255 in every
     channel, which that loss's ignore_label 255 skips."""
     required = ('num_classes',)
+
+    def setup(self, bottom, top):
+        super().setup(bottom, top)
+        if not isinstance(self.params['num_classes'], int):
+            raise ParamError(f'OneHotLabelLayer: param \'num_classes\' must be an int, '
+                             f'got {self.params["num_classes"]!r}')
 
     def reshape(self, bottom, top):
         n, _, h, w = bottom[0].data.shape

@@ -34,9 +34,10 @@ def model_dir(name):
     return os.path.join(MODELS_DIR, name)
 
 
-def ilsvrc_prototxt(trunk, kind):
-    """nets/ilsvrc-nets/<trunk>-<kind>.prototxt, kind 'classifier' or 'fcn'."""
-    return os.path.join(ILSVRC_DIR, f'{trunk}-{kind}.prototxt')
+def ilsvrc_prototxt(trunk, kind, root=None):
+    """nets/ilsvrc-nets/<trunk>-<kind>.prototxt, kind 'classifier' or 'fcn'
+    (under the models root `root`, default the repository's)."""
+    return os.path.join(root or MODELS_DIR, ILSVRC_SUBDIR, f'{trunk}-{kind}.prototxt')
 
 
 def ilsvrc_weights(trunk, root=None):

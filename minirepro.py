@@ -515,7 +515,8 @@ def figure_image(voc_dir, ids):
     at least two object classes (the kind of scene where strides differ)."""
     thin = [synthetic.CLASSES.index(c) for c in ('ring', 'cross')]
     for idx in ids:
-        label = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'))
+        label = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'),
+                                      len(synthetic.CLASSES))
         present = set(np.unique(label).tolist()) - {0, 255}
         if len(present) >= 2 and present & set(thin):
             return idx
@@ -543,7 +544,8 @@ def plot_figure4(out, voc_dir, idx, path):
     palette = datasets.voc_palette()
     shown = ('fcn32s', 'fcn16s', 'fcn8s')
     rgb, preds = predictions(out, voc_dir, idx, shown)
-    gt = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'))
+    gt = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'),
+                               len(synthetic.CLASSES))
     panels = [('image', rgb), ('ground truth', palette[gt])] + \
         [(TITLES[name], palette[preds[name]]) for name in shown]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8))

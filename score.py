@@ -46,6 +46,7 @@ from datetime import datetime
 import numpy as np
 from PIL import Image
 
+import checks
 import datasets
 import locations
 import runtime
@@ -284,16 +285,20 @@ def eval_net_param(model, split=None):
 
 
 @contextlib.contextmanager
-def eval_net(net_param, model_dir, weights=None):
-    """`net_param` as a caffe.Net (TEST phase), run with cwd = the model
-    folder, since the data layer's paths are relative to it."""
+def eval_net(net_param, model_dir, weights=None, name=''):
+    """`net_param` (called `name` in messages) as a caffe.Net (TEST phase)
+    with `weights` (an absolute path) checked and loaded, run with cwd = the
+    model folder, since the data layer's paths are relative to it."""
     import caffe
     from google.protobuf import text_format
     with tempfile.TemporaryDirectory() as tmp, locations.working_dir(model_dir):
         tmp_proto = os.path.join(tmp, 'net.prototxt')
         with open(tmp_proto, 'w') as f:
             f.write(text_format.MessageToString(net_param))
-        yield caffe.Net(tmp_proto, caffe.TEST, weights=weights)
+        net = caffe.Net(tmp_proto, caffe.TEST)
+        if weights:
+            checks.load_weights(net, weights, net_name=name)
+        yield net
 
 
 def progress_bar(ids, model_dir, params, progress):
@@ -318,9 +323,11 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     if not os.path.isfile(weights):
         raise FileNotFoundError(f'weights not found: {weights}')
     save_dir = save_dir and os.path.abspath(save_dir)
+    if save_dir:
+        checks.writable_dir(save_dir, '--save-dir')
 
     all_heads = model_heads(model_dir, layer)
-    with eval_net(net_param, model_dir, weights) as net:
+    with eval_net(net_param, model_dir, weights, proto) as net:
         ids = [example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
         heads = [h for h in all_heads if h.score in net.blobs and h.label in net.blobs]
         if not heads:
@@ -489,6 +496,10 @@ def main(argv=None):
 
     runtime.use_device(args.gpu)
     try:
+        for path, option, check in ((args.json, '--json', checks.writable_file),
+                                    (args.save_dir, '--save-dir', checks.writable_dir)):
+            if path:
+                check(path, option)
         if args.upper_bound:
             report = upper_bounds(args.model, args.upper_bound, args.split, args.limit)
         else:
@@ -497,8 +508,11 @@ def main(argv=None):
         sys.exit(f'score.py: error: {e}')
     print(format_upper_bounds(report) if args.upper_bound else format_report(report))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(jsonable(report), f, indent=1, allow_nan=False)
+        try:
+            with open(args.json, 'w') as f:
+                json.dump(jsonable(report), f, indent=1, allow_nan=False)
+        except OSError as e:
+            sys.exit(f'score.py: error: --json {args.json}: {e.strerror or e}')
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import checks
 import locations
 import runtime
 from fetch.catalog import ILSVRC_CONVERTED
@@ -173,23 +174,14 @@ def init_early_fusion(new_net, net, rgb_layer='conv1_1',
         new_blob.data[...] = old_blob.data
 
 
-def _caffemodel_layer_names(path):
-    """Names of the layers stored in a caffemodel (V1 or current format)."""
-    from caffe.proto import caffe_pb2
-    net_param = caffe_pb2.NetParameter()
-    with open(path, 'rb') as f:
-        net_param.ParseFromString(f.read())
-    return ({l.name for l in net_param.layer if l.blobs} |
-            {l.name for l in net_param.layers if l.blobs})
-
-
 def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False):
     """Transplant a classifier's weights into its fully convolutional twin.
 
     Writes `out` (a caffemodel) and returns the TransplantReport. Checked
     first, because Caffe aborts the process on them: every input exists,
-    `out` does not (unless force), and `weights` holds every parameter layer
-    of the classifier (Caffe would otherwise keep filler values silently).
+    `out` does not (unless force), and `weights` fits the classifier
+    (checks.check_weights: every parameter layer, in its shapes; Caffe
+    would otherwise keep filler values silently).
     """
     for what, path in (('weights', weights), ('classifier prototxt', classifier_proto),
                        ('FCN prototxt', fcn_proto)):
@@ -201,11 +193,7 @@ def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False):
     import caffe
     runtime.use_device(None)  # a one-off conversion: the CPU will do
     classifier = caffe.Net(classifier_proto, caffe.TEST)
-    missing = set(classifier.params) - _caffemodel_layer_names(weights)
-    if missing:
-        raise ValueError(f'{weights} lacks parameters of {classifier_proto} '
-                         f'layers: {", ".join(sorted(missing))}')
-    classifier.copy_from(weights)
+    checks.load_weights(classifier, weights, net_name=classifier_proto)
     fcn = caffe.Net(fcn_proto, caffe.TEST)
     report = transplant(fcn, classifier)
     if not report.copied and not report.coerced:

@@ -37,6 +37,8 @@ import runtime
 
 runtime.quiet_caffe_log()  # before nets imports caffe
 
+import checks  # noqa: E402
+import layers  # noqa: E402
 import locations  # noqa: E402
 import nets  # noqa: E402
 import score  # noqa: E402
@@ -129,23 +131,41 @@ def initialize(solver, model, weights):
     """Load start weights into the solver's net and fill upsampling layers."""
     import caffe
     net = solver.net
+    upsampling = [k for k in net.params if k.startswith('upscore')]
     for suffix, path in weights.items():
         if not os.path.isfile(path):
             raise TrainingError(f'start weights {path} do not exist')
-        if not suffix and model.source.fusion != 'early':
-            net.copy_from(path)
-            continue
-        # Streams (late fusion) and the 4-channel early-fusion conv need the
-        # source weights in a net of their own.
         source_proto = _source_proto(model, path)
-        source_net = caffe.Net(source_proto, caffe.TEST, weights=path)
+        try:
+            if not suffix and model.source.fusion != 'early':
+                checks.load_weights(net, path, _fresh_layers(net, source_proto, upsampling))
+                continue
+            # Streams (late fusion) and the 4-channel early-fusion conv need the
+            # source weights in a net of their own.
+            if not os.path.isfile(source_proto):
+                raise TrainingError(f'start weights {path}: no net definition {source_proto} '
+                                    'to read them with')
+            source_net = caffe.Net(source_proto, caffe.TEST)
+            checks.load_weights(source_net, path, net_name=source_proto)
+        except checks.CheckError as e:
+            raise TrainingError(f'start weights: {e}') from e
         if suffix:
             surgery.transplant(net, source_net, suffix=suffix)
         else:
             surgery.transplant(net, source_net)
             surgery.init_early_fusion(net, source_net)
-    upsampling = [k for k in net.params if k.startswith('upscore')]
     surgery.interp(net, upsampling)
+
+
+def _fresh_layers(net, source_proto, upsampling):
+    """The learned layers start weights may leave alone: the upsampling
+    layers (interp fills them) and the layers the start net lacks, which
+    begin from their fillers (a new score layer); where the start net's
+    definition is unknown, every layer (only the shapes are checked)."""
+    if not os.path.isfile(source_proto):
+        return set(net.params)
+    start = checks.layer_names(source_proto)
+    return set(upsampling) | {k for k in net.params if k not in start}
 
 
 def _source_proto(model, weights_path):
@@ -251,10 +271,9 @@ class Snapshots:
 
     def needed_bytes(self, net, solver_type):
         """About what a snapshot of `net` takes on disk: the weights, and the
-        solver's history (one blob per parameter, two for Adam, AdaDelta)."""
+        solver's history (checks.HISTORY_PER_PARAM blobs per parameter)."""
         params = sum(b.data.nbytes for blobs in net.params.values() for b in blobs)
-        history = 2 if solver_type in ('Adam', 'AdaDelta') else 1
-        return params * (1 + history) + (1 << 20)
+        return params * (1 + checks.HISTORY_PER_PARAM.get(solver_type, 2)) + (1 << 20)
 
     def save(self, solver, solver_type='SGD'):
         """Snapshot the solver; point latest.json at it once it is on disk.
@@ -471,7 +490,12 @@ def start(solver, param, model, snapshots, weights=None, resume=None):
     or the model's reference start) with the upsampling layers filled; then
     put the data where that iteration is."""
     if resume:
-        solver.restore(resume_point(snapshots, resume))
+        state = resume_point(snapshots, resume)
+        try:
+            checks.check_solverstate(state, solver.net, model.solver_type)
+        except checks.CheckError as e:
+            raise TrainingError(f'cannot resume: {e}') from e
+        solver.restore(state)
     else:
         initialize(solver, model, {'': weights} if weights else start_weights(model))
     position_data(solver, param, solver.iter)
@@ -667,8 +691,8 @@ def main(folder, argv=None):
         else:
             train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
                   resume=args.resume, gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
-    except (TrainingError, FileNotFoundError, TypeError) as e:
-        sys.exit(f'solve.py: {e}')
+    except (TrainingError, FileNotFoundError, TypeError, layers.DataError, layers.ParamError) as e:
+        sys.exit(f'solve.py: {e}')  # data errors name the file, value and class count
     except Interrupted as e:
         print(f'\nsolve.py: {e}', file=sys.stderr)
         sys.exit(130)

@@ -1,5 +1,6 @@
 """python -m fetch {data,weights,classes,splits,score-all,sources} ... (see --help)."""
 import argparse
+import os
 import sys
 
 import runtime
@@ -19,6 +20,11 @@ def _overrides(values, sources, option):
         key, sep, rest = value.partition('=')
         if sep and key in DOWNLOADS:
             result[key] = rest
+        elif sep and os.sep not in key and not os.path.exists(value):
+            # SOURCE=VALUE with a name that is no source (a path holding '='
+            # that exists is taken as a path)
+            raise FetchError(f'{option} {value}: unknown source {key}; sources are '
+                             f'{", ".join(sources)}')
         elif len(sources) == 1:
             result[sources[0]] = value
         else:

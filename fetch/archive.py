@@ -7,11 +7,14 @@ Entries are unpacked into a staging folder beside the destination and moved
 into place only when all of them are out; absolute paths, '..' and links are
 refused.
 """
+import gzip
+import lzma
 import os
 import posixpath
 import shutil
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -21,6 +24,16 @@ from . import FetchError
 
 class ArchiveLayoutError(FetchError):
     """The archive does not hold the expected folder."""
+
+
+class ArchiveReadError(FetchError):
+    """The archive is truncated or corrupt."""
+
+
+# What tarfile, zipfile and the decompressors raise on a truncated or
+# corrupt archive (other OSErrors are the disk's, and say so themselves).
+READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError,
+               gzip.BadGzipFile)
 
 
 def _clean_name(name):
@@ -101,11 +114,22 @@ def unpack_folder(archive_path, dest, marker, root_name=None, force=False, progr
     marker is moved in last, so the marker's presence means "complete".
     """
     dest = Path(dest)
+    staging = dest.parent / f'.{dest.name}.unpacking'
+    try:
+        _unpack(archive_path, dest, marker, root_name, staging, progress)
+    except READ_ERRORS as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ArchiveReadError(f'{archive_path}: truncated or corrupt archive '
+                               f'({e or type(e).__name__})') from e
+    _move_in(staging, dest, first_part=marker.split('/')[0], force=force)
+
+
+def _unpack(archive_path, dest, marker, root_name, staging, progress):
+    """Unpack the folder holding `marker` into `staging`."""
     archive = _Archive(archive_path)
     try:
         entries = list(archive.entries())
         root = locate_root([parts for parts, _, _ in entries], marker, root_name)
-        staging = dest.parent / f'.{dest.name}.unpacking'
         if staging.exists():
             shutil.rmtree(staging)  # left by an interrupted run
         staging.mkdir(parents=True)
@@ -122,7 +146,6 @@ def unpack_folder(archive_path, dest, marker, root_name=None, force=False, progr
                 shutil.copyfileobj(src, out, 1 << 20)
     finally:
         archive.close()
-    _move_in(staging, dest, first_part=marker.split('/')[0], force=force)
 
 
 def _move_in(staging, dest, first_part, force):

@@ -128,18 +128,37 @@ def _fetch_into(url, part, expected_size, timeout, progress):
         raise IncompleteDownload(f'connection closed at byte {received} of {total}')
 
 
-def download(key, source, dest, url=None, retries=3, backoff=5.0, timeout=60, progress=True):
+def _checked(key, path, check):
+    """Run `check` (path -> None, raising ValueError) on a file; a failure is
+    a FetchError naming `key`."""
+    if check is not None:
+        try:
+            check(path)
+        except ValueError as e:
+            raise VerificationError(f'{key}: {e}') from e
+
+
+def download(key, source, dest, url=None, retries=3, backoff=5.0, timeout=60, progress=True,
+             check=None):
     """Download `source` (from `url`, e.g. a mirror, if given) to `dest`.
 
-    A file already at `dest` is taken as is: it was verified when placed.
-    Network failures are retried `retries` times, each resuming the .part
-    file; if they persist, the .part file stays for the next run to resume.
-    A file that fails verification is deleted (resuming it cannot repair it).
+    A file already at `dest` is taken as is if it passes `check` (path ->
+    None, raising ValueError: e.g. weights that must fit a net), else it is
+    deleted and fetched again. Network failures are retried `retries` times,
+    each resuming the .part file; if they persist, the .part file stays for
+    the next run to resume. A file that fails verification or `check` is
+    deleted (resuming it cannot repair it).
     """
     dest = Path(dest)
     if dest.exists():
-        print(f'{key}: {dest} already present')
-        return dest
+        try:
+            _checked(key, dest, check)
+        except VerificationError as e:
+            print(f'{e}; deleting it and fetching it again', file=sys.stderr)
+            dest.unlink()
+        else:
+            print(f'{key}: {dest} already present')
+            return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     url = url or source.url
@@ -163,6 +182,7 @@ def download(key, source, dest, url=None, retries=3, backoff=5.0, timeout=60, pr
         time.sleep(backoff)
     try:
         size, sha256 = verify(part, source)
+        _checked(key, part, check)
     except VerificationError:
         part.unlink()
         raise
@@ -171,12 +191,15 @@ def download(key, source, dest, url=None, retries=3, backoff=5.0, timeout=60, pr
     return dest
 
 
-def adopt(key, source, path, dest=None):
-    """Use a file the user already has: verify it, and copy it to `dest` if given."""
+def adopt(key, source, path, dest=None, check=None):
+    """Use a file the user already has: verify it (and `check` it, as
+    download does), and copy it to `dest` if given. A file that fails is
+    not copied (what `dest` held stays)."""
     path = Path(path)
     if not path.is_file():
         raise FetchError(f'{key}: no file {path}')
     size, sha256 = verify(path, source)
+    _checked(key, path, check)
     _report(key, source, size, sha256)
     if dest is None or Path(dest).resolve() == path.resolve():
         return path

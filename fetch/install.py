@@ -9,7 +9,7 @@ from pathlib import Path
 import locations
 
 from . import REPO, FetchError
-from .archive import unpack_folder
+from .archive import ArchiveReadError, unpack_folder
 from .catalog import DOWNLOADS, ILSVRC_CONVERTED, ILSVRC_NETS, MODELS
 from .download import adopt, download, part_path
 from .splits import write_derived_splits
@@ -103,8 +103,15 @@ def fetch_dataset(name, data_root, urls=None, files=None, force=False,
         archive = _obtain(step.source, data_root / DOWNLOADS_DIR / DOWNLOADS[step.source].filename,
                           urls, files, **download_args)
         if isinstance(step, Unpack):
-            unpack_folder(archive, data_root / step.dest, step.marker, step.root_name, force,
-                          progress=download_args.get('progress', True))
+            try:
+                unpack_folder(archive, data_root / step.dest, step.marker, step.root_name, force,
+                              progress=download_args.get('progress', True))
+            except ArchiveReadError as e:
+                if step.source in files:
+                    raise FetchError(f'{e}; give a complete copy') from e
+                Path(archive).unlink()  # a download must not be reused as if it were good
+                raise FetchError(f'{e}; deleted it: run the same command again to download '
+                                 'it anew') from e
         else:
             dest = data_root / step.dest
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -160,13 +167,48 @@ def convert_ilsvrc(net, weights, out, force=False):
     return out
 
 
+def reference_net(name, models_root):
+    """The net definition the weights `name` must fit: the deploy net of
+    the model folder (a published FCN model) or the ILSVRC classifier
+    (vgg16, caffenet); the models root's own copy where it has one, else
+    the repository's. None for GoogLeNet (the repository defines no net of
+    its own for it)."""
+    if name in ILSVRC_CONVERTED:
+        candidates = [locations.ilsvrc_prototxt(name, 'classifier', root)
+                      for root in (models_root, None)]
+    elif name in ILSVRC_NETS:
+        return None
+    else:
+        candidates = [os.path.join(root, name, 'deploy.prototxt')
+                      for root in (models_root, locations.MODELS_DIR)]
+    return next((p for p in candidates if os.path.isfile(p)), candidates[-1])
+
+
+def weights_check(name, models_root):
+    """A check (path -> None, raising ValueError) that a file is a caffemodel
+    fitting the reference_net of `name`, as every command will load it."""
+    import checks
+    proto = reference_net(name, models_root)
+
+    def check(path):
+        checks.read_caffemodel(str(path))  # refuses any other file before building a net
+        if proto is None:
+            return
+        if not os.path.isfile(proto):
+            raise checks.CheckError(f'no net definition {proto} to check {path} against')
+        import caffe
+        checks.check_weights(str(path), caffe.Net(proto, caffe.TEST), net_name=proto)
+    return check
+
+
 def fetch_weights(name, models_root, url=None, file=None, convert=True, force=False,
                   **download_args):
     dest = weights_path(name, models_root)
+    check = weights_check(name, models_root)
     if file is not None:
-        adopt(name, DOWNLOADS[name], file, dest=dest)
+        adopt(name, DOWNLOADS[name], file, dest=dest, check=check)
     else:
-        download(name, DOWNLOADS[name], dest, url=url, **download_args)
+        download(name, DOWNLOADS[name], dest, url=url, check=check, **download_args)
     if name in ILSVRC_CONVERTED and convert:
         convert_ilsvrc(name, dest, converted_path(name, models_root), force=force)
     return dest

@@ -17,7 +17,9 @@ SIFTFLOW_SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
 
 
 def read_ids(path):
-    with open(path) as f:
+    """Ids of a split file, one per line; blank lines, CRLF line ends and a
+    UTF-8 byte order mark are tolerated."""
+    with open(path, encoding='utf-8-sig') as f:
         return [line.strip() for line in f if line.strip()]
 
 

@@ -11,9 +11,9 @@ import os
 
 import locations
 from nets.model import Model
-from nets.sources import NYUD, SEED, VOC, Context, Head, SIFTFlow, Source
+from nets.sources import LMDB, NYUD, SEED, VOC, Context, Head, SIFTFlow, Source
 
-__all__ = ['Model', 'Source', 'Head', 'VOC', 'NYUD', 'SIFTFlow', 'Context', 'SEED',
+__all__ = ['Model', 'Source', 'Head', 'VOC', 'NYUD', 'SIFTFlow', 'Context', 'LMDB', 'SEED',
            'model_names', 'load']
 
 

@@ -4,6 +4,7 @@ Each function returns NetSpec tops; the caller names them by assigning into
 the NetSpec (n['conv1_1'] = ...), which is how the published layer names
 (and so the published caffemodels) come out.
 """
+import datasets
 from caffe import coord_map, layers as L, params as P
 
 # Weights learn at the base rate with weight decay, biases at twice the rate
@@ -94,6 +95,12 @@ def softmax_loss(score_top, label, normalize=False):
     """Per-pixel softmax loss; void (255) ignored. The reference release sums
     over pixels (normalize False), hence its tiny learning rates."""
     return L.SoftmaxWithLoss(score_top, label, loss_param=dict(normalize=normalize, ignore_label=255))
+
+
+def pixel_accuracy(score_top, label):
+    """The share of non-void pixels whose highest score is the label (for
+    scoring with the caffe tool alone, `caffe test`)."""
+    return L.Accuracy(score_top, label, accuracy_param=dict(ignore_label=datasets.VOID))
 
 
 def sigmoid_loss(score_top, onehot, normalize=False):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
 import datasets
-from caffe import layers as L
+from caffe import layers as L, params as P
 from locations import DATA_FROM_MODEL
 
 # The reference release's seed: the shuffled training order, and Caffe's
@@ -67,8 +67,22 @@ class Source:
     fusion: str = ''               # '', 'early' (concat to `data`) or 'late' (two streams)
 
     def data_layer_params(self, split):
-        """(layer class in layers.py, param_str dict) for a split."""
+        """(layer class in layers.py, param_str dict) for a split: the
+        dataset's own params and the net's class counts."""
+        layer, params = self.dataset_params(split)
+        return layer, dict(params, num_classes=self.label_classes)
+
+    def dataset_params(self, split):
+        """(layer class in layers.py, params saying where and how to read) for a split."""
         raise NotImplementedError
+
+    @property
+    def label_classes(self):
+        """The data layer's `num_classes`: the one head's class count, or
+        {label top: class count} for several heads."""
+        if len(self.heads) == 1:
+            return self.heads[0].num_classes
+        return {h.label: h.num_classes for h in self.heads}
 
     @property
     def mean(self):
@@ -110,7 +124,7 @@ class VOC(Source):
     sbdd_dir: str = f'{DATA_FROM_MODEL}/sbdd/dataset'  # '' trains on voc_dir's train split
     mean: Tuple[float, ...] = datasets.VOC_MEAN
 
-    def data_layer_params(self, split):
+    def dataset_params(self, split):
         params = dict(split=split, mean=self.mean, seed=SEED)
         if split == self.train_split and self.sbdd_dir:
             return 'SBDDSegDataLayer', dict(params, sbdd_dir=self.sbdd_dir)
@@ -130,7 +144,7 @@ class Context(Source):
     val_size: int = 5105
     mean: Tuple[float, ...] = datasets.CONTEXT_MEAN
 
-    def data_layer_params(self, split):
+    def dataset_params(self, split):
         return 'PASCALContextSegDataLayer', dict(
             voc_dir=f'{DATA_FROM_MODEL}/pascal', context_dir=f'{DATA_FROM_MODEL}/pascal-context',
             split=split, mean=self.mean, seed=SEED)
@@ -153,7 +167,7 @@ class SIFTFlow(Source):
     val_size: int = 200
     mean: Tuple[float, ...] = datasets.SIFTFLOW_MEAN
 
-    def data_layer_params(self, split):
+    def dataset_params(self, split):
         return 'SIFTFlowSegDataLayer', dict(siftflow_dir=f'{DATA_FROM_MODEL}/sift-flow',
                                             split=split, mean=self.mean, seed=SEED)
 
@@ -192,11 +206,46 @@ class NYUD(Source):
     def mean(self):
         return self.means['color']
 
-    def data_layer_params(self, split):
+    def dataset_params(self, split):
         return 'NYUDSegDataLayer', dict(nyud_dir=f'{DATA_FROM_MODEL}/nyud', split=split,
                                         tops=list(self.modalities) + ['label'],
                                         means={m: self.means[m] for m in self.modalities},
                                         seed=SEED)
+
+
+@dataclass(frozen=True)
+class LMDB(Source):
+    """Images and labels in LMDB, read by Caffe's own Data layers (one for
+    images, one for labels), so the caffe tool trains and tests the nets
+    with no Python. Each split is two LMDBs of Caffe Datum records in the
+    same order, one image each: BGR uint8 images (the mean is subtracted by
+    the Data layer) and labels as 1-channel uint8 images (255 void)."""
+    name: str = 'lmdb'
+    train_split: str = 'train'
+    val_split: str = 'val'
+    train_file: str = 'train.prototxt'
+    val_file: str = 'val.prototxt'
+    heads: Tuple[Head, ...] = ()      # required: the classes
+    test_interval: int = VOC.test_interval
+    max_iter: int = VOC.max_iter
+    val_size: int = 0                 # required: images in the val LMDBs
+    lmdb_dir: str = 'lmdb'  # holds <split>-image/ and <split>-label/
+    mean: Tuple[float, ...] = datasets.VOC_MEAN
+
+    def __post_init__(self):
+        if len(self.heads) != 1 or self.val_size < 1:
+            raise ValueError('LMDB: give one head (the classes) and val_size (images in the val LMDBs)')
+
+    def lmdb_path(self, split, kind):
+        """The LMDB of a split's 'image's or 'label's."""
+        return f'{self.lmdb_dir}/{split}-{kind}'
+
+    def data_layer(self, split):
+        # One image a batch, as the reference nets train: sizes may differ.
+        image = L.Data(source=self.lmdb_path(split, 'image'), backend=P.Data.LMDB, batch_size=1,
+                       transform_param=dict(mean_value=list(self.mean)))
+        label = L.Data(source=self.lmdb_path(split, 'label'), backend=P.Data.LMDB, batch_size=1)
+        return ['data', self.heads[0].label], (image, label)
 
 
 def source_of_data_layer(layer):

@@ -9,6 +9,8 @@ import pytest
 from conftest import write_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 @pytest.fixture(scope='module')
 def benchmark():
     spec = importlib.util.spec_from_file_location('benchmark', os.path.join(REPO, 'tools', 'benchmark.py'))
@@ -21,22 +23,45 @@ def test_benchmark_reports_speed_and_memory(benchmark, tmp_path, capsys):
     softmax = write_model(tmp_path / 'tiny-fcn8s', stride=8)
     sigmoid = write_model(tmp_path / 'tiny-fcn8s-sigmoid', stride=8, extra=", loss='sigmoid'")
     out = tmp_path / 'bench.json'
-    benchmark.main(['--models', softmax, sigmoid, '--sizes', '37', '90', '--iters', '1',
-                    '--json', str(out)])
+    benchmark.main(['--models', softmax, sigmoid, '--sizes', '37', '90x61', '--train-sizes', '37',
+                    '--iters', '1', '--no-stock', '--json', str(out)])
     report = json.loads(out.read_text())
     results = report['results']
-    assert [(r['model'], r['size']) for r in results] == [
-        ('tiny-fcn8s', 37), ('tiny-fcn8s', 90), ('tiny-fcn8s-sigmoid', 37), ('tiny-fcn8s-sigmoid', 90)]
+    assert [(r['model'], r['size'], r['mode']) for r in results] == [
+        ('tiny-fcn8s', '37x37', 'forward'), ('tiny-fcn8s', '90x61', 'forward'),
+        ('tiny-fcn8s-sigmoid', '37x37', 'forward'), ('tiny-fcn8s-sigmoid', '90x61', 'forward'),
+        ('tiny-fcn8s', '37x37', 'train'), ('tiny-fcn8s-sigmoid', '37x37', 'train')]
     for r in results:
-        for timing in (r['forward'], r['train']):
-            assert 0 < timing['best_ms'] <= timing['mean_ms']
-        assert r['train_memory_mib'] > 2 * r['activations_mib']
+        assert r['build'] == 'project' and r['patched']
+        assert 0 < r['best_ms'] <= r['mean_ms'] and r['first_ms'] > 0
+        # each measurement's own process: its peak holds the blobs and more
+        assert r['peak_rss_mib'] > r['blobs_mib'] + r['params_mib']
+        assert 0 < r['workspace_mib'] <= 128
     small, large = results[:2]
     assert small['params_mib'] == large['params_mib'] > 0
-    assert large['activations_mib'] > small['activations_mib']
+    assert large['blobs_mib'] > small['blobs_mib']
+    assert results[4]['blobs_mib'] > 2 * small['blobs_mib'] * 0.99  # training: data and diffs
     printed = capsys.readouterr().out
-    assert 'forward ms' in printed and printed.count('tiny-fcn8s') >= 4
+    assert 'peak RSS GiB' in printed and printed.count('tiny-fcn8s') >= 6
     assert report['device'].startswith('CPU')
-    # inference only
-    only = benchmark.main(['--models', softmax, '--sizes', '33', '--iters', '1', '--no-backward'])
-    assert 'train' not in only[0] and only[0]['forward']['mean_ms'] > 0
+
+
+def test_benchmark_compares_with_another_build(benchmark, tmp_path):
+    """--stock runs the same measurement with the Caffe of another build's
+    dist/ (here the installed build's own, the one at hand in every checkout)."""
+    import caffe
+    folder = write_model(tmp_path / 'tiny-fcn8s', stride=8)
+    with open(os.path.join(os.path.dirname(caffe.__file__), '.build-cache')) as f:
+        dist = os.path.join(f.read().strip(), 'dist')
+    results = benchmark.main(['--models', folder, '--sizes', '33', '--train-sizes', '--iters', '1',
+                              '--stock', dist])
+    assert [r['build'] for r in results] == ['project', 'stock']
+    assert results[1]['caffe'] == os.path.join(dist, 'python', 'caffe')
+    assert results[0]['caffe'] == os.path.dirname(caffe.__file__)
+    assert all(r['mean_ms'] > 0 for r in results)
+
+
+def test_sizes_are_checked(benchmark):
+    assert benchmark.parse_size('1000x750') == (1000, 750) and benchmark.parse_size('64') == (64, 64)
+    with pytest.raises(SystemExit):
+        benchmark.main(['--sizes', '10x'])

@@ -23,6 +23,7 @@ import scipy.io
 from PIL import Image
 
 import datasets
+from conftest import write_model
 from fetch import REPO, FetchError, install
 from fetch.__main__ import main
 from fetch.archive import ArchiveLayoutError, unpack_folder
@@ -438,7 +439,8 @@ def test_data_layers_read_the_unpacked_fixture(data_root, tmp_path):
         n = caffe.NetSpec()
         n.data, n.label = L.Python(module='layers', layer=layer, ntop=2,
                                    param_str=str(dict(params, mean=datasets.VOC_MEAN,
-                                                      randomize=False, seed=1337)))
+                                                      randomize=False, seed=1337,
+                                                      num_classes=len(datasets.VOC_CLASSES))))
         proto = tmp_path / f'{layer}.prototxt'
         proto.write_text(str(n.to_proto()))
         net = caffe.Net(str(proto), caffe.TEST)
@@ -490,18 +492,36 @@ pathlib.Path(a.out).with_name('argv.json').write_text(__import__('json').dumps(s
 '''
 
 
+def tiny_classifier(ilsvrc, net):
+    """A stand-in ILSVRC classifier prototxt in a models root's ilsvrc-nets/
+    (what fetch checks downloads against) and the bytes of weights for it."""
+    import caffe
+    from caffe import layers as L
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 2, 2]))
+    n.fc8 = L.InnerProduct(n.data, num_output=2)
+    ilsvrc.mkdir(parents=True, exist_ok=True)
+    proto = ilsvrc / f'{net}-classifier.prototxt'
+    proto.write_text(str(n.to_proto()))
+    weights = ilsvrc.parent / f'{net}.caffemodel'
+    caffe.Net(str(proto), caffe.TEST).save(str(weights))
+    return weights.read_bytes()
+
+
 def test_ilsvrc_weights_are_downloaded_then_converted(server, tmp_path, monkeypatch):
     surgery = tmp_path / 'surgery.py'
     surgery.write_text(FAKE_SURGERY)
     monkeypatch.setattr(install, 'SURGERY', surgery)
-    for net in ('vgg16', 'caffenet'):
-        monkeypatch.setitem(DOWNLOADS, net, Download(server.serve(f'/{net}/{DOWNLOADS[net].filename}',
-                                                              net.encode())))
     root = tmp_path / 'models'
-    assert fetch_cli('weights', 'vgg16', '--dest', root) == 0
     ilsvrc = root / 'nets' / 'ilsvrc-nets'
-    assert (ilsvrc / 'VGG_ILSVRC_16_layers.caffemodel').read_bytes() == b'vgg16'
-    assert (ilsvrc / 'vgg16-fcn.caffemodel').read_bytes() == b'fcn:vgg16'
+    served = {}
+    for net in ('vgg16', 'caffenet'):
+        served[net] = tiny_classifier(ilsvrc, net)
+        monkeypatch.setitem(DOWNLOADS, net, Download(server.serve(f'/{net}/{DOWNLOADS[net].filename}',
+                                                              served[net])))
+    assert fetch_cli('weights', 'vgg16', '--dest', root) == 0
+    assert (ilsvrc / 'VGG_ILSVRC_16_layers.caffemodel').read_bytes() == served['vgg16']
+    assert (ilsvrc / 'vgg16-fcn.caffemodel').read_bytes() == b'fcn:' + served['vgg16']
     argv = json.loads((ilsvrc / 'argv.json').read_text())
     assert argv[:3] == ['convert', '--net', 'vgg16'] and argv[-1].endswith('vgg16-fcn.caffemodel.part')
     # A failed conversion leaves no converted file (the download stays).
@@ -521,10 +541,15 @@ def test_convert_command_matches_surgery_cli(tmp_path, capfd):
 
 
 def test_published_model_from_a_local_file(tmp_path):
+    """Checked against the deploy net of the model folder it goes into (here
+    a tiny stand-in voc-fcn8s)."""
+    import caffe
+    folder = write_model(tmp_path / 'models' / 'voc-fcn8s', stride=8)
     mine = tmp_path / 'downloaded-elsewhere.caffemodel'
-    mine.write_bytes(b'weights')
+    caffe.Net(os.path.join(folder, 'deploy.prototxt'), caffe.TEST).save(str(mine))
     assert fetch_cli('weights', 'voc-fcn8s', '--dest', tmp_path / 'models', '--file', mine) == 0
-    assert (tmp_path / 'models/voc-fcn8s/fcn8s-heavy-pascal.caffemodel').read_bytes() == b'weights'
+    assert (tmp_path / 'models/voc-fcn8s/fcn8s-heavy-pascal.caffemodel').read_bytes() == \
+        mine.read_bytes()
 
 
 # ---------------------------------------------------------------- score-all
@@ -568,7 +593,8 @@ def test_score_all_scores_a_fixture_published_model(data_root, tmp_path):
         return n
 
     data, label = L.Python(module='layers', layer='VOCSegDataLayer', ntop=2, param_str=str(dict(
-        voc_dir='../data/pascal/VOC2011', split='seg11valid', mean=datasets.VOC_MEAN, seed=1337)))
+        voc_dir='../data/pascal/VOC2011', split='seg11valid', mean=datasets.VOC_MEAN, seed=1337,
+        num_classes=len(datasets.VOC_CLASSES))))
     (models / model.folder / 'val.prototxt').write_text(str(net_spec(data, label).to_proto()))
     weights_net = tmp_path / 'weights.prototxt'
     weights_net.write_text(str(net_spec(L.Input(shape=dict(dim=[1, 3, 4, 4]))).to_proto()))

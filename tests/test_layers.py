@@ -26,18 +26,19 @@ SIFT_SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
 # ---------------------------------------------------------------- helpers
 
 def dataset_means(layer):
-    """The mean param(s) the dataset's own nets give data layer `layer`
-    (NYUD: every modality's)."""
+    """The mean param(s) and class counts the dataset's own nets give data
+    layer `layer` (NYUD: every modality's mean)."""
     source = source_of_data_layer(layer)
     if source is None:
         return {}
-    return {'means': dict(source.means)} if isinstance(source, NYUD) else {'mean': source.mean}
+    means = {'means': dict(source.means)} if isinstance(source, NYUD) else {'mean': source.mean}
+    return dict(means, num_classes=source.label_classes)
 
 
 def make_net(tmp_path, layer, params, top_names, phase=caffe.TEST):
     """A net holding only the data layer, built from a prototxt file; a dict
     of params gets the dataset's mean(s) where it names none."""
-    if isinstance(params, dict) and not {'mean', 'means'} & set(params):
+    if isinstance(params, dict):
         params = {**dataset_means(layer), **params}
     n = caffe.NetSpec()
     tops = L.Python(module='layers', layer=layer, ntop=len(top_names),
@@ -361,7 +362,7 @@ def test_interpreter_exits_with_a_prefetch_in_flight(tmp_path):
     proto.write_text(textwrap.dedent(f'''\
         layer {{ name: "d" type: "Python" top: "data" top: "label"
           python_param {{ module: "layers" layer: "SBDDSegDataLayer"
-            param_str: "{{'sbdd_dir': '{tmp_path / 'sbdd'}', 'split': 'train', 'seed': 0, 'mean': (104, 117, 123)}}" }} }}
+            param_str: "{{'sbdd_dir': '{tmp_path / 'sbdd'}', 'split': 'train', 'seed': 0, 'mean': (104, 117, 123), 'num_classes': 21}}" }} }}
         '''))
     code = f'import caffe; net = caffe.Net({str(proto)!r}, caffe.TRAIN); net.forward(); print("ok")'
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60,
@@ -432,7 +433,10 @@ DROP = object()  # marks a key the bad-params case leaves out
 
 @pytest.mark.parametrize('change, message', [
     ({'bogus': 1}, r"unknown keys \['bogus'\]; valid keys: \['jitter', 'mean', 'mirror', "
-                   r"'prefetch', 'randomize', 'seed', 'split', 'voc_dir'\]"),
+                   r"'num_classes', 'prefetch', 'randomize', 'seed', 'split', 'voc_dir'\]"),
+    ({'num_classes': 0}, r"param 'num_classes' must be an int 1\.\.255"),
+    ({'num_classes': {'sem': 3}}, r"param 'num_classes' must give a count for each label top "
+                                  r"\['label'\], got \{'sem': 3\}"),
     ({'voc_dir': DROP, 'split': DROP}, r"missing keys \['voc_dir', 'split'\]; valid keys"),
     ({'voc_dir': None}, r"param 'voc_dir' must be a folder path, got None"),
     ({'jitter': 33}, r"param 'jitter' must be an int 0\.\.32"),
@@ -505,21 +509,21 @@ def test_label_values_out_of_range(tmp_path):
     voc_fixture(tmp_path / 'voc')
     save_palette_png(tmp_path / 'voc' / 'SegmentationClass' / 'a.png', label)
     with pytest.raises(layers.DataError, match=r'a\.png: label values 21 outside 0\.\.20 '
-                                               r'\(and 255 void\) for 21 classes'):
+                                               r"\(and 255 void\) for the net's 21 classes"):
         voc_net(tmp_path)
     bad_nyud = tmp_path / 'n.mat'
     scipy.io.savemat(bad_nyud, {'segmentation': np.array([[0, 41]], np.uint8)})
     with pytest.raises(layers.DataError, match=r'n\.mat: label values \[41\] outside the expected 0\.\.40'):
-        layers.load_nyud_label(str(bad_nyud))
+        layers.load_nyud_label(str(bad_nyud), 40)
     bad_geo = tmp_path / 'g.mat'
     scipy.io.savemat(bad_geo, {'S': np.array([[-1, 4]], np.int16)})
     with pytest.raises(layers.DataError, match=r'g\.mat: label values \[4\] outside .*geometric'):
-        layers.load_siftflow_label(str(bad_geo), 'geometric')
+        layers.load_siftflow_label(str(bad_geo), 'geometric', 3)
     lut = np.zeros(460, np.int64)
     bad_context = tmp_path / 'c.mat'
     scipy.io.savemat(bad_context, {'LabelMap': np.array([[1, 460]], np.uint16)})
     with pytest.raises(layers.DataError, match=r'c\.mat: LabelMap values \[460\] outside'):
-        layers.load_context_label(str(bad_context), lut)
+        layers.load_context_label(str(bad_context), lut, 60)
 
 
 def test_bad_depth_and_context_lists(tmp_path):

@@ -183,7 +183,8 @@ def test_synthetic_voc_layout_and_determinism(tmp_path):
         with Image.open(voc / 'SegmentationClass' / f'{idx}.png') as png:
             assert png.mode == 'P'
             assert np.array_equal(np.array(png.getpalette()).reshape(-1, 3)[:256], datasets.voc_palette())
-        label = layers.load_voc_label(str(voc / 'SegmentationClass' / f'{idx}.png'))
+        label = layers.load_voc_label(str(voc / 'SegmentationClass' / f'{idx}.png'),
+                                      len(synthetic.CLASSES))
         assert label.shape == image.shape[:2]
         assert set(np.unique(label)) <= set(range(len(synthetic.CLASSES))) | {datasets.VOID}
         assert (label > 0).any() and (label != datasets.VOID).any()

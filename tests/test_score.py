@@ -316,7 +316,8 @@ def siftflow_model(tmp_path):
     n.data, n.sem, n.geo = L.Python(module='layers', layer='SIFTFlowSegDataLayer', ntop=3,
                                     param_str=repr(dict(siftflow_dir='../../data/sift-flow',
                                                         split='train', mean=datasets.SIFTFLOW_MEAN,
-                                                        seed=1337)))
+                                                        seed=1337, num_classes=dict(sem=SEM_CL,
+                                                                                    geo=GEO_CL))))
     heads(n, {'sem': n.sem, 'geo': n.geo})
     # loss blob names as in siftflow-*
     n.loss = L.SoftmaxWithLoss(n.score_sem, n.sem, loss_param=dict(ignore_label=255))

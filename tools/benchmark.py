@@ -1,24 +1,41 @@
-"""Speed and memory of the FCN nets: prints figures, asserts nothing.
+"""Speed and memory of the FCN nets, with this project's Caffe and with stock
+Caffe: prints figures, asserts nothing.
 
-    python tools/benchmark.py [--models voc-fcn32s voc-fcn16s voc-fcn8s]
-        [--sizes 500] [--iters 3] [--gpu N] [--no-backward] [--json out.json]
+    python tools/benchmark.py [--models voc-fcn8s ...] [--sizes 500x500 1000x750 ...]
+        [--train-sizes 500x500] [--iters 2] [--gpu N] [--stock DIR | --no-stock]
+        [--json out.json]
 
-For each model folder and square input size:
-- inference: the deploy net's forward (what infer.py runs per image). The
-  papers quote ~175 ms (CVPR) and about 0.1 s (PAMI) for FCN-8s on a K40c;
-  Caffe on 2 CPU cores takes seconds.
-- training: forward + backward of the same net with the model's own loss
-  (nets.fcn.loss) on a label of the input's size, as one training iteration
-  computes once its data layer has served an image (file reading and the
-  solver's update are not counted).
-Times are milliseconds, mean and best of --iters runs after one warm-up run.
-Memory: the parameters, and the activations Caffe allocates for that size
-(blob data; training doubles them with the diffs). No weights are needed:
-speed does not depend on their values (Caffe fills the nets with zeros).
+For each model and input size (WIDTHxHEIGHT, or N for N x N):
+- forward: the deploy net's forward pass (what infer.py runs per image): the
+  first one (Caffe allocates the blobs then) and the mean and best of --iters
+  later ones. The papers quote ~175 ms (CVPR) and about 0.1 s (PAMI) for
+  FCN-8s on a K40c; Caffe on 2 CPU cores takes seconds.
+- train (--train-sizes only, default 500x500): forward + backward of the same
+  net with the model's own loss (nets.fcn.loss) on a label of the input's
+  size, as one training iteration computes once its data layer has served an
+  image (file reading and the solver's update are not counted).
+Each measurement runs in a process of its own, so that its peak resident
+memory (peak RSS: parameters, blobs, Caffe's buffers, Python) is its own.
+Also reported: the im2col workspace the Caffe build holds after the run
+(this project's build: one bounded workspace, CAFFE_CONV_WORKSPACE_MB), the
+blobs' memory, and the parameters'. No weights are needed: speed does not
+depend on their values (Caffe fills the nets with zeros).
+
+Stock Caffe: the same measurements with the Caffe build that lacks the
+project's bounded-workspace patch (STOCK_PATCH), found in the build cache
+(tools/caffe/build.sh --without STOCK_PATCH --no-install builds it) or given
+with --stock (a build's cache folder or its dist/). Stock Caffe holds a full
+im2col buffer per convolution layer: it aborts beyond 2^31 elements ("blob
+size exceeds INT_MAX"), which the table shows as the failure it is. A
+measurement whose estimated memory exceeds what the system has available is
+skipped, not run into the out-of-memory killer.
 """
 import argparse
+import glob
 import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,10 +45,33 @@ os.environ.setdefault('GLOG_minloglevel', '2')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-DEFAULT_MODELS = ('voc-fcn32s', 'voc-fcn16s', 'voc-fcn8s')
+DEFAULT_MODELS = ('voc-fcn8s',)
+DEFAULT_SIZES = ('500x500', '1000x750', '2000x1500', '4032x3024')
+DEFAULT_TRAIN_SIZES = ('500x500',)
+STOCK_PATCH = 'conv-bounded-workspace.patch'
 MIB = 2 ** 20
+GIB = 2 ** 30
+FLOAT_BYTES = 4
 
 
+def parse_size(text):
+    """'WxH' or 'N' -> (width, height)."""
+    try:
+        parts = [int(p) for p in text.lower().split('x')]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f'expected WIDTHxHEIGHT or N (pixels), got {text!r}')
+    return tuple(parts)
+
+
+def size_name(size):
+    return f'{size[0]}x{size[1]}'
+
+
+# ------------------------------------------------------------ the nets
 def training_spec(model):
     """The model's deploy net with label inputs and its loss per head."""
     from caffe import layers as L
@@ -56,95 +96,249 @@ def load_net(proto, phase):
 
 
 def reshape(net, size, labels=()):
+    """Reshape the inputs to size (width, height); allocates nothing."""
     for name in net.inputs:
         blob = net.blobs[name]
-        blob.reshape(1, 1 if name in labels else blob.shape[1], size, size)
-        blob.data[...] = 0
+        blob.reshape(1, 1 if name in labels else blob.shape[1], size[1], size[0])
     net.reshape()
 
 
-def timed(run, iters):
-    run()  # warm-up: first-touch allocations
+def fill_inputs(net):
+    for name in net.inputs:
+        net.blobs[name].data[...] = 0
+
+
+def blob_bytes(net):
+    return FLOAT_BYTES * sum(blob.count for blob in net.blobs.values())
+
+
+def column_bytes(net):
+    """Bytes of the full im2col matrices of the net's Convolution and
+    Deconvolution layers at its current shape (stock Caffe holds all of them;
+    1x1 convolutions need none)."""
+    total = 0
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type not in ('Convolution', 'Deconvolution'):
+            continue
+        kernel = layer.blobs[0].shape[2:]
+        bottom = net.blobs[net.bottom_names[name][0]].shape
+        top = net.blobs[net.top_names[name][0]].shape
+        if layer.type == 'Deconvolution':
+            bottom, top = top, bottom  # its im2col runs from top to bottom
+        spatial = 1
+        for n in top[2:]:
+            spatial *= n
+        if all(k == 1 for k in kernel) and tuple(bottom[2:]) == tuple(top[2:]):
+            continue
+        kernel_size = 1
+        for k in kernel:
+            kernel_size *= k
+        total += FLOAT_BYTES * bottom[1] * kernel_size * spatial
+    return total
+
+
+def available_memory():
+    import infer
+    return infer.available_memory()
+
+
+# ------------------------------------------------------------ one measurement
+def measure(model_name, size, mode, iters):
+    """Runs in its own process (--worker): the figures of one model, size and
+    mode ('forward' or 'train') with the Caffe found on sys.path."""
+    import caffe
+    import nets
+    model = nets.load(model_name)
+    if mode == 'forward':
+        net = caffe.Net(os.path.join(model.folder, 'deploy.prototxt'), caffe.TEST)
+        labels = ()
+        run = net.forward
+    else:
+        net = load_net(training_spec(model), caffe.TRAIN)
+        labels = {h.label for h in model.source.heads}
+
+        def run():
+            net.forward()
+            net.backward()
+    reshape(net, size, labels)
+    patched = hasattr(caffe, 'conv_workspace_bytes')
+    blobs = blob_bytes(net) * (2 if mode == 'train' else 1)  # training: data and diffs
+    params = FLOAT_BYTES * sum(b.count for blobs_ in net.params.values() for b in blobs_)
+    # what this run will hold, beyond what the process holds now
+    need = blobs + params * (2 if mode == 'train' else 1) + \
+        (caffe.conv_workspace_limit() if patched else column_bytes(net))
+    available = available_memory()
+    result = dict(caffe=os.path.dirname(caffe.__file__), patched=patched,
+                  blobs_mib=blobs / MIB, params_mib=params / MIB, estimate_gib=need / GIB)
+    if available is not None and need > 0.9 * available:
+        result['skipped'] = (f'needs about {need / GIB:.1f} GiB, '
+                             f'{available / GIB:.1f} GiB available')
+        return result
+    fill_inputs(net)
+    t = time.perf_counter()
+    run()
+    result['first_ms'] = 1000 * (time.perf_counter() - t)
     seconds = []
     for _ in range(iters):
         t = time.perf_counter()
         run()
         seconds.append(time.perf_counter() - t)
-    return {'mean_ms': 1000 * sum(seconds) / iters, 'best_ms': 1000 * min(seconds)}
-
-
-def activation_bytes(net):
-    return sum(blob.data.nbytes for blob in net.blobs.values())
-
-
-def benchmark(model_name, size, iters, backward=True):
-    """{'model', 'size', 'params_mib', 'forward', 'activations_mib',
-    ['train', 'train_memory_mib']} for one model folder and input size."""
-    import caffe
-    import nets
-    model = nets.load(model_name)
-    folder = model.folder
-    deploy = caffe.Net(os.path.join(folder, 'deploy.prototxt'), caffe.TEST)
-    reshape(deploy, size)
-    params = sum(b.data.nbytes for blobs in deploy.params.values() for b in blobs)
-    result = {'model': model.name, 'size': size, 'params_mib': params / MIB,
-              'forward': timed(deploy.forward, iters),
-              'activations_mib': activation_bytes(deploy) / MIB}
-    del deploy
-    if backward:
-        train = load_net(training_spec(model), caffe.TRAIN)
-        reshape(train, size, labels={h.label for h in model.source.heads})
-
-        def step():
-            train.forward()
-            train.backward()
-        result['train'] = timed(step, iters)
-        # data and diff of every blob, and the parameters' diffs
-        result['train_memory_mib'] = (2 * activation_bytes(train) + 2 * params) / MIB
+    result['mean_ms'] = 1000 * sum(seconds) / iters
+    result['best_ms'] = 1000 * min(seconds)
+    result['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    result['workspace_mib'] = caffe.conv_workspace_bytes() / MIB if patched else column_bytes(net) / MIB
     return result
 
 
-HEADER = (f"{'model':<22}{'size':>6}{'forward ms':>12}{'(best)':>9}{'train ms':>11}"
-          f"{'(best)':>9}{'params MiB':>12}{'activ. MiB':>12}")
+def worker(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--model')
+    parser.add_argument('--size', type=parse_size)
+    parser.add_argument('--mode')
+    parser.add_argument('--iters', type=int)
+    parser.add_argument('--gpu', type=int)
+    args = parser.parse_args(argv)
+    import runtime
+    runtime.use_device(args.gpu)
+    print('RESULT ' + json.dumps(measure(args.model, args.size, args.mode, args.iters)), flush=True)
+
+
+# ------------------------------------------------------------ builds
+def installed_build():
+    """(cache folder, build-info) of the pycaffe in this environment."""
+    import importlib.util
+    spec = importlib.util.find_spec('caffe')
+    pkg = os.path.dirname(spec.origin)
+    with open(os.path.join(pkg, 'build-info.json')) as f:
+        info = json.load(f)
+    cache = None
+    if os.path.exists(os.path.join(pkg, '.build-cache')):
+        with open(os.path.join(pkg, '.build-cache')) as f:
+            cache = f.read().strip()
+    return cache, info
+
+
+def dist_of(folder):
+    """A build's dist/ folder from the folder itself or its cache folder."""
+    for candidate in (folder, os.path.join(folder, 'dist')):
+        if os.path.isfile(os.path.join(candidate, 'build-info.json')):
+            return candidate
+    raise SystemExit(f'benchmark.py: error: {folder} is not a Caffe build (no build-info.json '
+                     'in it or in its dist/)')
+
+
+def options(info):
+    """A build's CMake options but the Python executable's path (builds of
+    any checkout's environment with the same Python and numpy are alike)."""
+    return [o for o in info['cmake_options'] if not o.startswith('-DPYTHON_EXECUTABLE=')]
+
+
+def find_stock_build():
+    """The cached dist/ of the build equal to the installed one but without
+    STOCK_PATCH (same source, options, Python and numpy), or None."""
+    cache, info = installed_build()
+    wanted = [p for p in info['patches'] if not p.endswith('/' + STOCK_PATCH)]
+    if cache is None or len(wanted) == len(info['patches']):
+        return None
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(cache), '*', 'dist', 'build-info.json'))):
+        with open(path) as f:
+            other = json.load(f)
+        same = all(other.get(k) == info.get(k) for k in ('source', 'variant', 'python', 'numpy')) and \
+            options(other) == options(info)
+        if same and other['patches'] == wanted and os.path.exists(os.path.join(os.path.dirname(path), '.complete')):
+            return os.path.dirname(path)
+    return None
+
+
+def build_env(dist):
+    """The environment of a worker process that imports the Caffe of `dist`
+    (None: the installed one)."""
+    env = dict(os.environ)
+    if dist is not None:
+        env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.path.join(dist, 'python'), REPO,
+                                                          env.get('PYTHONPATH')]))
+        # a dist's _caffe.so finds libcaffe in dist/lib only through the library path
+        env['LD_LIBRARY_PATH'] = os.pathsep.join(filter(None, [os.path.join(dist, 'lib'),
+                                                               env.get('LD_LIBRARY_PATH')]))
+    return env
+
+
+def run_worker(build, dist, model, size, mode, iters, gpu):
+    """One measurement in a new process; the result dict, or its failure."""
+    command = [sys.executable, os.path.abspath(__file__), '--worker', '--model', model,
+               '--size', size_name(size), '--mode', mode, '--iters', str(iters)]
+    if gpu is not None:
+        command += ['--gpu', str(gpu)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=build_env(dist))
+    base = dict(model=os.path.basename(os.path.normpath(model)), size=size_name(size), mode=mode, build=build)
+    for line in proc.stdout.splitlines():
+        if line.startswith('RESULT '):
+            return dict(base, **json.loads(line[len('RESULT '):]))
+    lines = [l for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
+    reason = next((l for l in lines if 'Check failed' in l or 'Error' in l), lines[-1] if lines else '')
+    return dict(base, failed=f'exit status {proc.returncode}: {reason.strip()[:200]}')
+
+
+HEADER = (f"{'model':<14}{'size':>11}{'mode':>9}{'build':>9}{'first s':>9}{'steady s':>10}"
+          f"{'best s':>8}{'peak RSS GiB':>14}{'workspace MiB':>15}{'blobs MiB':>11}")
 
 
 def format_row(r):
-    train = r.get('train')
-    return (f"{r['model']:<22}{r['size']:>6}{r['forward']['mean_ms']:>12.0f}"
-            f"{r['forward']['best_ms']:>9.0f}"
-            + (f"{train['mean_ms']:>11.0f}{train['best_ms']:>9.0f}" if train else f"{'-':>11}{'-':>9}")
-            + f"{r['params_mib']:>12.1f}{r['activations_mib']:>12.1f}")
+    head = f"{r['model']:<14}{r['size']:>11}{r['mode']:>9}{r['build']:>9}"
+    if 'failed' in r or 'skipped' in r:
+        return head + '   ' + ('failed: ' + r['failed'] if 'failed' in r else 'skipped: ' + r['skipped'])
+    return head + (f"{r['first_ms'] / 1000:>9.2f}{r['mean_ms'] / 1000:>10.2f}{r['best_ms'] / 1000:>8.2f}"
+                   f"{r['peak_rss_mib'] / 1024:>14.2f}{r['workspace_mib']:>15.0f}{r['blobs_mib']:>11.0f}")
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ['--worker']:
+        return worker(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
                         help='models (e.g. voc-fcn8s) or paths to model folders')
-    parser.add_argument('--sizes', nargs='+', type=int, default=[500],
-                        help='square input sizes (pixels)')
-    parser.add_argument('--iters', type=int, default=3, help='timed runs after one warm-up')
+    parser.add_argument('--sizes', nargs='*', type=parse_size, default=[parse_size(s) for s in DEFAULT_SIZES],
+                        help=f'forward input sizes, WIDTHxHEIGHT or N (default {" ".join(DEFAULT_SIZES)})')
+    parser.add_argument('--train-sizes', nargs='*', type=parse_size,
+                        default=[parse_size(s) for s in DEFAULT_TRAIN_SIZES],
+                        help=f'sizes of the forward+backward step (default {" ".join(DEFAULT_TRAIN_SIZES)})')
+    parser.add_argument('--iters', type=int, default=2, help='timed runs after the first')
     parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
-    parser.add_argument('--no-backward', action='store_true', help='time inference only')
+    stock = parser.add_mutually_exclusive_group()
+    stock.add_argument('--stock', help='stock Caffe build to compare with (cache folder or its dist/; '
+                                       'default: found in the build cache)')
+    stock.add_argument('--no-stock', action='store_true', help='measure the installed Caffe only')
     parser.add_argument('--json', help='also write the figures here')
     args = parser.parse_args(argv)
-    if args.iters < 1 or any(s < 1 for s in args.sizes):
-        parser.error('--iters and --sizes must be positive')
+    if args.iters < 1:
+        parser.error('--iters must be positive')
 
-    import runtime
-    runtime.use_device(args.gpu)
-    device = f'GPU {args.gpu}' if args.gpu is not None else \
-        f'CPU, {os.cpu_count()} cores, OPENBLAS_NUM_THREADS=' \
-        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}"
+    builds = [('project', None)]
+    if not args.no_stock:
+        dist = dist_of(args.stock) if args.stock else find_stock_build()
+        if dist is None:
+            print(f'(no stock Caffe build in the cache: `bash tools/caffe/build.sh --without {STOCK_PATCH} '
+                  '--no-install` builds it; comparing nothing)', flush=True)
+        else:
+            builds.append(('stock', dist))
+    device = (f'CPU, {os.cpu_count()} cores, OPENBLAS_NUM_THREADS='
+              f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}") if args.gpu is None else f'GPU {args.gpu}'
+    jobs = [(m, s, 'forward') for m in args.models for s in args.sizes] + \
+           [(m, s, 'train') for m in args.models for s in args.train_sizes]
     results = []
     print(HEADER, flush=True)
-    for name in args.models:
-        for size in args.sizes:
-            results.append(benchmark(name, size, args.iters, backward=not args.no_backward))
+    for model, size, mode in jobs:
+        for build, dist in builds:
+            results.append(run_worker(build, dist, model, size, mode, args.iters, args.gpu))
             print(format_row(results[-1]), flush=True)
-    print(f'\n{device}; mean (best) of {args.iters} runs after a warm-up')
+    print(f'\n{device}; steady: mean (best) of {args.iters} runs after the first; '
+          'each row in a process of its own')
+    for build, dist in builds[1:]:
+        print(f'stock Caffe: {dist}')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(device=device, iters=args.iters, results=results), f, indent=1)
+            json.dump(dict(device=device, iters=args.iters, builds=dict(builds), results=results), f, indent=1)
     return results
 
 

@@ -2,7 +2,7 @@
 # Build Caffe (pycaffe + the caffe tool) from its official source and install
 # it into the project's virtual environment.
 #
-#   tools/caffe/build.sh [--cuda] [--cuda-arch "90"] [--cudnn] [--venv DIR]
+#   tools/caffe/build.sh [--cuda] [--cuda-arch "90"] [--cudnn] [--no-nccl] [--venv DIR]
 #                        [--jobs N] [--force] [--no-install] [--print-dir] [--info]
 #
 # Source: Debian's `caffe` source package 1.0.0+git20180821.99bd997-8 (its orig
@@ -27,6 +27,9 @@
 #                     (default: $CUDA_ARCH or "90"; the highest also gets PTX).
 #   --cudnn           build with cuDNN (only with --cuda; CUDNN_ROOT=DIR for one
 #                     outside the toolkit); cuDNN-9 patches: patches/series.cudnn.
+#   --no-nccl         a --cuda build without NCCL (Caffe's multi-GPU training
+#                     needs it; it is on by default, from the toolkit or the
+#                     pinned wheel below).
 #   --no-install      build (or find) the cached build, leave the venv as it is.
 #   --print-dir       as --no-install, then print only the build's cache folder
 #                     on stdout (progress goes to stderr); for scripts.
@@ -34,6 +37,9 @@
 #   --jobs N          parallel compile jobs (default: number of cores).
 #   --force           rebuild even when the cache holds this key.
 #   --info            print what is installed in the venv and exit.
+#   --without PATCH   leave the project patch PATCH (a name in patches/series)
+#                     out, e.g. to build stock Caffe's convolution for
+#                     tools/benchmark.py's comparison (with --no-install).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,18 +52,20 @@ ORIG_SHA256="e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c"
 # Bump when a change to this recipe changes what gets built (part of the key).
 RECIPE_VERSION=1
 # CUDA builds only: their own recipe version and the NVIDIA wheels (cuBLAS,
-# cuRAND, cuDNN) used when the CUDA toolkit lacks those libraries.
+# cuRAND, cuDNN, NCCL) used when the CUDA toolkit lacks those libraries.
 CUDA_RECIPE_VERSION=1
 CUDA_WHEEL_CUBLAS="nvidia-cublas==13.0.2.14"
 CUDA_WHEEL_CURAND="nvidia-curand==10.4.0.35"
 CUDA_WHEEL_CUDNN="nvidia-cudnn-cu13==9.28.0.42"
+CUDA_WHEEL_NCCL="nvidia-nccl-cu13==2.32.3"
 
-CUDA=0; CUDNN=0; CUDA_ARCH_LIST="${CUDA_ARCH:-90}"
-VENV="$REPO/.venv"; JOBS="$(nproc)"; FORCE=0; INFO=0; INSTALL=1; PRINT_DIR=0
+CUDA=0; CUDNN=0; NCCL=1; CUDA_ARCH_LIST="${CUDA_ARCH:-90}"
+VENV="$REPO/.venv"; JOBS="$(nproc)"; FORCE=0; INFO=0; INSTALL=1; PRINT_DIR=0; WITHOUT=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) CUDA=1 ;;
     --cudnn) CUDNN=1 ;;
+    --no-nccl) NCCL=0 ;;
     --cuda-arch) CUDA_ARCH_LIST="$2"; shift ;;
     --venv) VENV="$(cd "$2" && pwd)"; shift ;;
     --jobs) JOBS="$2"; shift ;;
@@ -65,12 +73,14 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0 ;;
     --print-dir) INSTALL=0; PRINT_DIR=1 ;;
     --info) INFO=1 ;;
+    --without) WITHOUT+=("$2"); shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 [ "$CUDNN" = 1 ] && [ "$CUDA" = 0 ] && { echo "build.sh: --cudnn needs --cuda" >&2; exit 2; }
+[ "$NCCL" = 0 ] && [ "$CUDA" = 0 ] && { echo "build.sh: --no-nccl goes with --cuda (CPU builds have no NCCL)" >&2; exit 2; }
 if [ "$PRINT_DIR" = 1 ]; then exec 3>&1 1>&2; fi   # stdout: the folder alone
 
 PY="$VENV/bin/python"
@@ -112,7 +122,10 @@ project_series() {
   local f="$HERE/patches/series"
   [ "$CUDA" = 1 ] && f="$f $HERE/patches/series.cuda"
   [ "$CUDNN" = 1 ] && f="$f $HERE/patches/series.cudnn"
-  cat $f 2>/dev/null | grep -v '^\s*#' | sed '/^\s*$/d'
+  local p
+  for p in $(cat $f 2>/dev/null | grep -v '^\s*#' | sed '/^\s*$/d'); do
+    [[ " ${WITHOUT[*]} " == *" $p "* ]] || echo "$p"
+  done
 }
 
 DL="$CACHE_ROOT/downloads"
@@ -172,7 +185,7 @@ CMAKE_OPTS=(
 CUDA_KEY_INFO=""
 if [ "$CUDA" = 1 ]; then
   # ---- the CUDA toolkit: nvcc + runtime from CUDA_TOOLKIT_ROOT_DIR, plus the
-  # pinned NVIDIA wheels for whatever of cuBLAS / cuRAND / cuDNN it lacks.
+  # pinned NVIDIA wheels for whatever of cuBLAS / cuRAND / cuDNN / NCCL it lacks.
   CUDA_BASE="$(readlink -f "${CUDA_TOOLKIT_ROOT_DIR:-/usr/local/cuda}")"
   [ -x "$CUDA_BASE/bin/nvcc" ] || {
     echo "build.sh: no nvcc in $CUDA_BASE/bin: install the CUDA toolkit or set CUDA_TOOLKIT_ROOT_DIR" >&2; exit 2; }
@@ -185,6 +198,7 @@ if [ "$CUDA" = 1 ]; then
   tk_has cublas_v2.h cublas || WHEELS+=("$CUDA_WHEEL_CUBLAS")
   tk_has curand.h curand || WHEELS+=("$CUDA_WHEEL_CURAND")
   if [ "$CUDNN" = 1 ] && [ -z "${CUDNN_ROOT:-}" ]; then tk_has cudnn.h cudnn || WHEELS+=("$CUDA_WHEEL_CUDNN"); fi
+  if [ "$NCCL" = 1 ]; then tk_has nccl.h nccl || WHEELS+=("$CUDA_WHEEL_NCCL"); fi
   CUDA_ROOT="$CUDA_BASE"
   if [ "${#WHEELS[@]}" -gt 0 ]; then
     TK_ID="$(echo "$CUDA_BASE $NVCC_VERSION ${WHEELS[*]} $CUDA_RECIPE_VERSION" | sha256sum | cut -c1-12)"
@@ -235,10 +249,25 @@ if [ "$CUDA" = 1 ]; then
                # CUDA 13's thrust/cub (CCCL) need C++17: say so for g++ and nvcc alike
                -DCMAKE_CXX_STANDARD=17 -DCMAKE_CXX_STANDARD_REQUIRED=ON -DCUDA_NVCC_FLAGS=-std=c++17)
   [ -n "${CUDNN_ROOT:-}" ] && CMAKE_OPTS+=("-DCUDNN_ROOT=$CUDNN_ROOT")
+  if [ "$NCCL" = 1 ]; then
+    # NCCL from the toolkit root named outright: Caffe's FindNCCL would take a
+    # system copy first, whatever its version.
+    NCCL_H="$(ls -d "$CUDA_ROOT"/include/nccl.h "$CUDA_ROOT"/targets/x86_64-linux/include/nccl.h 2>/dev/null | head -n1)"
+    NCCL_SO="$(ls -d "$CUDA_ROOT"/lib/libnccl.so* "$CUDA_ROOT"/lib64/libnccl.so* \
+                     "$CUDA_ROOT"/targets/x86_64-linux/lib/libnccl.so* 2>/dev/null | head -n1)"
+    [ -n "$NCCL_H" ] && [ -n "$NCCL_SO" ] || {
+      echo "build.sh: no NCCL (nccl.h, libnccl.so) in $CUDA_ROOT; build with --no-nccl to go without" >&2; exit 1; }
+    CMAKE_OPTS+=(-DUSE_NCCL=ON "-DNCCL_INCLUDE_DIR=$(dirname "$NCCL_H")" "-DNCCL_LIBRARIES=$NCCL_SO")
+  else
+    CMAKE_OPTS+=(-DUSE_NCCL=OFF)
+  fi
 else
   CMAKE_OPTS+=(-DCPU_ONLY=ON -DUSE_CUDNN=OFF)
 fi
 
+for p in "${WITHOUT[@]}"; do
+  grep -qx "$p" "$HERE/patches/series" || { echo "build.sh: --without $p: no such patch in patches/series" >&2; exit 2; }
+done
 PROJECT_PATCHES="$(project_series)"
 KEY="$( {
   # The venv's path is left out: any clone's venv with the same Python and

@@ -15,14 +15,18 @@
 #   bin/caffe, bin/test.testbin    rpath $ORIGIN/../lib
 #   lib/                           libcaffe and every shared library they need
 #                                  but glibc, libstdc++, libgcc_s and the driver
-#                                  (cuBLAS, cuRAND, cuDNN only with --with-cuda-libs:
-#                                  hundreds of MB; else host-libs.txt names them
-#                                  and run-gpu-checks.sh finds them on the machine)
+#                                  (cuBLAS, cuRAND, NCCL, cuDNN only with
+#                                  --with-cuda-libs: hundreds of MB; else
+#                                  host-libs.txt names them and
+#                                  run-gpu-checks.sh finds them on the machine)
 #   src/caffe/test/test_data/      read by the unit tests, relative to fcn-caffe-gpu/
 #   nets/voc-fcn{32,16,8}s/        deploy.prototxt, and train-input.prototxt: the
 #                                  train net with Input blobs for its Python data
 #                                  layer (tools/caffe/gpu_nets.py)
-#   run-gpu-checks.sh              device query, unit tests on GPU and CPU, caffe time
+#   train/                         a small FCN with its data in LMDB, its start
+#                                  weights and solver (tools/caffe/lmdb_recipe.py)
+#   run-gpu-checks.sh              device query, caffe time, a training run
+#   train-check.sh                 (train-check.sh on train/), unit tests on GPU and CPU
 #   BUILD-INFO.txt, build-info.json
 # There: tar -xzf bundle.tar.gz && bash fcn-caffe-gpu/run-gpu-checks.sh
 set -euo pipefail
@@ -74,9 +78,13 @@ step "staging $B"
 cp -L "$DIST/bin/caffe" "$TESTBIN" "$B/bin/"
 cp -L "$DIST"/lib/libcaffe.so.* "$B/lib/"
 cp -r "$KEYDIR/src/src/caffe/test/test_data" "$B/src/caffe/test/"
-cp "$HERE/run-gpu-checks.sh" "$B/" && chmod +x "$B/run-gpu-checks.sh"
+cp "$HERE/run-gpu-checks.sh" "$HERE/train-check.sh" "$B/" && chmod +x "$B/run-gpu-checks.sh" "$B/train-check.sh"
 cp "$DIST/build-info.json" "$B/"
 "$PY" "$HERE/gpu_nets.py" "$DIST/python/caffe/proto/caffe_pb2.py" "$B/nets" >/dev/null
+# The training run's nets, LMDBs and start weights, made with the venv's pycaffe
+# (CPU or GPU build alike: both read and write the same files).
+"$PY" "$HERE/lmdb_recipe.py" "$B/train" >/dev/null || {
+  echo "bundle.sh: tools/caffe/lmdb_recipe.py failed (it needs the project's venv with pycaffe: make caffe)" >&2; exit 1; }
 
 # Shared libraries: everything ldd resolves, but what any Linux with an NVIDIA
 # driver has (glibc, libstdc++, libgcc_s, the driver) and, unless asked, the
@@ -89,7 +97,7 @@ is_system() {
   return 1
 }
 is_cuda_big() {
-  case "$1" in libcublas.so*|libcublasLt.so*|libcurand.so*|libcudnn*.so*|libnvblas.so*) return 0 ;; esac
+  case "$1" in libcublas.so*|libcublasLt.so*|libcurand.so*|libcudnn*.so*|libnvblas.so*|libnccl.so*) return 0 ;; esac
   return 1
 }
 : > "$STAGE/host-libs.txt"
