@@ -19,6 +19,7 @@ snapshot/curves.png (loss and mean IU against iteration).
 """
 import argparse
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -306,6 +307,15 @@ class Snapshots:
 
 
 def _sha256(path):
+    stat = os.stat(path)
+    return _sha256_of(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path, size, mtime_ns):
+    """Cached by size and modification time: solve.py checks a snapshot
+    before building its nets and again as training starts from it, and a
+    VGG16 snapshot is about 1 GB to hash."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
