@@ -195,11 +195,12 @@ class Snapshots:
         self.folder = os.path.abspath(folder)
         # the solver's snapshot_prefix (relative to the current directory, as Caffe takes it)
         self.prefix = os.path.abspath(prefix or os.path.join(folder, 'train'))
-        self.pointer = os.path.join(folder, 'latest.json')
+        self.pointer = os.path.join(self.folder, 'latest.json')
 
-    def _read(self, path):
+    def _read(self, path, listing=False):
         """A manifest's entry with absolute paths; TrainingError naming the
-        file if it is unreadable or incomplete."""
+        file if it is unreadable or incomplete (and, unless `listing` the
+        complete snapshots, what to resume from instead)."""
         try:
             with open(path) as f:
                 entry = json.load(f)
@@ -209,13 +210,15 @@ class Snapshots:
             int(entry['iteration'])
         except (OSError, ValueError, KeyError, TypeError) as e:
             kind = type(e).__name__ if not isinstance(e, OSError) else e.strerror
-            raise TrainingError(f'{path}: not a readable snapshot manifest ({kind}: {e}); '
-                                f'{self._alternatives(exclude=path)}') from None
+            problem = f'{path}: not a readable snapshot manifest ({kind}: {e})'
+            raise TrainingError(problem if listing else
+                                f'{problem}; {self._alternatives(exclude=path)}') from None
         return entry
 
-    def check(self, entry, full=True):
+    def check(self, entry, full=True, listing=False):
         """Raise TrainingError unless both files of `entry` are as recorded
-        (size, and with `full` the sha256)."""
+        (size, and with `full` the sha256); the message names what to resume
+        from instead, unless `listing` the complete snapshots."""
         for key, _ in self.FILES:
             path = entry[key]
             if not os.path.isfile(path):
@@ -226,8 +229,9 @@ class Snapshots:
                 problem = 'does not match its recorded sha256 (corrupted)'
             else:
                 continue
-            raise TrainingError(f'snapshot {path} {problem}; '
-                                f'{self._alternatives(exclude=entry[key])}')
+            problem = f'snapshot {path} {problem}'
+            raise TrainingError(problem if listing else
+                                f'{problem}; {self._alternatives(exclude=entry[key])}')
 
     def latest(self, full=False):
         """{'iteration', 'solverstate', 'caffemodel', ...} of the newest
@@ -253,8 +257,8 @@ class Snapshots:
             if not (name.endswith('.json') and '_iter_' in name):
                 continue
             try:
-                entry = self._read(os.path.join(self.folder, name))
-                self.check(entry, full=False)
+                entry = self._read(os.path.join(self.folder, name), listing=True)
+                self.check(entry, full=False, listing=True)
             except TrainingError:
                 continue
             found.append(entry)
@@ -283,12 +287,12 @@ class Snapshots:
             os.makedirs(self.folder, exist_ok=True)
             free = shutil.disk_usage(self.folder).free
         except OSError as e:
-            raise TrainingError(f'cannot write snapshots into {os.path.abspath(self.folder)}: '
+            raise TrainingError(f'cannot write snapshots into {self.folder}: '
                                 f'{e.strerror}') from None
         needed = self.needed_bytes(solver.net, solver_type)
         if free < needed:
             raise TrainingError(
-                f'cannot snapshot iteration {solver.iter} into {os.path.abspath(self.folder)}: '
+                f'cannot snapshot iteration {solver.iter} into {self.folder}: '
                 f'{free / 2**20:.1f} MiB free, a snapshot needs about {needed / 2**20:.1f} MiB '
                 '(disk full?); free some space and --resume')
         solver.snapshot()
@@ -479,7 +483,7 @@ def resume_point(snapshots, resume):
     if resume is True:
         entry = snapshots.latest(full=True)
         if entry is None:
-            raise TrainingError(f'no complete snapshot in {os.path.abspath(snapshots.folder)}: '
+            raise TrainingError(f'no complete snapshot in {snapshots.folder}: '
                                 'start without --resume')
         return entry['solverstate']
     state = os.path.abspath(resume)
@@ -653,11 +657,7 @@ def parse_args(argv):
     for name in ('max_iter', 'test_interval', 'val_limit'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be a positive number')
-    # Paths as the user typed them: relative to the current directory.
-    args.weights = args.weights and os.path.abspath(args.weights)
-    if isinstance(args.resume, str):
-        args.resume = os.path.abspath(args.resume)
-    return args
+    return args  # paths stay as typed: train() reads them from the current directory
 
 
 def check_start(model, weights=None, resume=None):

@@ -102,6 +102,20 @@ def test_corrupted_snapshot_is_named_with_the_older_ones(trained):
     assert snapshots.latest(full=True)['iteration'] == 12
 
 
+def test_truncated_snapshot_is_named_with_the_older_ones(trained):
+    latest = training.Snapshots(os.path.join(trained, 'snapshot')).latest()
+    size = os.path.getsize(latest['solverstate'])
+    with open(latest['solverstate'], 'r+b') as f:  # a copy cut short
+        f.truncate(size // 2)
+    run = resume_trials.solve(trained, '--max-iter', 12, '--resume')
+    assert run.returncode == 1
+    no_crash(run.err)
+    older = os.path.join(trained, 'snapshot', 'train_iter_4.solverstate')
+    assert run.err.strip().splitlines() == [
+        f'solve.py: snapshot {latest["solverstate"]} has {size // 2} bytes, {size} recorded; '
+        f'other complete snapshots: {older} (resume one with --resume FILE)']
+
+
 @pytest.mark.parametrize('content, problem', [
     ('', 'JSONDecodeError'), ('{"iteration": 8', 'JSONDecodeError'),
     ('{"iteration": 8}', "KeyError: 'solverstate'")])
