@@ -34,17 +34,18 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
-import runtime
+from common import caffe_setup
 
-runtime.quiet_caffe_log()  # before layers imports caffe
+caffe_setup.quiet_caffe_log()  # before layers imports caffe
 
-import checks  # noqa: E402
-import datasets  # noqa: E402
+import caffe  # noqa: E402
+
 import layers  # noqa: E402
-import locations  # noqa: E402
 import nets  # noqa: E402
-import score  # noqa: E402
+from common import datasets, locations, outputs, weightfiles  # noqa: E402
+from common.snapshots import SnapshotError  # noqa: E402
 
 DEFAULT_MODEL = 'voc-fcn8s'
 OVERLAY_ALPHA = 0.5  # weight of the class colour over object pixels
@@ -107,38 +108,25 @@ def check_rgb_model(model):
 
 
 def default_weights(model):
-    """The published caffemodel if fetched, else the latest snapshot; an
-    InferError saying how to get weights otherwise."""
-    import training
-    published = locations.published_weights(model.name, os.path.dirname(model.folder))
-    if published and os.path.isfile(published):
-        return published
+    """The published caffemodel if fetched, else the latest snapshot
+    (weightfiles.resolve); an InferError saying how to get weights otherwise."""
     try:
-        latest = training.Snapshots(os.path.join(model.folder, locations.SNAPSHOT_DIR)).latest()
-    except training.TrainingError as e:
-        raise InferError(str(e)) from e
-    if latest:
-        return latest['caffemodel']
-    if published:
-        raise InferError(
-            f'weights not found: {published}. Get the published model with '
-            f'`python -m fetch weights {model.name}`, or train it: '
-            f'`cd {os.path.relpath(model.folder)} && python solve.py` (or pass --weights)')
-    raise InferError(f'no weights for {model.folder}: no snapshot in '
-                     f'{os.path.join(model.folder, locations.SNAPSHOT_DIR)}; train it '
-                     '(python solve.py in the folder) or pass --weights')
+        return weightfiles.resolve(model.folder, prefer='published')
+    except weightfiles.WeightsError as e:
+        raise InferError(f'{e} (or pass --weights)') from None
+    except SnapshotError as e:
+        raise InferError(str(e)) from None
 
 
 def load_net(model, weights):
     """The model's deploy net with `weights`, checked before Caffe reads them."""
-    import caffe
     if not os.path.isfile(weights):
         raise InferError(f'weights not found: {weights}')
-    deploy = os.path.join(model.folder, 'deploy.prototxt')
+    deploy = locations.deploy_prototxt(model.folder)
     net = caffe.Net(deploy, caffe.TEST)
     try:
-        checks.load_weights(net, weights, net_name=deploy)
-    except checks.CheckError as e:
+        weightfiles.load_weights(net, weights, net_name=deploy)
+    except weightfiles.CheckError as e:
         raise InferError(str(e)) from e
     return net
 
@@ -282,7 +270,6 @@ class MemoryModel:
         """Bytes one photo of photo_size (height, width) takes when the net runs
         at size (height, width): the blobs, the CPU convolution workspace, and
         the arrays of this module."""
-        import caffe
         pixels = size[0] * size[1]
         return (self.blob_bytes(*size) + caffe.conv_workspace_limit()
                 + pixels * (NET_BYTES_PER_PIXEL + NET_BYTES_PER_PIXEL_PER_CLASS * self.classes)
@@ -389,7 +376,7 @@ class Segmenter:
         except (FileNotFoundError, TypeError) as e:
             raise InferError(str(e)) from e
         check_rgb_model(self.model)
-        runtime.use_device(gpu)
+        caffe_setup.use_device(gpu)
         self.net = load_net(self.model, weights or default_weights(self.model))
         self.head = self.model.source.heads[0]
         self.mean = self.model.source.mean
@@ -403,7 +390,6 @@ class Segmenter:
         """An ImageError if the photo would not fit in memory at net size `size`."""
         if self.memory_model is None:
             return
-        import caffe
         budget = self.memory
         if budget is None:
             available = available_memory()
@@ -434,7 +420,7 @@ class Segmenter:
             os.makedirs(os.path.dirname(out_base) or '.', exist_ok=True)
             label = upsample_labels(probs, photo_size, scores_path)
             del probs
-            score.save_prediction(label, label_path)
+            datasets.save_label_png(label_path, label)
             write_overlay(rgb, label, overlay_path)
         except OSError as e:
             raise InferError(f'{out_base}: cannot write the outputs of {path} ({e.strerror or e})') from e
@@ -460,10 +446,9 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
         recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None):
     """Segment every image with one net; returns a Result per image (those
     that failed carry their error, which is also reported on stderr)."""
-    from tqdm import tqdm
     try:
-        checks.writable_dir(out, '--out')
-    except checks.CheckError as e:
+        outputs.writable_dir(out, '--out')
+    except outputs.OutputError as e:
         raise InferError(str(e)) from e
     todo = image_paths(inputs, recursive)
     segmenter = Segmenter(model, weights, gpu, max_side, memory)

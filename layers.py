@@ -44,7 +44,7 @@ import scipy.io
 from PIL import Image
 
 import caffe
-import datasets
+from common import datasets
 
 MAX_JITTER = 32
 # File name endings SegDataLayer treats as images when pairing two folders.

@@ -1,23 +1,8 @@
-"""Scoring segmentation nets: confusion matrices and the FCN paper's metrics.
-
-With n_ij the pixels of class i predicted as j and t_i = sum_j n_ij:
-  pixel accuracy   sum_i n_ii / sum_i t_i
-  mean accuracy    mean over counted classes of n_ii / t_i
-  mean IU          mean over counted classes of n_ii / (t_i + sum_j n_ji - n_ii)
-  f.w. IU          sum_i t_i IU_i / sum_i t_i over counted classes
-Metrics are fractions in [0, 1] everywhere in the API (dicts, JSON, the
-'>>>' log lines); only the command's table prints percentages, as the paper.
-
-Counted classes: a class with no ground-truth pixels (t_i = 0) has no
-accuracy, and any stray prediction of it would give IU 0, so it is left out
-of the means whether or not it is predicted; those stray predictions still
-count, as misses of the pixels' true classes. Classes in an explicit
-`exclude` list are treated as void: their ground-truth pixels leave every
-metric (stray predictions of them still count against the true classes). A head's classes and the classes a split
-lacks come from the model's dataset (nets.Head: classes, absent). SIFT
-Flow's test set lacks cow, desert and moon: the reference release averaged
-over all 33 classes and called its semantic scores "not quite right"; here
-they do not count.
+"""Scoring segmentation nets: run a model folder's evaluation net over a
+split and measure it with the FCN paper's four metrics (common/metrics.py
+holds the arithmetic; fast_hist and metrics are re-exported here, where the
+reference release's scripts find them). A head's classes and the classes a
+split lacks come from the model's dataset (nets.Head: classes, absent).
 
 The command evaluates a model folder's val/test net on a split:
 
@@ -31,8 +16,8 @@ semantic and geometric), and prints the paper's table.
     python score.py --model voc-fcn8s --upper-bound 8 16 32 [--split S] [--limit N]
 
 scores no net but the ground truth itself, coarsened to each output stride
-(see coarsen): the upper bounds on the metrics that the stride allows (the
-PAMI paper's ablation; no weights needed).
+(metrics.coarsen): the upper bounds on the metrics that the stride allows
+(the PAMI paper's ablation; no weights needed).
 """
 import argparse
 import contextlib
@@ -44,81 +29,22 @@ import tempfile
 from datetime import datetime
 
 import numpy as np
-from PIL import Image
+from tqdm import tqdm
 
-import checks
-import datasets
-import locations
-import runtime
+from common import caffe_setup
 
+caffe_setup.quiet_caffe_log()  # before layers imports caffe
 
-def fast_hist(a, b, n):
-    """n x n confusion matrix of ground truth `a` (rows) vs prediction `b`.
+import caffe  # noqa: E402
+from caffe.proto import caffe_pb2  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
 
-    Pixels whose ground truth is outside [0, n) (void, 255) are ignored.
-    A prediction outside [0, n) on a scored pixel raises ValueError.
-    """
-    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f'fast_hist: {a.size} labels vs {b.size} predictions')
-    k = (a >= 0) & (a < n)
-    a, b = a[k].astype(np.int64), b[k].astype(np.int64)
-    if b.size and (b.min() < 0 or b.max() >= n):
-        raise ValueError(f'fast_hist: prediction outside [0, {n})')
-    return np.bincount(n * a + b, minlength=n ** 2).reshape(n, n)
-
-
-def _class_scores(hist):
-    """Per-class (hits n_ii, pixels t_i, accuracy, IU) of a confusion matrix."""
-    tp, gt, pred = np.diag(hist), hist.sum(1), hist.sum(0)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        return tp, gt, tp / gt, tp / (gt + pred - tp)
-
-
-def metrics(hist, class_names=None, exclude=()):
-    """The paper's metrics (fractions) of confusion matrix `hist`.
-
-    Returns {'pixel_acc', 'mean_acc', 'mean_iu', 'fw_iu', 'n_counted',
-    'per_class': {name: {'iu', 'acc', 'pixels', 'counted'}}}, classes named
-    by `class_names` (default '0', '1', ...). See the module docstring for
-    which classes count; `exclude` holds class names, and an excluded class's
-    per-class entry says what it would have scored. A class's 'iu' or 'acc'
-    is nan where undefined; the means are nan if no class counts.
-    """
-    hist = np.asarray(hist, dtype=np.float64)
-    n = hist.shape[0]
-    names = [str(i) for i in range(n)] if class_names is None else list(class_names)
-    if len(names) != n:
-        raise ValueError(f'metrics: {len(names)} class names for {n} classes')
-    unknown = set(exclude) - set(names)
-    if unknown:
-        raise ValueError(f'metrics: excluded classes not among the names: {sorted(unknown)}')
-    excluded = np.isin(names, list(exclude))
-    # excluded classes' ground truth is void: their rows leave the matrix
-    tp, gt, acc, iu = _class_scores(np.where(excluded[:, None], 0, hist))
-    counted = gt > 0
-    pixels = gt.sum()
-    if pixels:
-        summary = dict(pixel_acc=tp.sum() / pixels, mean_acc=acc[counted].mean(),
-                       mean_iu=iu[counted].mean(), fw_iu=(gt * iu)[counted].sum() / pixels)
-    else:
-        summary = dict.fromkeys(('pixel_acc', 'mean_acc', 'mean_iu', 'fw_iu'), math.nan)
-    result = {k: float(v) for k, v in summary.items()}
-    result['n_counted'] = int(counted.sum())
-    _, gt, acc, iu = (np.where(excluded, whole, voided) for whole, voided
-                      in zip(_class_scores(hist), (tp, gt, acc, iu)))
-    result['per_class'] = {name: {'iu': float(iu[i]), 'acc': float(acc[i]),
-                                  'pixels': int(gt[i]), 'counted': bool(counted[i])}
-                           for i, name in enumerate(names)}
-    return result
-
-
-def save_prediction(label_map, path):
-    """Write a class-index map as a PASCAL VOC palette PNG."""
-    h, w = label_map.shape
-    im = Image.frombytes('P', (w, h), np.ascontiguousarray(label_map, dtype=np.uint8).tobytes())
-    im.putpalette(datasets.voc_palette().tobytes())
-    im.save(path)
+import layers  # noqa: E402
+import nets  # noqa: E402
+from common import datasets, locations, outputs, weightfiles  # noqa: E402
+from common.metrics import METRICS, coarsen, fast_hist, metrics  # noqa: E402,F401 (the release's score.fast_hist)
+from fetch.install import fetch_hint  # noqa: E402
+from nets.sources import source_of_data_layer  # noqa: E402
 
 
 def compute_hists(net, dataset, outputs):
@@ -143,7 +69,7 @@ def compute_hists(net, dataset, outputs):
             pred = net.blobs[layer].data[0].argmax(axis=0)
             hist += fast_hist(net.blobs[gt].data[0, 0], pred, hist.shape[0])
             if save_dir:
-                save_prediction(pred, os.path.join(save_dir, f'{idx}.png'))
+                datasets.save_label_png(os.path.join(save_dir, f'{idx}.png'), pred)
         losses += [net.blobs[loss].data.flat[0] if loss in net.blobs else math.nan
                    for _, _, loss, _ in outputs]
         count += 1
@@ -202,7 +128,6 @@ def data_layer(net_param):
 def eval_params(layer, split=None):
     """The data layer's params (defaults filled in) for scoring `split`
     (default: the prototxt's), validated by layers.py."""
-    import layers
     name = layer.python_param.layer
     cls = getattr(layers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, layers.SegDataLayerBase)):
@@ -220,8 +145,6 @@ def check_inputs(model_dir, layer, params):
     """Before a net is built: FileNotFoundError naming the first file the
     data layer reads before its first example (split file, list) that is
     missing, and the fetch command that gets it."""
-    import layers
-    from fetch.install import fetch_hint
     # The datasets as the model folder sees them (../data), wherever it is.
     data_root = os.path.normpath(os.path.join(model_dir, locations.DATA_FROM_MODEL))
     for path in getattr(layers, layer.python_param.layer).input_paths(params):
@@ -241,25 +164,16 @@ def example_id(example):
 
 
 def model_net(model):
-    """A model folder's (directory, evaluation prototxt).
-
-    `model` is a model's name (e.g. voc-fcn8s) or a path to its folder; the
-    prototxt is its val.prototxt (VOC, PASCAL-Context) or else test.prototxt
-    (NYUD, SIFT Flow).
-    """
+    """A model folder's (directory, evaluation prototxt); `model` is a
+    model's name (e.g. voc-fcn8s) or a path to its folder."""
     model_dir = model if os.path.isdir(model) else locations.model_dir(model)
-    for proto in ('val.prototxt', 'test.prototxt'):
-        if os.path.isfile(os.path.join(model_dir, proto)):
-            return model_dir, os.path.join(model_dir, proto)
-    raise FileNotFoundError(f'no val.prototxt or test.prototxt in {model_dir}')
+    return model_dir, locations.eval_prototxt(model_dir)
 
 
 def model_heads(model_dir, layer):
     """The heads (nets.Head) of a model folder: its net.py's dataset's, else
     those of the dataset whose data layer its net reads (a folder holding
     only prototxts), else one unnamed head (a user's own data)."""
-    import nets
-    from nets.sources import source_of_data_layer
     if os.path.isfile(os.path.join(model_dir, 'net.py')):
         return nets.load(model_dir).source.heads
     source = source_of_data_layer(layer.python_param.layer)
@@ -270,9 +184,6 @@ def eval_net_param(model, split=None):
     """A model folder's evaluation net prepared for scoring `split`: (model
     folder, prototxt path, NetParameter with the data layer's params
     rewritten (split, EVAL_PARAMS), that data layer, its params)."""
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-
     model_dir, proto = model_net(model)
     net_param = caffe_pb2.NetParameter()
     with open(proto) as f:
@@ -289,22 +200,19 @@ def eval_net(net_param, model_dir, weights=None, name=''):
     """`net_param` (called `name` in messages) as a caffe.Net (TEST phase)
     with `weights` (an absolute path) checked and loaded, run with cwd = the
     model folder, since the data layer's paths are relative to it."""
-    import caffe
-    from google.protobuf import text_format
     with tempfile.TemporaryDirectory() as tmp, locations.working_dir(model_dir):
         tmp_proto = os.path.join(tmp, 'net.prototxt')
         with open(tmp_proto, 'w') as f:
             f.write(text_format.MessageToString(net_param))
         net = caffe.Net(tmp_proto, caffe.TEST)
         if weights:
-            checks.load_weights(net, weights, net_name=name)
+            weightfiles.load_weights(net, weights, net_name=name)
         yield net
 
 
 def progress_bar(ids, model_dir, params, progress):
     if not progress:
         return ids
-    from tqdm import tqdm
     return tqdm(ids, desc=f'{os.path.basename(model_dir)} {params.get("split", "")}')
 
 
@@ -324,7 +232,7 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         raise FileNotFoundError(f'weights not found: {weights}')
     save_dir = save_dir and os.path.abspath(save_dir)
     if save_dir:
-        checks.writable_dir(save_dir, '--save-dir')
+        outputs.writable_dir(save_dir, '--save-dir')
 
     all_heads = model_heads(model_dir, layer)
     with eval_net(net_param, model_dir, weights, proto) as net:
@@ -363,28 +271,6 @@ def head_metrics(hist, head, split):
 
 # --- upper bounds from the output stride (PAMI ablation) --------------------
 
-def coarsen(label, factor, num_classes):
-    """The best labelling a stride-`factor` output can give: each factor x
-    factor cell (from the top left) takes the most frequent non-void class
-    of its ground truth, upsampled back by replication to `label`'s size.
-    (Ground truth downsampled by `factor` and upsampled back, the paper's
-    upper bound; the majority is the cell value that scores best, so the
-    bound is a true one. All-void cells give class 0, never scored.)"""
-    label = np.asarray(label)
-    h, w = label.shape
-    ch, cw = -(-h // factor), -(-w // factor)
-    padded = np.full((ch * factor, cw * factor), datasets.VOID, dtype=np.int64)
-    padded[:h, :w] = label
-    cells = padded.reshape(ch, factor, cw, factor).transpose(0, 2, 1, 3).reshape(ch * cw, -1)
-    cell_id = np.repeat(np.arange(ch * cw), cells.shape[1])
-    values = cells.ravel()
-    scored = (values >= 0) & (values < num_classes)
-    counts = np.bincount(cell_id[scored] * num_classes + values[scored],
-                         minlength=ch * cw * num_classes).reshape(ch * cw, num_classes)
-    coarse = counts.argmax(axis=1).reshape(ch, cw)
-    return np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:h, :w]
-
-
 def upper_bounds(model, factors, split=None, limit=None, progress=True):
     """Mean IU etc. of coarsen()-ed ground truth for each output stride in
     `factors`, over the images a model folder's evaluation net lists for
@@ -394,7 +280,6 @@ def upper_bounds(model, factors, split=None, limit=None, progress=True):
     factors = [int(f) for f in factors]
     if any(f < 1 for f in factors):
         raise ValueError(f'upper bound factors must be positive integers, got {factors}')
-    from caffe.proto import caffe_pb2
     model_dir, proto, _, layer, params = eval_net_param(model, split)
     labels_net = caffe_pb2.NetParameter()
     labels_net.layer.add().CopyFrom(layer)  # the data layer alone: its label tops
@@ -417,11 +302,6 @@ def upper_bounds(model, factors, split=None, limit=None, progress=True):
     for (factor, gt), hist in hists.items():
         report['factors'].setdefault(factor, {})[gt] = head_metrics(hist, heads[gt], split)
     return report
-
-
-# The paper's table columns: (metrics key, title).
-METRICS = (('pixel_acc', 'pixel acc.'), ('mean_acc', 'mean acc.'), ('mean_iu', 'mean IU'),
-           ('fw_iu', 'f.w. IU'))
 
 
 def metric_columns(result=None):
@@ -458,21 +338,8 @@ def format_report(report):
     return '\n'.join(lines)
 
 
-def jsonable(x):
-    """`x` with arrays as lists and nan as None (strict JSON)."""
-    if isinstance(x, dict):
-        return {k: jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
-
-
 def main(argv=None):
-    runtime.quiet_caffe_log(argv)
+    caffe_setup.quiet_caffe_log(argv)
     parser = argparse.ArgumentParser(
         description='Score a model folder\'s evaluation net on a dataset split '
                     '(pixel acc., mean acc., mean IU, f.w. IU).')
@@ -494,10 +361,10 @@ def main(argv=None):
     if args.upper_bound and args.save_dir:
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
 
-    runtime.use_device(args.gpu)
+    caffe_setup.use_device(args.gpu)
     try:
-        for path, option, check in ((args.json, '--json', checks.writable_file),
-                                    (args.save_dir, '--save-dir', checks.writable_dir)):
+        for path, option, check in ((args.json, '--json', outputs.writable_file),
+                                    (args.save_dir, '--save-dir', outputs.writable_dir)):
             if path:
                 check(path, option)
         if args.upper_bound:
@@ -510,7 +377,7 @@ def main(argv=None):
     if args.json:
         try:
             with open(args.json, 'w') as f:
-                json.dump(jsonable(report), f, indent=1, allow_nan=False)
+                json.dump(outputs.jsonable(report), f, indent=1, allow_nan=False)
         except OSError as e:
             sys.exit(f'score.py: error: --json {args.json}: {e.strerror or e}')
 

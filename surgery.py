@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import checks
-import locations
-import runtime
-from fetch.catalog import ILSVRC_CONVERTED
+from common import caffe_setup, locations, weightfiles
+from common.catalog import ILSVRC_CONVERTED
 
 
 @dataclass
@@ -180,7 +178,7 @@ def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False):
     Writes `out` (a caffemodel) and returns the TransplantReport. Checked
     first, because Caffe aborts the process on them: every input exists,
     `out` does not (unless force), and `weights` fits the classifier
-    (checks.check_weights: every parameter layer, in its shapes; Caffe
+    (weightfiles.check_weights: every parameter layer, in its shapes; Caffe
     would otherwise keep filler values silently).
     """
     for what, path in (('weights', weights), ('classifier prototxt', classifier_proto),
@@ -191,9 +189,9 @@ def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False):
         raise FileExistsError(f'{out} exists (use --force to overwrite)')
 
     import caffe
-    runtime.use_device(None)  # a one-off conversion: the CPU will do
+    caffe_setup.use_device(None)  # a one-off conversion: the CPU will do
     classifier = caffe.Net(classifier_proto, caffe.TEST)
-    checks.load_weights(classifier, weights, net_name=classifier_proto)
+    weightfiles.load_weights(classifier, weights, net_name=classifier_proto)
     fcn = caffe.Net(fcn_proto, caffe.TEST)
     report = transplant(fcn, classifier)
     if not report.copied and not report.coerced:

@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-import datasets
-import score
+import nets
+from common import datasets
 
 CLASSES = ('background', 'disc', 'triangle', 'ring', 'cross')
 CROP_SIZE = 224           # the VGG16 classifier's input (fc6 sees a 7x7 pool5)
@@ -252,18 +252,11 @@ def example_rng(seed, split, index):
 
 def write_voc(folder, seed, train, val):
     """Write the segmentation set; returns {split: ids}."""
-    for sub in ('JPEGImages', 'SegmentationClass', os.path.join('ImageSets', 'Segmentation')):
-        os.makedirs(os.path.join(folder, sub), exist_ok=True)
     splits = {}
     for split, count in (('train', train), ('val', val)):
         ids = [f'{split}_{i:04d}' for i in range(count)]
-        for i, idx in enumerate(ids):
-            image, label = scene(example_rng(seed, split, i))
-            Image.fromarray(image).save(os.path.join(folder, 'JPEGImages', idx + '.jpg'),
-                                        quality=JPEG_QUALITY)
-            score.save_prediction(label, os.path.join(folder, 'SegmentationClass', idx + '.png'))
-        with open(os.path.join(folder, 'ImageSets', 'Segmentation', split + '.txt'), 'w') as f:
-            f.write(''.join(i + '\n' for i in ids))
+        examples = {idx: scene(example_rng(seed, split, i)) for i, idx in enumerate(ids)}
+        datasets.write_voc(folder, {split: ids}, examples, jpeg_quality=JPEG_QUALITY)
         splits[split] = ids
     return splits
 
@@ -300,10 +293,38 @@ def mean_bgr(folder, ids):
     """The BGR mean of a set's images (what the data layers subtract)."""
     total, pixels = np.zeros(3), 0
     for idx in ids:
-        rgb = np.asarray(Image.open(os.path.join(folder, 'JPEGImages', idx + '.jpg')).convert('RGB'))
+        rgb = np.asarray(Image.open(datasets.voc_image(folder, idx)).convert('RGB'))
         total += rgb.reshape(-1, 3).sum(axis=0)
         pixels += rgb.shape[0] * rgb.shape[1]
     return tuple(round(float(v), 3) for v in (total / pixels)[::-1])
+
+
+# --- a set a tiny net learns in seconds: tests and tools/resume_trials.py --------
+
+def squares(rng):
+    """A 36-48 px scene: a red square of class 1 and a blue one of class 2 on
+    grey, each with a void line above it. (H x W x 3 uint8 RGB, H x W uint8)."""
+    h, w = rng.integers(36, 48, size=2)
+    label = np.zeros((h, w), np.uint8)
+    rgb = (90 + rng.integers(0, 20, (h, w, 3))).astype(np.uint8)
+    for cls, colour in ((1, (220, 40, 40)), (2, (40, 40, 220))):
+        y, x = rng.integers(0, h - 16), rng.integers(0, w - 16)
+        label[y:y + 14, x:x + 14] = cls
+        label[max(y - 1, 0), x:x + 14] = datasets.VOID
+        rgb[y:y + 14, x:x + 14] = colour
+    return rgb, label
+
+
+def tiny_model(stride=32, lr=1e-3, init=(), classes=datasets.VOC_CLASSES, mean=datasets.VOC_MEAN,
+               val_size=2, **options):
+    """A narrow VGG16 FCN (1/32 of the channels, trained from scratch) on
+    VOC-layout data at ../data/voc: a real model that trains in seconds;
+    `options` adds Model keywords (loss='sigmoid')."""
+    source = nets.VOC(voc_dir='../data/voc', sbdd_dir='', val_split='val', val_size=val_size,
+                      mean=tuple(mean), heads=(nets.Head('', tuple(classes)),))
+    return nets.Model(source, trunk='vgg16', stride=stride, base_lr=lr, init=tuple(init),
+                      momentum=0.9, normalize_loss=True, trunk_width=1 / 32, trunk_filler='msra',
+                      **options)
 
 
 def write(folder, seed=0, train=300, val=60, crops_train=1000, crops_val=100):

@@ -19,13 +19,10 @@ snapshot/curves.png (loss and mean IU against iteration).
 """
 import argparse
 import contextlib
-import functools
-import hashlib
 import io
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -34,18 +31,23 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-import runtime
+from common import caffe_setup
 
-runtime.quiet_caffe_log()  # before nets imports caffe
+caffe_setup.quiet_caffe_log()  # before nets imports caffe
 
-import checks  # noqa: E402
+import caffe  # noqa: E402
+from caffe.proto import caffe_pb2  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
+
 import layers  # noqa: E402
-import locations  # noqa: E402
 import nets  # noqa: E402
 import score  # noqa: E402
 import surgery  # noqa: E402
-from fetch.catalog import ILSVRC_NETS  # noqa: E402
-from locations import SNAPSHOT_DIR  # noqa: E402
+from common import locations, outputs, weightfiles  # noqa: E402
+from common.catalog import ILSVRC_NETS  # noqa: E402
+from common.locations import SNAPSHOT_DIR  # noqa: E402
+from common.metrics import METRICS  # noqa: E402
+from common.snapshots import Snapshots, SnapshotError  # noqa: E402
 from nets import SEED  # noqa: E402
 
 
@@ -90,19 +92,12 @@ def init_folder(model, name):
 
 
 def trained_weights(folder):
-    """The trained weights of a model folder: its latest complete snapshot,
-    else its published caffemodel (python -m fetch weights NAME)."""
-    name = os.path.basename(folder)
-    latest = Snapshots(os.path.join(folder, SNAPSHOT_DIR)).latest()
-    if latest:
-        return latest['caffemodel']
-    published = locations.published_weights(name, os.path.dirname(folder))
-    if published and os.path.isfile(published):
-        return published
-    fetch = f' or fetch its published caffemodel (python -m fetch weights {name})' if published else ''
-    raise TrainingError(
-        f'no trained weights for {name}: train it first '
-        f'(cd {os.path.relpath(folder)} && python solve.py){fetch}')
+    """The trained weights of a model folder, the latest complete snapshot
+    first (weightfiles.resolve)."""
+    try:
+        return weightfiles.resolve(folder, prefer='snapshot')
+    except (weightfiles.WeightsError, SnapshotError) as e:
+        raise TrainingError(str(e)) from None
 
 
 def start_weights(model):
@@ -130,25 +125,24 @@ def start_weights(model):
 
 def initialize(solver, model, weights):
     """Load start weights into the solver's net and fill upsampling layers."""
-    import caffe
     net = solver.net
     upsampling = [k for k in net.params if k.startswith('upscore')]
     for suffix, path in weights.items():
         if not os.path.isfile(path):
             raise TrainingError(f'start weights {path} do not exist')
-        source_proto = _source_proto(model, path)
+        source_proto = weightfiles.net_for_weights(path)
         try:
             if not suffix and model.source.fusion != 'early':
-                checks.load_weights(net, path, _fresh_layers(net, source_proto, upsampling))
+                weightfiles.load_weights(net, path, _fresh_layers(net, source_proto, upsampling))
                 continue
             # Streams (late fusion) and the 4-channel early-fusion conv need the
             # source weights in a net of their own.
-            if not os.path.isfile(source_proto):
+            if not (source_proto and os.path.isfile(source_proto)):
                 raise TrainingError(f'start weights {path}: no net definition {source_proto} '
                                     'to read them with')
             source_net = caffe.Net(source_proto, caffe.TEST)
-            checks.load_weights(source_net, path, net_name=source_proto)
-        except checks.CheckError as e:
+            weightfiles.load_weights(source_net, path, net_name=source_proto)
+        except weightfiles.CheckError as e:
             raise TrainingError(f'start weights: {e}') from e
         if suffix:
             surgery.transplant(net, source_net, suffix=suffix)
@@ -163,197 +157,10 @@ def _fresh_layers(net, source_proto, upsampling):
     layers (interp fills them) and the layers the start net lacks, which
     begin from their fillers (a new score layer); where the start net's
     definition is unknown, every layer (only the shapes are checked)."""
-    if not os.path.isfile(source_proto):
+    if not (source_proto and os.path.isfile(source_proto)):
         return set(net.params)
-    start = checks.layer_names(source_proto)
+    start = weightfiles.layer_names(source_proto)
     return set(upsampling) | {k for k in net.params if k not in start}
-
-
-def _source_proto(model, weights_path):
-    """The deploy prototxt matching a start-weights file: the ILSVRC fcn twin
-    or the deploy net of the model folder the weights come from."""
-    for trunk in ILSVRC_NETS:
-        if os.path.abspath(weights_path) == os.path.abspath(locations.ilsvrc_weights(trunk)):
-            return locations.ilsvrc_deploy(trunk)
-    folder = os.path.dirname(os.path.abspath(weights_path))
-    if os.path.basename(folder) == SNAPSHOT_DIR:
-        folder = os.path.dirname(folder)
-    return os.path.join(folder, 'deploy.prototxt')
-
-
-# ---------------------------------------------------------------- snapshots
-class Snapshots:
-    """Complete snapshots in a folder. Each snapshot's manifest
-    (<prefix>_iter_N.json) records its two files' sizes and sha256;
-    `latest.json`, a copy of the newest manifest, is replaced atomically
-    once both files are on disk, so a crash mid-write never leaves a
-    corrupt "latest", and a file changed later is caught before it is used."""
-
-    FILES = (('solverstate', '.solverstate'), ('caffemodel', '.caffemodel'))
-
-    def __init__(self, folder, prefix=None):
-        self.folder = os.path.abspath(folder)
-        # the solver's snapshot_prefix (relative to the current directory, as Caffe takes it)
-        self.prefix = os.path.abspath(prefix or os.path.join(folder, 'train'))
-        self.pointer = os.path.join(self.folder, 'latest.json')
-
-    def _read(self, path, listing=False):
-        """A manifest's entry with absolute paths; TrainingError naming the
-        file if it is unreadable or incomplete (and, unless `listing` the
-        complete snapshots, what to resume from instead)."""
-        try:
-            with open(path) as f:
-                entry = json.load(f)
-            for key, _ in self.FILES:
-                entry[key] = os.path.join(os.path.dirname(path), entry[key])
-                int(entry[key + '_bytes']), str(entry[key + '_sha256'])
-            int(entry['iteration'])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            kind = type(e).__name__ if not isinstance(e, OSError) else e.strerror
-            problem = f'{path}: not a readable snapshot manifest ({kind}: {e})'
-            raise TrainingError(problem if listing else
-                                f'{problem}; {self._alternatives(exclude=path)}') from None
-        return entry
-
-    def check(self, entry, full=True, listing=False):
-        """Raise TrainingError unless both files of `entry` are as recorded
-        (size, and with `full` the sha256); the message names what to resume
-        from instead, unless `listing` the complete snapshots."""
-        for key, _ in self.FILES:
-            path = entry[key]
-            if not os.path.isfile(path):
-                problem = 'is missing'
-            elif os.path.getsize(path) != entry[key + '_bytes']:
-                problem = f'has {os.path.getsize(path)} bytes, {entry[key + "_bytes"]} recorded'
-            elif full and _sha256(path) != entry[key + '_sha256']:
-                problem = 'does not match its recorded sha256 (corrupted)'
-            else:
-                continue
-            problem = f'snapshot {path} {problem}'
-            raise TrainingError(problem if listing else
-                                f'{problem}; {self._alternatives(exclude=entry[key])}')
-
-    def latest(self, full=False):
-        """{'iteration', 'solverstate', 'caffemodel', ...} of the newest
-        complete snapshot (absolute paths), checked (sizes; with `full` the
-        sha256 too), or None if there is none."""
-        if not os.path.exists(self.pointer):
-            return None
-        entry = self._read(self.pointer)
-        self.check(entry, full)
-        return entry
-
-    def for_solverstate(self, path):
-        """The manifest entry of a solverstate written here, or None for a
-        solverstate without one (made elsewhere)."""
-        manifest = os.path.splitext(path)[0] + '.json'
-        return self._read(manifest) if os.path.isfile(manifest) else None
-
-    def complete(self):
-        """Entries of every snapshot in the folder whose files have their
-        recorded sizes, oldest first."""
-        found = []
-        for name in sorted(os.listdir(self.folder)) if os.path.isdir(self.folder) else ():
-            if not (name.endswith('.json') and '_iter_' in name):
-                continue
-            try:
-                entry = self._read(os.path.join(self.folder, name), listing=True)
-                self.check(entry, full=False, listing=True)
-            except TrainingError:
-                continue
-            found.append(entry)
-        return sorted(found, key=lambda e: e['iteration'])
-
-    def _alternatives(self, exclude):
-        """What the user can resume from instead, in words."""
-        exclude = os.path.splitext(exclude)[0]
-        older = [e['solverstate'] for e in self.complete()
-                 if os.path.splitext(e['solverstate'])[0] != exclude]
-        if not older:
-            return 'no other complete snapshot here: start without --resume'
-        return 'other complete snapshots: ' + ', '.join(older[::-1]) + \
-            ' (resume one with --resume FILE)'
-
-    def needed_bytes(self, net, solver_type):
-        """About what a snapshot of `net` takes on disk: the weights, and the
-        solver's history (checks.HISTORY_PER_PARAM blobs per parameter)."""
-        params = sum(b.data.nbytes for blobs in net.params.values() for b in blobs)
-        return params * (1 + checks.HISTORY_PER_PARAM.get(solver_type, 2)) + (1 << 20)
-
-    def save(self, solver, solver_type='SGD'):
-        """Snapshot the solver; point latest.json at it once it is on disk.
-        Checks the free space first: Caffe aborts on a failed write."""
-        try:
-            os.makedirs(self.folder, exist_ok=True)
-            free = shutil.disk_usage(self.folder).free
-        except OSError as e:
-            raise TrainingError(f'cannot write snapshots into {self.folder}: '
-                                f'{e.strerror}') from None
-        needed = self.needed_bytes(solver.net, solver_type)
-        if free < needed:
-            raise TrainingError(
-                f'cannot snapshot iteration {solver.iter} into {self.folder}: '
-                f'{free / 2**20:.1f} MiB free, a snapshot needs about {needed / 2**20:.1f} MiB '
-                '(disk full?); free some space and --resume')
-        solver.snapshot()
-        prefix = f'{self.prefix}_iter_{solver.iter}'
-        entry = {'iteration': solver.iter}
-        for key, ext in self.FILES:
-            path = prefix + ext
-            _fsync(path)
-            entry[key] = os.path.relpath(path, self.folder)
-            entry[key + '_bytes'] = os.path.getsize(path)
-            entry[key + '_sha256'] = _sha256(path)
-        for path in (prefix + '.json', self.pointer):
-            write_atomically(path, json.dumps(entry), what='snapshot manifest')
-        _fsync(self.folder)
-        return {**entry, **{key: os.path.join(self.folder, entry[key]) for key, _ in self.FILES}}
-
-
-def _sha256(path):
-    stat = os.stat(path)
-    return _sha256_of(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256_of(path, size, mtime_ns):
-    """Cached by size and modification time: solve.py checks a snapshot
-    before building its nets and again as training starts from it, and a
-    VGG16 snapshot is about 1 GB to hash."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path, data, what='file', mode='w'):
-    """Write `data` (text or, with mode 'wb', bytes) to `path` through a temp
-    file in the same folder, replaced into place; on an I/O error (disk full)
-    the temp file is removed, `path` keeps its previous content, and a
-    TrainingError names the folder and the cause."""
-    folder = os.path.dirname(path) or '.'
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp and os.path.exists(tmp):
-            os.remove(tmp)
-        raise TrainingError(f'cannot write the {what} {os.path.basename(path)} into '
-                            f'{os.path.abspath(folder)}: {e.strerror or e}') from None
 
 
 # --------------------------------------------------------------- progress
@@ -378,7 +185,7 @@ class Progress:
     def add(self, record):
         self.records.append(record)
         os.makedirs(self.folder, exist_ok=True)
-        write_atomically(self.log_path, ''.join(json.dumps(r) + '\n' for r in self.records),
+        outputs.write_atomically(self.log_path, ''.join(json.dumps(r) + '\n' for r in self.records),
                          what='training log')
 
     def plot(self, title):
@@ -402,7 +209,7 @@ class Progress:
         png = io.BytesIO()
         fig.savefig(png, format='png')
         plt.close(fig)
-        write_atomically(self.plot_path, png.getvalue(), what='plot', mode='wb')
+        outputs.write_atomically(self.plot_path, png.getvalue(), what='plot', mode='wb')
 
 
 # ------------------------------------------------------------------ solver
@@ -410,9 +217,6 @@ def make_solver(model, test_interval, max_iter):
     """The solver of the folder's solver.prototxt (SGD unless it names
     another type); Caffe's own snapshots are turned off because this loop
     writes them (atomically)."""
-    import caffe
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
     param = caffe_pb2.SolverParameter()
     with open('solver.prototxt') as f:
         text_format.Merge(f.read(), param)
@@ -447,7 +251,6 @@ def seed_step(iteration):
     """Derive Caffe's random state (dropout) from the iteration about to
     run, so that a run resumed from a snapshot at any iteration draws what
     an uninterrupted one does."""
-    import caffe
     caffe.set_random_seed(SEED + iteration)
 
 
@@ -459,7 +262,7 @@ def val_examples(solver, limit=None):
 
 
 # What each scoring logs per head: the paper's metrics and the mean loss.
-SCALAR_METRICS = tuple(key for key, _ in score.METRICS) + ('loss',)
+SCALAR_METRICS = tuple(key for key, _ in METRICS) + ('loss',)
 
 
 def evaluate(solver, model, examples):
@@ -506,8 +309,8 @@ def start(solver, param, model, snapshots, weights=None, resume=None):
     if resume:
         state = resume_point(snapshots, resume)
         try:
-            checks.check_solverstate(state, solver.net, model.solver_type)
-        except checks.CheckError as e:
+            weightfiles.check_solverstate(state, solver.net, model.solver_type)
+        except weightfiles.CheckError as e:
             raise TrainingError(f'cannot resume: {e}') from e
         solver.restore(state)
     else:
@@ -574,11 +377,10 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
     is one of Caffe's data-parallel solvers (see train_parallel): only rank
     0 scores, snapshots and logs. Paths given relative to the current
     directory stay so; the current directory is restored on return."""
-    import caffe
     model = nets.load(folder)
     weights = weights and os.path.abspath(weights)
     resume = os.path.abspath(resume) if isinstance(resume, str) else resume
-    runtime.use_device(gpu)
+    caffe_setup.use_device(gpu)
     if nccl is not None:
         caffe.set_solver_count(nccl[2])
         caffe.set_solver_rank(nccl[1])
@@ -619,7 +421,6 @@ def train_parallel(folder, gpus, args):
     per GPU, NCCL summing gradients; each Python data layer reads its share
     of the sequence (layers.py: every solver_count-th example)."""
     import multiprocessing
-    import caffe
     if not caffe.has_nccl():
         raise TrainingError('several --gpu ids need a Caffe built with NCCL (USE_NCCL=ON); '
                             'this build has none: train on one GPU')
@@ -664,8 +465,6 @@ def check_start(model, weights=None, resume=None):
     """Before any net is built: the data each of the model's nets reads,
     and where training starts (start weights or snapshot). Raises
     TrainingError naming what is missing and the command that gets it."""
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
     for file in (model.source.train_file, model.source.val_file):
         net_param = caffe_pb2.NetParameter()
         try:
@@ -701,7 +500,8 @@ def main(folder, argv=None):
         else:
             train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
                   resume=args.resume, gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
-    except (TrainingError, FileNotFoundError, TypeError, layers.DataError, layers.ParamError) as e:
+    except (TrainingError, SnapshotError, outputs.OutputError, FileNotFoundError, TypeError,
+            layers.DataError, layers.ParamError) as e:
         sys.exit(f'solve.py: {e}')  # data errors name the file, value and class count
     except Interrupted as e:
         print(f'\nsolve.py: {e}', file=sys.stderr)

@@ -10,7 +10,7 @@ Layout it produces (repository root; locations.py defines it):
 """
 from pathlib import Path
 
-import locations
+from common import locations
 
 REPO = Path(locations.REPO_DIR)
 DATA_ROOT = Path(locations.DATA_DIR)

@@ -3,10 +3,10 @@ import argparse
 import os
 import sys
 
-import runtime
+from common import caffe_setup
+from common.catalog import DOWNLOADS, MODELS
 
 from . import DATA_ROOT, MODELS_ROOT, REPO, FetchError
-from .catalog import DOWNLOADS, MODELS
 from .install import DATASETS, fetch_dataset, fetch_weights, weight_names
 from .scoreall import score_all
 from .splits import write_class_lists, write_derived_splits
@@ -148,7 +148,7 @@ def build_parser():
 
 
 def main(argv=None):
-    runtime.quiet_caffe_log(argv)
+    caffe_setup.quiet_caffe_log(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0

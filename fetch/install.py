@@ -6,11 +6,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import locations
+from common import datasets, locations, weightfiles
+from common.catalog import DOWNLOADS, ILSVRC_CONVERTED, ILSVRC_NETS, MODELS
 
 from . import REPO, FetchError
 from .archive import ArchiveReadError, unpack_folder
-from .catalog import DOWNLOADS, ILSVRC_CONVERTED, ILSVRC_NETS, MODELS
 from .download import adopt, download, part_path
 from .splits import write_derived_splits
 
@@ -46,24 +46,25 @@ class Dataset:
     needs: dict = field(default_factory=dict)
 
 
+_VOC2010, _VOC2011 = datasets.voc_year_dir(2010), datasets.voc_year_dir(2011)
 DATASETS = {
-    'voc2011': Dataset((Unpack('voc2011', 'pascal/VOC2011', 'JPEGImages', 'VOC2011'),), {
-        'pascal/VOC2011/ImageSets/Segmentation/seg11valid.txt':
+    'voc2011': Dataset((Unpack('voc2011', _VOC2011, 'JPEGImages', 'VOC2011'),), {
+        datasets.voc_split(_VOC2011, 'seg11valid').replace(os.sep, '/'):
             'seg11valid is derived once sbd is fetched too'}),
-    'voc2012': Dataset((Unpack('voc2012', 'pascal/VOC2012', 'JPEGImages', 'VOC2012'),)),
-    'sbd': Dataset((Unpack('sbd', 'sbdd/dataset', 'cls', 'dataset'),), {
-        'sbdd/dataset/train.txt': 'not in the archive'}),
-    'nyud': Dataset((Unpack('nyud', 'nyud', 'segmentation'),), {
-        'nyud/trainval.txt': 'derived from train.txt and val.txt, expected in the archive',
-        'nyud/test.txt': 'expected in the archive'}),
-    'siftflow': Dataset((Unpack('siftflow', 'sift-flow', 'SemanticLabels'),), {
-        f'sift-flow/{split}.txt': "derived from the archive's TestSet1.txt"
+    'voc2012': Dataset((Unpack('voc2012', datasets.voc_year_dir(2012), 'JPEGImages', 'VOC2012'),)),
+    'sbd': Dataset((Unpack('sbd', datasets.SBDD_DIR, 'cls', 'dataset'),), {
+        f'{datasets.SBDD_DIR}/train.txt': 'not in the archive'}),
+    'nyud': Dataset((Unpack('nyud', datasets.NYUD_DIR, 'segmentation'),), {
+        f'{datasets.NYUD_DIR}/trainval.txt': 'derived from train.txt and val.txt, expected in the archive',
+        f'{datasets.NYUD_DIR}/test.txt': 'expected in the archive'}),
+    'siftflow': Dataset((Unpack('siftflow', datasets.SIFTFLOW_DIR, 'SemanticLabels'),), {
+        f'{datasets.SIFTFLOW_DIR}/{split}.txt': "derived from the archive's TestSet1.txt"
         for split in ('trainval', 'test')}),
-    'context': Dataset((Unpack('voc2010', 'pascal/VOC2010', 'JPEGImages', 'VOC2010'),
-                        Unpack('context-trainval', 'pascal-context', 'trainval'),
-                        Place('context-59-labels', 'pascal-context/59_labels.txt')), {
-        'pascal-context/labels.txt': 'expected in the annotations archive',
-        **{f'pascal/VOC2010/ImageSets/Main/{split}.txt': 'expected in the VOC2010 archive'
+    'context': Dataset((Unpack('voc2010', _VOC2010, 'JPEGImages', 'VOC2010'),
+                        Unpack('context-trainval', datasets.CONTEXT_DIR, 'trainval'),
+                        Place('context-59-labels', f'{datasets.CONTEXT_DIR}/59_labels.txt')), {
+        f'{datasets.CONTEXT_DIR}/labels.txt': 'expected in the annotations archive',
+        **{datasets.voc_split(_VOC2010, split, 'Main').replace(os.sep, '/'): 'expected in the VOC2010 archive'
            for split in ('train', 'val')}}),
 }
 DOWNLOADS_DIR = 'downloads'  # archives, under the data root
@@ -168,36 +169,31 @@ def convert_ilsvrc(net, weights, out, force=False):
 
 
 def reference_net(name, models_root):
-    """The net definition the weights `name` must fit: the deploy net of
-    the model folder (a published FCN model) or the ILSVRC classifier
-    (vgg16, caffenet); the models root's own copy where it has one, else
-    the repository's. None for GoogLeNet (the repository defines no net of
-    its own for it)."""
-    if name in ILSVRC_CONVERTED:
-        candidates = [locations.ilsvrc_prototxt(name, 'classifier', root)
-                      for root in (models_root, None)]
-    elif name in ILSVRC_NETS:
+    """The net definition the weights `name` must fit (weightfiles.net_for_weights
+    of where they are stored): the models root's own copy where it has one,
+    else the repository's. None for GoogLeNet (no net of the repository's
+    own reads it as downloaded)."""
+    stored = str(weights_path(name, models_root))
+    candidates = [weightfiles.net_for_weights(stored), weightfiles.net_for_weights(
+        os.path.join(locations.MODELS_DIR, os.path.relpath(stored, models_root)))]
+    if candidates[0] is None:
         return None
-    else:
-        candidates = [os.path.join(root, name, 'deploy.prototxt')
-                      for root in (models_root, locations.MODELS_DIR)]
     return next((p for p in candidates if os.path.isfile(p)), candidates[-1])
 
 
 def weights_check(name, models_root):
     """A check (path -> None, raising ValueError) that a file is a caffemodel
     fitting the reference_net of `name`, as every command will load it."""
-    import checks
     proto = reference_net(name, models_root)
 
     def check(path):
-        checks.read_caffemodel(str(path))  # refuses any other file before building a net
+        weightfiles.read_caffemodel(str(path))  # refuses any other file before building a net
         if proto is None:
             return
         if not os.path.isfile(proto):
-            raise checks.CheckError(f'no net definition {proto} to check {path} against')
-        import caffe
-        checks.check_weights(str(path), caffe.Net(proto, caffe.TEST), net_name=proto)
+            raise weightfiles.CheckError(f'no net definition {proto} to check {path} against')
+        import caffe  # deferred: fetching data needs no Caffe
+        weightfiles.check_weights(str(path), caffe.Net(proto, caffe.TEST), net_name=proto)
     return check
 
 

@@ -12,10 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from score import METRICS
+from common.catalog import MODELS
+from common.metrics import METRICS
 
 from . import REPO
-from .catalog import MODELS
 
 METRIC_KEYS = tuple(key for key, _ in METRICS)
 COLUMNS = ('model', 'split', 'pixel acc.', 'mean acc.', 'mean IU', 'f.w. IU',

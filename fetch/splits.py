@@ -2,18 +2,16 @@
 import os
 from pathlib import Path
 
-import datasets
+from common import datasets
 
 # Relative to the data root; one name per line in model output order.
 CLASS_LISTS = {
-    'pascal/classes.txt': datasets.VOC_CLASSES,
-    'nyud/classes.txt': datasets.NYUD_CLASSES,
-    'sift-flow/classes.txt': datasets.SIFTFLOW_CLASSES,
-    'sift-flow/geo-classes.txt': datasets.SIFTFLOW_GEO_CLASSES,
-    'pascal-context/classes.txt': datasets.CONTEXT_CLASSES,
+    f'{datasets.PASCAL_DIR}/classes.txt': datasets.VOC_CLASSES,
+    f'{datasets.NYUD_DIR}/classes.txt': datasets.NYUD_CLASSES,
+    f'{datasets.SIFTFLOW_DIR}/classes.txt': datasets.SIFTFLOW_CLASSES,
+    f'{datasets.SIFTFLOW_DIR}/geo-classes.txt': datasets.SIFTFLOW_GEO_CLASSES,
+    f'{datasets.CONTEXT_DIR}/classes.txt': datasets.CONTEXT_CLASSES,
 }
-
-SIFTFLOW_SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
 
 
 def read_ids(path):
@@ -51,10 +49,10 @@ def siftflow_splits(siftflow_dir):
     every other image; images lacking a semantic or geometric label file
     (two in the release) are in neither."""
     root = Path(siftflow_dir)
-    images = sorted(p.stem for p in (root / 'Images' / SIFTFLOW_SUBDIR).glob('*.jpg'))
+    images = sorted(p.stem for p in (root / 'Images' / datasets.SIFTFLOW_SUBDIR).glob('*.jpg'))
     labelled = {i for i in images
-                if (root / 'SemanticLabels' / SIFTFLOW_SUBDIR / f'{i}.mat').exists()
-                and (root / 'GeoLabels' / SIFTFLOW_SUBDIR / f'{i}.mat').exists()}
+                if (root / 'SemanticLabels' / datasets.SIFTFLOW_SUBDIR / f'{i}.mat').exists()
+                and (root / 'GeoLabels' / datasets.SIFTFLOW_SUBDIR / f'{i}.mat').exists()}
     # Lines are image paths, possibly Windows-style: keep the file stem.
     listed = [Path(line.replace('\\', '/')).stem for line in read_ids(root / 'TestSet1.txt')]
     test = [i for i in dict.fromkeys(listed) if i in labelled]
@@ -69,24 +67,24 @@ def write_derived_splits(data_root):
     data_root = Path(data_root)
     written = []
 
-    voc_val = data_root / 'pascal/VOC2011/ImageSets/Segmentation/val.txt'
-    sbd_train = data_root / 'sbdd/dataset/train.txt'
+    voc_val = data_root / datasets.voc_split(datasets.voc_year_dir(2011), 'val')
+    sbd_train = data_root / datasets.SBDD_DIR / 'train.txt'
     if voc_val.exists() and sbd_train.exists():
         ids = seg11valid(read_ids(voc_val), read_ids(sbd_train))
         # The VOC data layer reads <voc_dir>/ImageSets/Segmentation/<split>.txt.
-        for path in (voc_val.parent / 'seg11valid.txt', data_root / 'pascal/seg11valid.txt'):
+        for path in (voc_val.parent / 'seg11valid.txt', data_root / datasets.PASCAL_DIR / 'seg11valid.txt'):
             write_lines(path, ids)
             written.append(path)
         print(f'seg11valid: {len(ids)} images (the real VOC2011 val and SBD train '
               f'give {datasets.SEG11VALID_SIZE})')
 
-    nyud = data_root / 'nyud'
+    nyud = data_root / datasets.NYUD_DIR
     if (nyud / 'train.txt').exists() and (nyud / 'val.txt').exists() \
             and not (nyud / 'trainval.txt').exists():
         write_lines(nyud / 'trainval.txt', read_ids(nyud / 'train.txt') + read_ids(nyud / 'val.txt'))
         written.append(nyud / 'trainval.txt')
 
-    siftflow = data_root / 'sift-flow'
+    siftflow = data_root / datasets.SIFTFLOW_DIR
     if (siftflow / 'TestSet1.txt').exists() and not (siftflow / 'test.txt').exists():
         trainval, test = siftflow_splits(siftflow)
         write_lines(siftflow / 'trainval.txt', trainval)

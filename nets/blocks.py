@@ -4,7 +4,7 @@ Each function returns NetSpec tops; the caller names them by assigning into
 the NetSpec (n['conv1_1'] = ...), which is how the published layer names
 (and so the published caffemodels) come out.
 """
-import datasets
+from common import datasets
 from caffe import coord_map, layers as L, params as P
 
 # Weights learn at the base rate with weight decay, biases at twice the rate

@@ -5,7 +5,7 @@ layers as convolutions). surgery.py convert transplants one into the other.
 Written to nets/ilsvrc-nets/<trunk>-{classifier,fcn}.prototxt.
 """
 import caffe
-import locations
+from common import locations
 from caffe import layers as L
 from nets import blocks
 from nets.model import GENERATED_HEADER

@@ -3,10 +3,12 @@
 `Model(source, trunk, stride, base_lr, init)` is all a folder's net.py says;
 `write()` generates the folder's train/val/deploy prototxts and its solver.
 """
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Tuple
 
+from common import locations
 from nets.fcn import AT_ONCE_SCALE, fcn
 from nets.sources import Source
 
@@ -82,7 +84,7 @@ class Model:
 
     def net_files(self):
         return {'train': self.source.train_file, 'val': self.source.val_file,
-                'deploy': 'deploy.prototxt'}
+                'deploy': locations.DEPLOY_PROTOTXT}
 
     def prototxts(self):
         """{file name: text} of everything the folder holds generated."""
@@ -92,27 +94,26 @@ class Model:
         return files
 
     def solver_text(self):
-        lines = [
-            f'train_net: "{self.source.train_file}"',
-            f'test_net: "{self.source.val_file}"',
-            f'test_iter: {self.source.val_size}',
-            '# make the test net, but score with score.py from solve.py, not the solver',
-            'test_interval: 999999999',
-            'display: 20',
-            'average_loss: 20',
-            *(['lr_policy: "poly"', f'power: {self.lr_decay_power:g}'] if self.lr_decay_power
-              else ['lr_policy: "fixed"']),
-            f'base_lr: {self.base_lr:g}',
-            f'momentum: {self.momentum:g}',
-            f'iter_size: {self.solver_iter_size}',
-            *([f'type: "{self.solver_type}"'] if self.solver_type != 'SGD' else []),
-            f'max_iter: {self.training_length}',
-            f'weight_decay: {self.weight_decay:g}',
-            f'snapshot: {self.source.test_interval}',
-            'snapshot_prefix: "snapshot/train"',
-            'test_initialization: false',
-        ]
-        return '\n'.join(lines) + '\n'
+        return solver_text([
+            ('train_net', self.source.train_file),
+            ('test_net', self.source.val_file),
+            ('test_iter', self.source.val_size),
+            ('#', 'make the test net, but score with score.py from solve.py, not the solver'),
+            ('test_interval', 999999999),
+            ('display', 20),
+            ('average_loss', 20),
+            *([('lr_policy', 'poly'), ('power', self.lr_decay_power)] if self.lr_decay_power
+              else [('lr_policy', 'fixed')]),
+            ('base_lr', self.base_lr),
+            ('momentum', self.momentum),
+            ('iter_size', self.solver_iter_size),
+            *([('type', self.solver_type)] if self.solver_type != 'SGD' else []),
+            ('max_iter', self.training_length),
+            ('weight_decay', self.weight_decay),
+            ('snapshot', self.source.test_interval),
+            ('snapshot_prefix', f'{locations.SNAPSHOT_DIR}/{locations.SNAPSHOT_PREFIX}'),
+            ('test_initialization', False),
+        ])
 
     def write(self, folder=None):
         folder = folder or self.folder
@@ -121,3 +122,50 @@ class Model:
         for name, text in self.prototxts().items():
             with open(os.path.join(folder, name), 'w') as f:
                 f.write(text)
+
+
+def solver_text(entries):
+    """A solver prototxt of (field, value) pairs, in order: strings quoted,
+    booleans as true/false, numbers as %g; the field '#' is a comment line."""
+    def value(v):
+        if isinstance(v, bool):
+            return 'true' if v else 'false'
+        if isinstance(v, str):
+            return f'"{v}"'
+        return str(v) if isinstance(v, int) else f'{v:g}'
+    return ''.join(f'# {v}\n' if k == '#' else f'{k}: {value(v)}\n' for k, v in entries)
+
+
+def source_code(value):
+    """Python that rebuilds `value` with the names nets exports: a dataclass
+    (Model, a Source, Head) as a call of its class giving the fields that
+    differ from their defaults, tuples and dicts element by element,
+    anything else as repr()."""
+    if dataclasses.is_dataclass(value):
+        args = []
+        for f in dataclasses.fields(value):
+            if not f.init or not f.compare:  # Model.folder is set by nets.load
+                continue
+            v = getattr(value, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else \
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+            if default is dataclasses.MISSING or v != default:
+                args.append(f'{f.name}={source_code(v)}')
+        return f'{type(value).__name__}({", ".join(args)})'
+    if isinstance(value, tuple):
+        items = [source_code(v) for v in value]
+        return f'({", ".join(items)}{"," if len(items) == 1 else ""})'
+    if isinstance(value, dict):
+        return '{' + ', '.join(f'{source_code(k)}: {source_code(v)}' for k, v in value.items()) + '}'
+    return repr(value)
+
+
+def write_net_py(folder, model, doc):
+    """Write <folder>/net.py defining `model` (a model folder made by a
+    program: the mini-reproduction's, the tests'), and its prototxts."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'net.py'), 'w') as f:
+        f.write(f'"""{doc}"""\nfrom nets import *  # noqa: F401,F403\n\n'
+                f'model = {source_code(model)}\n\n'
+                "if __name__ == '__main__':\n    model.write(__file__)\n")
+    model.write(folder)

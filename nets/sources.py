@@ -11,9 +11,9 @@ in param_str, and read by inference). Paths are relative to the model folder
 from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
-import datasets
+from common import datasets
 from caffe import layers as L, params as P
-from locations import DATA_FROM_MODEL
+from common.locations import DATA_FROM_MODEL
 
 # The reference release's seed: the shuffled training order, and Caffe's
 # random state (dropout) while training.
@@ -120,8 +120,8 @@ class VOC(Source):
     test_interval: int = 4000
     max_iter: int = 25 * 4000
     val_size: int = datasets.SEG11VALID_SIZE
-    voc_dir: str = f'{DATA_FROM_MODEL}/pascal/VOC2011'
-    sbdd_dir: str = f'{DATA_FROM_MODEL}/sbdd/dataset'  # '' trains on voc_dir's train split
+    voc_dir: str = f'{DATA_FROM_MODEL}/{datasets.voc_year_dir(2011)}'
+    sbdd_dir: str = f'{DATA_FROM_MODEL}/{datasets.SBDD_DIR}'  # '' trains on voc_dir's train split
     mean: Tuple[float, ...] = datasets.VOC_MEAN
 
     def dataset_params(self, split):
@@ -146,7 +146,7 @@ class Context(Source):
 
     def dataset_params(self, split):
         return 'PASCALContextSegDataLayer', dict(
-            voc_dir=f'{DATA_FROM_MODEL}/pascal', context_dir=f'{DATA_FROM_MODEL}/pascal-context',
+            voc_dir=f'{DATA_FROM_MODEL}/{datasets.PASCAL_DIR}', context_dir=f'{DATA_FROM_MODEL}/{datasets.CONTEXT_DIR}',
             split=split, mean=self.mean, seed=SEED)
 
 
@@ -168,7 +168,7 @@ class SIFTFlow(Source):
     mean: Tuple[float, ...] = datasets.SIFTFLOW_MEAN
 
     def dataset_params(self, split):
-        return 'SIFTFlowSegDataLayer', dict(siftflow_dir=f'{DATA_FROM_MODEL}/sift-flow',
+        return 'SIFTFlowSegDataLayer', dict(siftflow_dir=f'{DATA_FROM_MODEL}/{datasets.SIFTFLOW_DIR}',
                                             split=split, mean=self.mean, seed=SEED)
 
 
@@ -207,7 +207,7 @@ class NYUD(Source):
         return self.means['color']
 
     def dataset_params(self, split):
-        return 'NYUDSegDataLayer', dict(nyud_dir=f'{DATA_FROM_MODEL}/nyud', split=split,
+        return 'NYUDSegDataLayer', dict(nyud_dir=f'{DATA_FROM_MODEL}/{datasets.NYUD_DIR}', split=split,
                                         tops=list(self.modalities) + ['label'],
                                         means={m: self.means[m] for m in self.modalities},
                                         seed=SEED)

@@ -22,13 +22,13 @@ import scipy.io
 import caffe
 from caffe.proto import caffe_pb2
 
-import checks
-import datasets
+from common import weightfiles
+from common import datasets
 import layers
-import locations
+from common import locations
 import nets
 import training
-from conftest import save_palette_png, write_model, write_voc
+from helpers import save_palette_png, write_model, write_voc
 from fetch.splits import read_ids
 
 REPO = locations.REPO_DIR
@@ -232,8 +232,8 @@ def test_not_a_caffemodel(repo, snapshots, tmp_path, case):
     data, message = WEIGHTS_FILES[case]
     path = tmp_path / 'w.caffemodel'
     path.write_bytes(data(repo, snapshots))
-    with pytest.raises(checks.CheckError) as err:
-        checks.check_weights(str(path), snapshots['solver'].net)
+    with pytest.raises(weightfiles.CheckError) as err:
+        weightfiles.check_weights(str(path), snapshots['solver'].net)
     assert str(err.value).startswith(f'{path}: {message}')
 
 
@@ -257,12 +257,12 @@ def test_v1_caffemodels_are_checked_as_caffe_reads_them(tmp_path):
         return str(path)
 
     good = v1_weights('good.caffemodel', [(1, 1, 2, 12), (1, 1, 1, 2)])
-    checks.load_weights(net, good)
+    weightfiles.load_weights(net, good)
     np.testing.assert_array_equal(net.params['fc8'][0].data.ravel(), np.arange(24))
     bad = v1_weights('bad.caffemodel', [(1, 1, 3, 8), (1, 1, 1, 2)])
-    with pytest.raises(checks.CheckError, match=r'bad\.caffemodel: layer fc8 blob 0 has shape '
+    with pytest.raises(weightfiles.CheckError, match=r'bad\.caffemodel: layer fc8 blob 0 has shape '
                                                 r'\(1, 1, 3, 8\), layer fc8 needs \(2, 12\)'):
-        checks.check_weights(bad, net)
+        weightfiles.check_weights(bad, net)
 
 
 # ---------------------------------------------------------------- labels
@@ -396,9 +396,9 @@ def test_solverstate_checks(repo, snapshots, tmp_path, case):
     path = path(snapshots, tmp_path)
     net = snapshots['solver'].net
     with locations.working_dir(repo['fcn8']):
-        checks.check_solverstate(snapshots['fcn8'][0], net, 'SGD')  # the good one passes
-        with pytest.raises(checks.CheckError) as err:
-            checks.check_solverstate(path, net)
+        weightfiles.check_solverstate(snapshots['fcn8'][0], net, 'SGD')  # the good one passes
+        with pytest.raises(weightfiles.CheckError) as err:
+            weightfiles.check_solverstate(path, net)
     assert '\n' not in str(err.value)
     for culprit in culprits:
         assert culprit in str(err.value), (culprit, str(err.value))

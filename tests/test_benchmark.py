@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import write_model
+from helpers import write_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +21,7 @@ def benchmark():
 
 def test_benchmark_reports_speed_and_memory(benchmark, tmp_path, capsys):
     softmax = write_model(tmp_path / 'tiny-fcn8s', stride=8)
-    sigmoid = write_model(tmp_path / 'tiny-fcn8s-sigmoid', stride=8, extra=", loss='sigmoid'")
+    sigmoid = write_model(tmp_path / 'tiny-fcn8s-sigmoid', stride=8, loss='sigmoid')
     out = tmp_path / 'bench.json'
     benchmark.main(['--models', softmax, sigmoid, '--sizes', '37', '90x61', '--train-sizes', '37',
                     '--iters', '1', '--no-stock', '--json', str(out)])

@@ -17,7 +17,7 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 import caffe
-import datasets
+from common import datasets
 import nets
 import synthetic
 

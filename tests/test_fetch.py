@@ -22,15 +22,16 @@ import pytest
 import scipy.io
 from PIL import Image
 
-import datasets
-from conftest import write_model
+from common import datasets
+from helpers import write_model
 from fetch import REPO, FetchError, install
 from fetch.__main__ import main
 from fetch.archive import ArchiveLayoutError, unpack_folder
-from fetch.catalog import DOWNLOADS, MODELS, Download
+from common.catalog import DOWNLOADS, MODELS, Download
 from fetch.download import VerificationError, download
 from fetch.scoreall import COLUMNS, format_table, report_rows
-from fetch.splits import CLASS_LISTS, SIFTFLOW_SUBDIR, read_ids, seg11valid, write_class_lists
+from common.datasets import SIFTFLOW_SUBDIR
+from fetch.splits import CLASS_LISTS, read_ids, seg11valid, write_class_lists
 
 SERVER_LIFETIME_S = 120  # the server shuts itself down after this, whatever happens
 

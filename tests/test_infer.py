@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 import caffe
-import datasets
+from common import datasets
 import infer
-import locations
+from common import locations
 import nets
 import surgery
-from conftest import write_model
+from helpers import write_model
 
 caffe.set_mode_cpu()
 

@@ -14,9 +14,9 @@ from PIL import Image
 import caffe
 from caffe import layers as L
 
-import datasets
+from common import datasets
 import layers
-from conftest import save_palette_png, save_rgb, write_voc
+from helpers import save_palette_png, save_rgb, write_voc
 from nets import NYUD
 from nets.sources import source_of_data_layer
 

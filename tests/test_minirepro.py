@@ -11,7 +11,7 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 from PIL import Image
 
-import datasets
+from common import datasets
 import layers
 import minirepro
 import nets

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import caffe
-import locations
+from common import locations
 import nets
 from nets.fcn import fcn
 from nets.__main__ import generated, stale
 
-from conftest import write_voc
+from helpers import write_voc
 
 caffe.set_mode_cpu()
 

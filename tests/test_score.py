@@ -18,7 +18,7 @@ from PIL import Image
 import caffe
 from caffe import layers as L
 
-import datasets
+from common import datasets
 import score
 
 caffe.set_mode_cpu()

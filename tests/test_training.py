@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import caffe
-import datasets
-import locations
+from common import datasets
+from common import locations
 import nets
 import training
-from conftest import write_model, write_voc
+from helpers import write_model, write_voc
 
 caffe.set_mode_cpu()
 
@@ -72,7 +72,7 @@ def test_loss_ablations_train_with_sampled_sigmoid_loss(workspace):
     """Sigmoid cross-entropy on half the final-layer cells, two images a
     step: the loss goes down, and the loss only sees whole sampled cells."""
     folder = make_model(workspace, 'fcn32s-sigmoid-sampled',
-                        extra=", loss='sigmoid', loss_sampling=0.5")
+                        loss='sigmoid', loss_sampling=0.5)
     with open(os.path.join(folder, 'solver.prototxt')) as f:
         assert 'iter_size: 2' in f.read()
     records = training.train(folder, max_iter=40, test_interval=40, quiet=True)

@@ -198,8 +198,8 @@ def worker(argv):
     parser.add_argument('--iters', type=int)
     parser.add_argument('--gpu', type=int)
     args = parser.parse_args(argv)
-    import runtime
-    runtime.use_device(args.gpu)
+    from common import caffe_setup
+    caffe_setup.use_device(args.gpu)
     print('RESULT ' + json.dumps(measure(args.model, args.size, args.mode, args.iters)), flush=True)
 
 

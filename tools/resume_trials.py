@@ -30,20 +30,33 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, 'tests'))
+
+from common import caffe_setup  # noqa: E402
+
+caffe_setup.quiet_caffe_log()  # before nets imports caffe
+
+import caffe  # noqa: E402
+
+import nets  # noqa: E402
+import synthetic  # noqa: E402
+from common import datasets, locations  # noqa: E402
+from common.snapshots import Snapshots  # noqa: E402
 
 KINDS = ('stop', 'sigint', 'sigkill')
-SOLVE_PY = 'import training\n\nif __name__ == "__main__":\n    training.main(__file__)\n'
 
 
 def make_workspace(root):
-    """A model folder (root/model) with its data (root/data/voc)."""
-    from conftest import write_model, write_voc
-    write_voc(os.path.join(root, 'data', 'voc'), {'train': [f't{i}' for i in range(6)],
-                                                 'val': ['v0', 'v1']}, learnable=True)
-    folder = write_model(os.path.join(root, 'model'), extra=', loss_sampling=0.5')
-    with open(os.path.join(folder, 'solve.py'), 'w') as f:
-        f.write(SOLVE_PY)
+    """A model folder (root/model, with every model folder's solve.py) and
+    its data (root/data/voc: synthetic.squares scenes)."""
+    rng = np.random.default_rng(0)
+    splits = {'train': [f't{i}' for i in range(6)], 'val': ['v0', 'v1']}
+    datasets.write_voc(os.path.join(root, 'data', 'voc'), splits,
+                       {idx: synthetic.squares(rng) for ids in splits.values() for idx in ids})
+    folder = os.path.join(root, 'model')
+    nets.write_net_py(folder, synthetic.tiny_model(loss_sampling=0.5),
+                      'The model tools/resume_trials.py interrupts and resumes.')
+    shutil.copyfile(os.path.join(locations.model_dir('voc-fcn32s'), 'solve.py'),
+                    os.path.join(folder, 'solve.py'))
     return folder
 
 
@@ -59,10 +72,8 @@ def solve(folder, *args, wait=True):
 
 def final_weights(folder):
     """{layer: [blobs]} of the folder's latest snapshot, and its iteration."""
-    import caffe
-    import training
-    latest = training.Snapshots(os.path.join(folder, 'snapshot')).latest(full=True)
-    net = caffe.Net(os.path.join(folder, 'deploy.prototxt'), caffe.TEST, weights=latest['caffemodel'])
+    latest = Snapshots(os.path.join(folder, locations.SNAPSHOT_DIR)).latest(full=True)
+    net = caffe.Net(locations.deploy_prototxt(folder), caffe.TEST, weights=latest['caffemodel'])
     return {k: [b.data.copy() for b in v] for k, v in net.params.items()}, latest['iteration']
 
 
@@ -123,7 +134,6 @@ def compare(expected, got):
 def run(trials, steps=24, interval=8, seed=0, root=None, kinds=KINDS, out=print):
     """Run `trials` trials (kinds in turn); returns [(kind, stopped at,
     max abs difference)]."""
-    import caffe
     caffe.set_mode_cpu()
     root = root or tempfile.mkdtemp(prefix='resume-trials-')
     template = make_workspace(root)
@@ -164,5 +174,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    os.environ.setdefault('GLOG_minloglevel', '2')
     sys.exit(main())

@@ -22,7 +22,7 @@ from google.protobuf import text_format
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)  # run by bundle.sh with any Python, not only the venv's
-import locations  # noqa: E402  (needs REPO on the path)
+from common import locations  # noqa: E402  (needs REPO on the path)
 
 MODELS = ['voc-fcn32s', 'voc-fcn16s', 'voc-fcn8s']
 

@@ -29,7 +29,7 @@ try:
     import numpy as np
     from PIL import Image
 
-    import datasets
+    from common import datasets
     import minirepro
     import nets
     import surgery

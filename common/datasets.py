@@ -1,10 +1,13 @@
 """Facts about each dataset FCN is trained on, defined once.
 
-Class names, BGR means, where a model folder finds the data, and the PASCAL
-VOC colour palette. Data layers, scoring, inference and the fetch command all
+Class names, BGR means, where each dataset lies under the data folder and
+its on-disk layout, and the PASCAL VOC colour palette and label format. Data layers, scoring, inference and the fetch command all
 read these; nothing else should repeat them.
 """
+import os
+
 import numpy as np
+from PIL import Image
 
 VOID = 255  # label ignored by the loss and by scoring
 
@@ -78,3 +81,57 @@ def voc_palette(n=256):
             c >>= 3
         palette[i] = (r, g, b)
     return palette
+
+
+# --- where each dataset lies --------------------------------------------------
+# Folders under the data folder (data/ at the repository root, ../data from a
+# model folder), as the reference release lays them out.
+PASCAL_DIR = 'pascal'
+SBDD_DIR = 'sbdd/dataset'
+NYUD_DIR = 'nyud'
+SIFTFLOW_DIR = 'sift-flow'
+CONTEXT_DIR = 'pascal-context'
+# SIFT Flow keeps its images and labels one folder further down.
+SIFTFLOW_SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
+
+
+def voc_year_dir(year):
+    """A PASCAL VOC release's folder under the data folder (pascal/VOC2011)."""
+    return f'{PASCAL_DIR}/VOC{year}'
+
+
+def voc_image(voc_dir, idx):
+    return os.path.join(voc_dir, 'JPEGImages', idx + '.jpg')
+
+
+def voc_label(voc_dir, idx):
+    return os.path.join(voc_dir, 'SegmentationClass', idx + '.png')
+
+
+def voc_split(voc_dir, split, task='Segmentation'):
+    """A VOC split file: ImageSets/Segmentation (or Main, PASCAL-Context's)/<split>.txt."""
+    return os.path.join(voc_dir, 'ImageSets', task, split + '.txt')
+
+
+def save_label_png(path, label):
+    """Write a class-index map (0..255, 255 void) as a PASCAL VOC palette PNG."""
+    h, w = label.shape
+    im = Image.frombytes('P', (w, h), np.ascontiguousarray(label, dtype=np.uint8).tobytes())
+    im.putpalette(voc_palette().tobytes())
+    im.save(path)
+
+
+def write_voc(voc_dir, splits, examples, jpeg_quality=None):
+    """A PASCAL VOC layout under `voc_dir`: `examples` {id: (H x W x 3 uint8
+    RGB, H x W uint8 label)} as JPEGImages/<id>.jpg and SegmentationClass/<id>.png,
+    and `splits` {split: ids} as ImageSets/Segmentation/<split>.txt."""
+    for idx, (rgb, label) in examples.items():
+        for path in (voc_image(voc_dir, idx), voc_label(voc_dir, idx)):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(rgb).save(voc_image(voc_dir, idx),
+                                  **({'quality': jpeg_quality} if jpeg_quality else {}))
+        save_label_png(voc_label(voc_dir, idx), label)
+    for split, ids in splits.items():
+        os.makedirs(os.path.dirname(voc_split(voc_dir, split)), exist_ok=True)
+        with open(voc_split(voc_dir, split), 'w') as f:
+            f.write('\n'.join(ids) + '\n')

@@ -5,25 +5,25 @@ failed") that names no file, or silently keeps a layer's initial weights.
     check_weights(path, net)       a caffemodel for pycaffe `net`
     load_weights(net, path)        check_weights, then net.copy_from(path)
     check_solverstate(path, net)   a solverstate of the solver training `net`
+    resolve(folder, prefer)        the trained weights a model folder has
+    net_for_weights(path)          the net definition a caffemodel is read with
 
-Each raises CheckError with a one-line message naming the file and the layer,
-shapes or counts at fault. The files are parsed with Caffe's own protobuf
-messages (caffe.proto.caffe_pb2). writable_dir and writable_file check where
-a command will write, before it starts its work.
+The checks raise CheckError with a one-line message naming the file and the
+layer, shapes or counts at fault. The files are parsed with Caffe's own
+protobuf messages (caffe.proto.caffe_pb2).
 """
 import os
+import sys
 
 import numpy as np
+
+from common import locations, snapshots
+from common.catalog import DOWNLOADS, ILSVRC_CONVERTED, ILSVRC_NETS
 
 
 class CheckError(ValueError):
     """A caffemodel or solverstate that does not fit the net; the message says why."""
 
-
-# History blobs a solver keeps per learnable parameter blob (Caffe's
-# sgd_solver.cpp and its subclasses): the solverstate holds them in order.
-HISTORY_PER_PARAM = {'SGD': 1, 'Nesterov': 1, 'AdaGrad': 1, 'RMSProp': 1,
-                     'AdaDelta': 2, 'Adam': 2}
 
 _LEGACY_DIMS = ('num', 'channels', 'height', 'width')
 
@@ -195,8 +195,8 @@ def check_solverstate(path, net, solver_type=None):
     if not _parse(state, data):
         raise CheckError(f'{path}: not a solverstate (truncated, or another kind of file)')
     learnable = _learnable(net)
-    per = (HISTORY_PER_PARAM[solver_type],) if solver_type in HISTORY_PER_PARAM else \
-        sorted(set(HISTORY_PER_PARAM.values()))
+    per = (snapshots.HISTORY_PER_PARAM[solver_type],) if solver_type in snapshots.HISTORY_PER_PARAM else \
+        sorted(set(snapshots.HISTORY_PER_PARAM.values()))
     expected = [k * len(learnable) for k in per]
     if len(state.history) not in expected:
         raise CheckError(
@@ -218,35 +218,62 @@ def check_solverstate(path, net, solver_type=None):
             raise CheckError(f'{path} names the weights {state.learned_net}: {e}') from e
 
 
-# --- where commands write -----------------------------------------------------
+# --- which weights a model has, and which net reads them ------------------------
 
-def _nearest_existing(path):
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
+class WeightsError(ValueError):
+    """No weights where they were looked for; the message says how to get them."""
 
 
-def writable_dir(path, option):
-    """Check, before any work, that folder `path` (given as `option`) exists
-    or can be made, and can be written; creates nothing."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise CheckError(f'{option} {path}: a file, not a folder')
-    existing = _nearest_existing(path)
-    if not os.path.isdir(existing):
-        raise CheckError(f'{option} {path}: {existing} is a file, not a folder')
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise CheckError(f'{option} {path}: {existing} is not writable')
+# The orders resolve() looks in: training and fine-tuning continue from the
+# newest work (the latest snapshot); inference and scoring prefer the
+# published model, whose figures are known, over a run in progress.
+RESOLVE_ORDERS = {'snapshot': ('snapshot', 'published'), 'published': ('published', 'snapshot')}
 
 
-def writable_file(path, option):
-    """Check, before any work, that file `path` (given as `option`) can be
-    written: not a folder, in an existing writable folder."""
-    if os.path.isdir(path):
-        raise CheckError(f'{option} {path}: a folder, not a file')
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise CheckError(f'{option} {path}: no folder {folder}')
-    if not os.access(folder, os.W_OK | os.X_OK) or \
-            os.path.exists(path) and not os.access(path, os.W_OK):
-        raise CheckError(f'{option} {path}: not writable')
+def resolve(folder, prefer='snapshot', announce=True):
+    """The trained weights of the model folder `folder`: its latest complete
+    snapshot and its published caffemodel (python -m fetch weights NAME),
+    looked for in the order RESOLVE_ORDERS[prefer]. With `announce`, the
+    chosen file is printed (to stderr, so that outputs stay clean).
+    WeightsError says how to get weights where there are none;
+    snapshots.SnapshotError names a latest snapshot that fails its check."""
+    folder = os.path.abspath(folder)
+    name = os.path.basename(folder)
+    published = locations.published_weights(name, os.path.dirname(folder))
+    for kind in RESOLVE_ORDERS[prefer]:
+        if kind == 'snapshot':
+            latest = snapshots.Snapshots(os.path.join(folder, locations.SNAPSHOT_DIR)).latest()
+            path = latest and latest['caffemodel']
+            what = latest and f'latest snapshot, iteration {latest["iteration"]}'
+        else:
+            path = published if published and os.path.isfile(published) else None
+            what = 'published caffemodel'
+        if path:
+            if announce:
+                print(f'{name}: weights {path} ({what})', file=sys.stderr)
+            return path
+    fetch = (f' or fetch its published caffemodel {published} (python -m fetch weights {name})'
+             if published else '')
+    raise WeightsError(f'no weights for {name}: train it first '
+                       f'(cd {os.path.relpath(folder)} && python solve.py){fetch}')
+
+
+def net_for_weights(path):
+    """The net definition a caffemodel is read with: for the ILSVRC nets in
+    nets/ilsvrc-nets/, the fully convolutional twin of a converted net or
+    the classifier of a download (None for GoogLeNet, which the repository
+    defines no net of its own for); otherwise the deploy net of the model
+    folder holding the file, or holding the snapshot/ folder it lies in."""
+    folder, filename = os.path.split(os.path.abspath(path))
+    if folder.endswith(os.sep + locations.ILSVRC_SUBDIR):
+        root = folder[:-len(locations.ILSVRC_SUBDIR) - 1]
+        for trunk in ILSVRC_NETS:
+            if filename == os.path.basename(locations.ilsvrc_weights(trunk, root)) and \
+                    filename != DOWNLOADS[trunk].filename:
+                return locations.ilsvrc_prototxt(trunk, 'fcn', root)
+            if filename == DOWNLOADS[trunk].filename:
+                classifier = locations.ilsvrc_prototxt(trunk, 'classifier', root)
+                return classifier if trunk in ILSVRC_CONVERTED else None
+    if os.path.basename(folder) == locations.SNAPSHOT_DIR:
+        folder = os.path.dirname(folder)
+    return locations.deploy_prototxt(folder)

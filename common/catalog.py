@@ -14,7 +14,7 @@ import posixpath
 from dataclasses import dataclass, make_dataclass
 from urllib.parse import urlsplit
 
-import score
+from common.metrics import METRICS
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ class Download:
 
 
 # Published scores in percent, one field per column of the paper's table
-# (score.METRICS); None where the source does not report one.
-Metrics = make_dataclass('Metrics', [(key, float | None, None) for key, _ in score.METRICS],
+# (common.metrics.METRICS); None where the source does not report one.
+Metrics = make_dataclass('Metrics', [(key, float | None, None) for key, _ in METRICS],
                          frozen=True)
 
 

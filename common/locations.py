@@ -14,7 +14,9 @@ loads nothing heavy (the fetch kit uses it without Caffe).
 import contextlib
 import os
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+from common.catalog import DOWNLOADS, ILSVRC_CONVERTED, MODELS
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # common/ is one level down
 # Model folders sit at the repository root, beside the library, so that
 # `cd voc-fcn8s && python solve.py` works as in the reference release.
 MODELS_DIR = REPO_DIR
@@ -23,6 +25,12 @@ DATA_DIR = os.path.join(REPO_DIR, 'data')
 # folder, so a model folder works wherever the repository is checked out.
 DATA_FROM_MODEL = '../data'
 SNAPSHOT_DIR = 'snapshot'  # inside a model folder
+SNAPSHOT_PREFIX = 'train'  # snapshot/train_iter_N.caffemodel, as the reference solvers name them
+# A model folder's net for inference (Input layer, no loss), and its
+# evaluation net: val.prototxt (VOC, PASCAL-Context) or test.prototxt (NYUD,
+# SIFT Flow), the reference release's names.
+DEPLOY_PROTOTXT = 'deploy.prototxt'
+EVAL_PROTOTXTS = ('val.prototxt', 'test.prototxt')
 # The ILSVRC nets, relative to the models' root (the fetch kit can install
 # into another root, keeping this layout).
 ILSVRC_SUBDIR = os.path.join('nets', 'ilsvrc-nets')
@@ -44,7 +52,6 @@ def ilsvrc_weights(trunk, root=None):
     """The start weights of a first-stage FCN on `trunk`: the classifier
     convolutionalized by `surgery.py convert` (fetch runs it), or the download
     itself where there is nothing to convert (GoogLeNet)."""
-    from fetch.catalog import ILSVRC_CONVERTED
     folder = os.path.join(root or MODELS_DIR, ILSVRC_SUBDIR)
     if trunk in ILSVRC_CONVERTED:
         return os.path.join(folder, f'{trunk}-fcn.caffemodel')
@@ -53,7 +60,6 @@ def ilsvrc_weights(trunk, root=None):
 
 def ilsvrc_download(trunk, root=None):
     """Where the fetch kit stores the published ILSVRC caffemodel of `trunk`."""
-    from fetch.catalog import DOWNLOADS
     return os.path.join(root or MODELS_DIR, ILSVRC_SUBDIR, DOWNLOADS[trunk].filename)
 
 
@@ -61,7 +67,6 @@ def published_weights(name, root=None):
     """Where the fetch kit stores the FCN authors' trained caffemodel of
     model `name` (under the models root `root`), or None where none was
     published."""
-    from fetch.catalog import MODELS
     entry = MODELS.get(name)
     return os.path.join(root or MODELS_DIR, name, entry.weights) if entry and entry.weights else None
 
@@ -69,6 +74,20 @@ def published_weights(name, root=None):
 def ilsvrc_deploy(trunk):
     """The prototxt matching ilsvrc_weights(trunk)."""
     return ilsvrc_prototxt(trunk, 'fcn')
+
+
+def deploy_prototxt(folder):
+    """A model folder's deploy net."""
+    return os.path.join(folder, DEPLOY_PROTOTXT)
+
+
+def eval_prototxt(folder):
+    """A model folder's evaluation net (the first of EVAL_PROTOTXTS it
+    holds); FileNotFoundError if it has none."""
+    for name in EVAL_PROTOTXTS:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise FileNotFoundError(f'no {" or ".join(EVAL_PROTOTXTS)} in {folder}')
 
 
 @contextlib.contextmanager
