@@ -321,8 +321,7 @@ def class_shares(label, class_names):
 
 
 def write_overlay(rgb, label, path):
-    """The overlay PNG of a photo, blended OVERLAY_ROWS rows at a time
-    (`path` is the temporary file outputs.atomic_path gives)."""
+    """The overlay PNG of a photo, blended OVERLAY_ROWS rows at a time."""
     blended = np.empty_like(rgb)
     for top in range(0, len(rgb), OVERLAY_ROWS):
         rows = slice(top, top + OVERLAY_ROWS)
@@ -473,9 +472,13 @@ class Segmenter:
         raise ImageError(f'{path} ({w}x{h}): the net at {size[1]}x{size[0]} needs about '
                          f'{need / GB:.1f} GB, {budget / GB:.1f} GB available; {fits}')
 
-    def __call__(self, path, out_base, scores=False):
-        """Segment one photo and write its outputs (out_base + suffixes),
-        each through a temporary file renamed when whole (outputs.atomic_path)."""
+    def __call__(self, path, out_base, scores=False, written=None):
+        """Segment one photo and write its outputs (out_base + suffixes)
+        through temporary files, renamed into place together when all are
+        whole (outputs.atomic_paths); returns its Result, which is also
+        passed to `written` (if given) as soon as the files are in place,
+        before a signal that came meanwhile interrupts: a caller counting
+        the images done counts every image whose outputs were written."""
         rgb = load_photo(path)
         photo_size = rgb.shape[:2]
         size = net_size(*photo_size, self.max_side)
@@ -491,21 +494,22 @@ class Segmenter:
             os.makedirs(os.path.dirname(out_base) or '.', exist_ok=True)
             outputs.check_space(os.path.dirname(out_base) or '.',
                                 output_bytes(photo_size, len(probs), scores), f'the outputs of {path}')
-            with contextlib.ExitStack() as stack:
-                tmp = {kind: stack.enter_context(outputs.atomic_path(p, OUTPUT_KINDS[kind]))
-                       for kind, p in paths.items()}
+            with outputs.atomic_paths(paths, f'the outputs of {path}',
+                                      on_written=lambda: written and written(result)) as tmp:
                 with contextlib.ExitStack() as scores_file:
                     f = scores_file.enter_context(open(tmp['scores'], 'wb')) if scores else None
                     label = upsample_labels(probs, photo_size, f)
                 del probs
                 datasets.save_label_png(tmp['label'], label)
                 write_overlay(rgb, label, tmp['overlay'])
+                result = Result(path, paths['label'], paths['overlay'],
+                                tuple(class_shares(label, self.head.classes)), paths.get('scores'),
+                                photo_size[::-1], size[::-1])
         except OSError as e:
             raise InferError(f'{out_base}: cannot write the outputs of {path} ({e.strerror or e})') from e
         except outputs.OutputError as e:
             raise InferError(str(e)) from e
-        return Result(path, paths['label'], paths['overlay'], tuple(class_shares(label, self.head.classes)),
-                      paths.get('scores'), photo_size[::-1], size[::-1])
+        return result
 
 
 def write_json(results, path):
@@ -519,7 +523,7 @@ def write_json(results, path):
             entry.update(size=list(r.size), net_size=list(r.net_size), label=r.label,
                          overlay=r.overlay, scores=r.scores, classes=dict(r.shares))
         entries.append(entry)
-    outputs.write_atomically(path, json.dumps(entries, indent=1), '--json summary')
+    outputs.write_atomically(path, json.dumps(entries, indent=1), 'the --json summary')
 
 
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True,
@@ -547,7 +551,7 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     try:
         for path, base in bar:
             try:
-                results.append(segmenter(path, os.path.join(out, base), scores))
+                segmenter(path, os.path.join(out, base), scores, written=results.append)
             except ImageError as e:
                 results.append(Result(path, error=str(e)))
                 bar.write(f'infer.py: skipped {e}', file=sys.stderr)
@@ -560,7 +564,7 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(prog='infer.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('images', nargs='+', help='image files or folders of images')
     parser.add_argument('--model', default=DEFAULT_MODEL,
                         help=f'a model (e.g. voc-fcn8s) or a path to a model folder '

@@ -65,7 +65,7 @@ def check_finite(net, idx, layer, loss):
 
 def save_prediction(path, pred):
     """A prediction PNG, written whole (through a temporary file)."""
-    with outputs.atomic_path(path, 'prediction') as tmp:
+    with outputs.atomic_path(path, 'the prediction') as tmp:
         datasets.save_label_png(tmp, pred)
 
 
@@ -411,6 +411,7 @@ def format_report(report):
 def main(argv=None):
     caffe_setup.quiet_caffe_log(argv)
     parser = cli.ArgumentParser(
+        prog='score.py',
         description='Score a model folder\'s evaluation net on a dataset split '
                     '(pixel acc., mean acc., mean IU, f.w. IU).')
     parser.add_argument('--model', required=True,
@@ -458,7 +459,7 @@ def run(args):
     print(format_upper_bounds(report) if args.upper_bound else format_report(report))
     if args.json:
         outputs.write_atomically(args.json, json.dumps(outputs.jsonable(report), indent=1,
-                                                       allow_nan=False), '--json report')
+                                                       allow_nan=False), 'the --json report')
 
 
 def interrupted_summary(interrupted, save_dir):

@@ -207,14 +207,14 @@ def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False, ver
         raise ValueError(f'{classifier_proto} and {fcn_proto} share no parameter layers')
     if os.path.dirname(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
-    with outputs.atomic_path(out, 'caffemodel') as tmp:
+    with outputs.atomic_path(out, 'the caffemodel') as tmp:
         fcn.save(tmp)
     return report
 
 
 def main(argv=None):
     caffe_setup.quiet_caffe_log(argv)  # before convolutionalize imports caffe
-    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(prog='surgery.py', description=__doc__.split('\n\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
     convert = commands.add_parser(
         'convert', help='convolutionalize an ILSVRC classifier caffemodel')
@@ -238,6 +238,7 @@ def main(argv=None):
             protos[key] = locations.ilsvrc_prototxt(args.net, key)
         else:
             parser.error(f'give --net or --{key}-proto')
+    before = outputs.file_key(args.out)  # a new file gets a new inode: written or not
     with cli.stop_on_signals():
         try:
             report = convolutionalize(args.weights, protos['classifier'], protos['fcn'],
@@ -245,7 +246,9 @@ def main(argv=None):
         except (OSError, ValueError) as e:
             sys.exit(f'surgery.py convert: error: {e}')
         except KeyboardInterrupt as e:
-            cli.exit_interrupted('surgery.py convert', e, f'{args.out} not written')
+            written = outputs.file_key(args.out) != before
+            cli.exit_interrupted('surgery.py convert', e, f'{args.out} ' + (
+                'was written whole just before' if written else 'not written; no partial file left'))
     print(f'wrote {args.out}: {len(report.copied)} copied, {len(report.coerced)} '
           f'coerced, {len(report.dropped)} dropped, {len(report.kept)} kept as initialised')
 

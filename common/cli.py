@@ -94,6 +94,7 @@ def quit_while_starting(prog):
         os.write(2, f'{prog}: interrupted ({signal.Signals(signum).name}) while starting; '
                     'nothing was written\n'.encode())
         os._exit(128 + signum)
+    handler.while_starting = True  # stop_on_signals() does not put it back
     if threading.current_thread() is threading.main_thread():
         for s in _handled_signals():
             signal.signal(s, handler)
@@ -106,7 +107,8 @@ def stop_on_signals():
     so that a second Ctrl-C, or a process manager's repeated SIGTERM, cannot
     cut the cleanup short (SIGKILL still ends a cleanup that hangs). The
     previous handlers come back on leaving, unless a signal came (the
-    process is then ending)."""
+    process is then ending) or they were quit_while_starting()'s: the work
+    is done then, and the signals are ignored while the process exits."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers belong to the main thread
         return
@@ -121,6 +123,9 @@ def stop_on_signals():
             # after its one line), but keeps ignored signals ignored.
             for s in previous:
                 signal.signal(s, signal.SIG_IGN)
+            if _deferral['depth']:
+                _deferral['held'] = signum  # raised where signals_deferred() ends
+                return
             raise Interrupted(signum)
     previous = {s: signal.signal(s, handler) for s in _handled_signals()}
     try:
@@ -128,7 +133,26 @@ def stop_on_signals():
     finally:
         if not received:
             for s, old in previous.items():
-                signal.signal(s, old)
+                signal.signal(s, signal.SIG_IGN if getattr(old, 'while_starting', False) else old)
+
+
+_deferral = {'depth': 0, 'held': None}  # signals_deferred()'s state (the main thread's)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Within: a stop signal (under stop_on_signals) waits, and is raised as
+    Interrupted when the outermost such block ends. For a few quick steps
+    that must happen together or not at all, e.g. renaming one image's
+    outputs into place."""
+    _deferral['depth'] += 1
+    try:
+        yield
+    finally:
+        _deferral['depth'] -= 1
+    if not _deferral['depth'] and _deferral['held'] is not None:
+        signum, _deferral['held'] = _deferral['held'], None
+        raise Interrupted(signum)
 
 
 def report_interrupted(prog, interrupted, what):

@@ -11,6 +11,8 @@ import tempfile
 
 import numpy as np
 
+from common import cli
+
 
 class OutputError(ValueError):
     """An output that cannot be written; the message names it and why."""
@@ -68,41 +70,67 @@ def _new_file_mode(path):
         return 0o666 & ~umask
 
 
-def _write_error(path, what, error):
-    folder = os.path.dirname(os.path.abspath(path))
-    return OutputError(f'cannot write the {what} {os.path.basename(path)} into {folder}: '
-                       f'{error.strerror or error}')
+def _write_error(paths, what, error):
+    """An OutputError for a failed write of `paths` (one file, or files of
+    one folder), naming them, the folder and the cause."""
+    folder = os.path.dirname(os.path.abspath(paths[0]))
+    names = ', '.join(os.path.basename(p) for p in paths)
+    return OutputError(f'{folder}: cannot write {what} ({names}): {error.strerror or error}')
+
+
+def _temp_beside(path):
+    """A new empty temporary file in `path`'s folder, hidden, with `path`'s
+    extension (writers such as Pillow and np.save go by it)."""
+    name = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f'.{name}.',
+                               suffix=os.path.splitext(name)[1])
+    os.close(fd)
+    return tmp
 
 
 @contextlib.contextmanager
-def atomic_path(path, what='file'):
-    """A temporary path beside `path` for the block to write the whole file
-    to (with `path`'s extension, for writers that go by it: Pillow, np.save,
-    Caffe's net.save); renamed to `path` (after fsync) when the block ends.
-    On any error or interruption (KeyboardInterrupt, cli.Interrupted) the
-    temporary file is removed and `path` keeps its previous state. An
-    OSError (disk full, read-only folder) becomes an OutputError naming the
-    file, the folder and the cause."""
-    folder = os.path.dirname(os.path.abspath(path))
-    name = os.path.basename(path)
-    tmp = None
+def atomic_paths(paths, what='the files', on_written=None):
+    """Temporary paths ({key: temp path} for `paths`, {key: path}) beside
+    their final ones, for the block to write whole files to; when the block
+    ends, each is synced to disk and renamed into place, all of them with
+    stop signals held back (cli.signals_deferred), so that files that belong
+    together (one image's outputs) appear together. On any error or
+    interruption the temporary files are removed and every path keeps its
+    previous state. An OSError (disk full, read-only folder) becomes an
+    OutputError naming the files, the folder and the cause. `on_written`
+    (if given) is called once all are in place, before a signal held back
+    meanwhile is raised: what the caller records of the write is then
+    never lost to an interruption."""
+    tmps = {}
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix=os.path.splitext(name)[1])
-        os.close(fd)
-        yield tmp
-        os.chmod(tmp, _new_file_mode(path))
-        fsync(tmp)
-        os.replace(tmp, path)
-        tmp = None
+        for key, path in paths.items():
+            tmps[key] = _temp_beside(path)
+        yield dict(tmps)
+        for key, path in paths.items():
+            os.chmod(tmps[key], _new_file_mode(path))
+            fsync(tmps[key])
+        with cli.signals_deferred():
+            for key, path in paths.items():
+                os.replace(tmps[key], path)
+                del tmps[key]
+            if on_written:
+                on_written()
     except OSError as e:
-        raise _write_error(path, what, e) from None
+        raise _write_error(list(paths.values()), what, e) from None
     finally:
-        if tmp is not None:
+        for tmp in tmps.values():
             with contextlib.suppress(OSError):
                 os.remove(tmp)
 
 
-def write_atomically(path, data, what='file', mode='w'):
+@contextlib.contextmanager
+def atomic_path(path, what='the file'):
+    """atomic_paths for one file: yields its temporary path."""
+    with atomic_paths({path: path}, what) as tmps:
+        yield tmps[path]
+
+
+def write_atomically(path, data, what='the file', mode='w'):
     """Write `data` (text or, with mode 'wb', bytes) to `path` through
     atomic_path: on an I/O error (disk full) `path` keeps its previous
     content and an OutputError names the folder and the cause."""
@@ -132,9 +160,10 @@ def _size(n):
         n /= 1000
 
 
-def _file_key(path):
+def file_key(path):
     """What makes two paths the same file: device and inode where it exists
-    (hard links, symlinks), else its resolved path."""
+    (hard links, symlinks), else its resolved path. A file replaced by
+    atomic_paths gets a new key."""
     real = os.path.realpath(path)
     try:
         st = os.stat(real)
@@ -150,10 +179,10 @@ def check_apart(writes, reads=()):
     the message names both parties and the path."""
     inputs = {}
     for path, what in reads:
-        inputs.setdefault(_file_key(path), (path, what))
+        inputs.setdefault(file_key(path), (path, what))
     planned = {}
     for path, what in writes:
-        key = _file_key(path)
+        key = file_key(path)
         if key in inputs:
             read_path, read_what = inputs[key]
             same = os.path.abspath(path) == os.path.abspath(read_path)

@@ -27,7 +27,7 @@ def write_lines(path, lines):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        outputs.write_atomically(str(path), ''.join(f'{line}\n' for line in lines), 'list')
+        outputs.write_atomically(str(path), ''.join(f'{line}\n' for line in lines), 'the list')
     except outputs.OutputError as e:
         raise FetchError(str(e)) from None
 
