@@ -21,6 +21,11 @@ Outputs mirror the inputs' folder tree under --out. For a photo <dir>/<stem>.<ex
 --json FILE: one entry per image (its outputs, sizes, and class shares, or
 its error). A photo that cannot be read is reported and skipped; the others
 are segmented, and the run ends with a summary and exit status 1.
+Each photo's outputs are written to temporary files and renamed into place
+together when whole. Before any work the run stops if an output would
+overwrite an input (a photo, the weights) or another output, or if --scores
+would not fit on the disk. Ctrl-C or SIGTERM stops it in one line saying
+how many images were done (exit status 130 or 143).
 Default weights: the model's published caffemodel where `python -m fetch
 weights <model>` puts it (<model>/<file>), else its latest training
 snapshot.
@@ -558,7 +563,7 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
                 continue
             bar.write(f'{path}: {summary_line(results[-1].shares)}')
     except KeyboardInterrupt as e:
-        e.done, e.total = len(results), len(todo)
+        e.done, e.total = sum(1 for r in results if not r.error), len(todo)
         raise
     return results
 
@@ -593,9 +598,7 @@ def main(argv=None):
                           json_path=args.json)
             if args.json:
                 write_json(results, args.json)
-        except InferError as e:
-            sys.exit(f'infer.py: error: {e}')
-        except outputs.OutputError as e:  # writing --json
+        except (InferError, outputs.OutputError) as e:  # OutputError: writing --json
             sys.exit(f'infer.py: error: {e}')
         except KeyboardInterrupt as e:
             cli.exit_interrupted('infer.py', e, interrupted_summary(e, args.out))

@@ -11,7 +11,10 @@ The command evaluates a model folder's val/test net on a split:
 
 It scores the images the net's data layer (layers.py) lists for the split,
 in file order (--limit: the first N), every head the net has (SIFT Flow:
-semantic and geometric), and prints the paper's table.
+semantic and geometric), and prints the paper's table. A score or loss that
+is not finite (NaN weights are refused before that) stops it with an error
+naming the image, not a table; predictions and --json are written whole and
+never over a file the net reads; Ctrl-C or SIGTERM stops it in one line.
 
     python score.py --model voc-fcn8s --upper-bound 8 16 32 [--split S] [--limit N]
 
@@ -91,16 +94,20 @@ def compute_hists(net, dataset, heads, finite=False):
     try:
         for idx in dataset:
             net.forward()
-            for (layer, gt, loss, save_dir), hist in zip(heads, hists):
-                if finite:
+            if finite:
+                for layer, _, loss, _ in heads:
                     check_finite(net, idx, layer, loss)
-                pred = net.blobs[layer].data[0].argmax(axis=0)
-                hist += fast_hist(net.blobs[gt].data[0, 0], pred, hist.shape[0])
-                if save_dir:
-                    save_prediction(os.path.join(save_dir, f'{idx}.png'), pred)
-            losses += [net.blobs[loss].data.flat[0] if loss in net.blobs else math.nan
-                       for _, _, loss, _ in heads]
-            count += 1
+            preds = [net.blobs[layer].data[0].argmax(axis=0) for layer, _, _, _ in heads]
+            # An image counts whole: its predictions (of every head) saved
+            # and counted together, a signal held back meanwhile.
+            with cli.signals_deferred():
+                for (_, gt, _, save_dir), hist, pred in zip(heads, hists, preds):
+                    hist += fast_hist(net.blobs[gt].data[0, 0], pred, hist.shape[0])
+                    if save_dir:
+                        save_prediction(os.path.join(save_dir, f'{idx}.png'), pred)
+                losses += [net.blobs[loss].data.flat[0] if loss in net.blobs else math.nan
+                           for _, _, loss, _ in heads]
+                count += 1
     except KeyboardInterrupt as e:
         e.done = count
         raise

@@ -305,16 +305,19 @@ def test_commands_interrupted_while_starting_say_so_in_one_line(world):
 def test_signals_wait_for_a_deferred_block_then_interrupt():
     """In this process: a real SIGTERM inside signals_deferred() is raised
     where the block ends, as Interrupted with the shell's status 143."""
-    with pytest.raises(cli.Interrupted) as stopped:
-        with cli.stop_on_signals():
-            with cli.signals_deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)  # the handler runs here and holds the signal back
-                reached = True
+    before = {s: signal.getsignal(s) for s in cli.STOP_SIGNALS}
+    reached = False
+    try:
+        with pytest.raises(cli.Interrupted) as stopped:
+            with cli.stop_on_signals():
+                with cli.signals_deferred():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.05)  # the handler runs here and holds the signal back
+                    reached = True
+    finally:  # a signal came: stop_on_signals left them ignored, as for a process ending
+        for s, handler in before.items():
+            signal.signal(s, handler)
     assert reached and stopped.value.exit_status == 143
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 # ---------------------------------------------------------------- outputs
