@@ -29,7 +29,7 @@ from caffe.proto import caffe_pb2
 import infer
 import score
 import surgery
-from common import caffe_setup, cli, datasets, locations, outputs
+from common import caffe_setup, cli, datasets, locations, outputs, weightfiles
 from helpers import write_model, write_voc
 
 REPO = locations.REPO_DIR
@@ -318,6 +318,20 @@ def test_signals_wait_for_a_deferred_block_then_interrupt():
         for s, handler in before.items():
             signal.signal(s, handler)
     assert reached and stopped.value.exit_status == 143
+
+
+def test_weights_holding_infinity_name_the_layer(world, tmp_path):
+    """Caught in any layer of the file, as loaded by every command
+    (weightfiles.check_weights), before a net runs."""
+    net_param = weightfiles.read_caffemodel(world['weights'])
+    layer = next(layer for layer in net_param.layer if layer.name == 'conv3_2')
+    layer.blobs[1].data[0] = -np.inf
+    bad = tmp_path / 'inf.caffemodel'
+    bad.write_bytes(net_param.SerializeToString())
+    net = caffe.Net(os.path.join(world['model'], 'deploy.prototxt'), caffe.TEST)
+    with pytest.raises(weightfiles.CheckError, match=rf'^{re.escape(str(bad))}: layer conv3_2 blob 1 '
+                                                     r'holds 1 non-finite values \(infinity\)'):
+        weightfiles.load_weights(net, str(bad))
 
 
 # ---------------------------------------------------------------- outputs
