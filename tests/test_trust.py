@@ -9,6 +9,7 @@ right shape) or absent, no temporary file left, and no input changed.
 """
 import contextlib
 import http.server
+import io
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 
@@ -291,6 +293,32 @@ def test_fetch_interrupted_during_a_download_keeps_only_the_part_file(tmp_path, 
     assert not part.with_suffix('').exists(), context
     kept = part.read_bytes()
     assert 0 < len(kept) < len(SlowHandler.payload) and SlowHandler.payload.startswith(kept), context
+
+
+def test_fetch_interrupted_while_unpacking_leaves_no_staging_folder(tmp_path):
+    """Entries are unpacked into a hidden staging folder beside the dataset:
+    interrupted, it is removed, and the dataset's marker folder (moved in
+    last) is absent, so the next run unpacks again."""
+    archive = tmp_path / 'nyud.tar'
+    with tarfile.open(archive, 'w') as tar:
+        for i in range(3000):
+            info = tarfile.TarInfo(f'nyud/segmentation/img_{i}.mat')
+            info.size = 1000
+            tar.addfile(info, io.BytesIO(bytes(1000)))
+    data = tmp_path / 'data'
+    proc = start('-m', 'fetch', 'data', 'nyud', '--dest', data, '--file', archive, '--quiet')
+    staging = data / '.nyud.unpacking'
+    wait_for(staging, proc)
+    delay = rng.uniform(0, 0.3)
+    time.sleep(delay)
+    rc, _, err = interrupt(proc, signal.SIGTERM, 2)
+    context = f'seed {SEED}, SIGTERM x2 {delay:.2f} s into unpacking'
+    assert not staging.exists(), context
+    if rc == 0:
+        assert len(os.listdir(data / 'nyud' / 'segmentation')) == 3000, context
+        return
+    interrupted_line(rc, err, 'fetch', signal.SIGTERM, context)
+    assert not (data / 'nyud' / 'segmentation').exists(), context
 
 
 def test_commands_interrupted_while_starting_say_so_in_one_line(world):
