@@ -189,7 +189,7 @@ class Progress:
                          what='training log')
 
     def plot(self, title):
-        import matplotlib
+        import matplotlib  # deferred: a second to load, and only plotting needs it
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
         losses = [(r['iteration'], r['loss']) for r in self.records if 'loss' in r]
