@@ -292,10 +292,9 @@ def train_stage(folder, start_weights, quiet):
 def seed_split(voc_dir, seed):
     """Write the train split in the seed's own order (the data layer's
     shuffles, seeded alike, then differ from seed to seed); returns its name."""
-    folder = os.path.join(voc_dir, 'ImageSets', 'Segmentation')
-    ids = layers.read_split(os.path.join(folder, 'train.txt'))
+    ids = layers.read_split(datasets.voc_split(voc_dir, 'train'))
     name = f'train-seed-{seed}'
-    with open(os.path.join(folder, name + '.txt'), 'w') as f:
+    with open(datasets.voc_split(voc_dir, name), 'w') as f:
         f.write(''.join(ids[i] + '\n' for i in np.random.default_rng(seed).permutation(len(ids))))
     return name
 
@@ -492,7 +491,7 @@ def figure_image(voc_dir, ids):
     at least two object classes (the kind of scene where strides differ)."""
     thin = [synthetic.CLASSES.index(c) for c in ('ring', 'cross')]
     for idx in ids:
-        label = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'),
+        label = layers.load_voc_label(datasets.voc_label(voc_dir, idx),
                                       len(synthetic.CLASSES))
         present = set(np.unique(label).tolist()) - {0, 255}
         if len(present) >= 2 and present & set(thin):
@@ -502,7 +501,7 @@ def figure_image(voc_dir, ids):
 
 def predictions(out, voc_dir, idx, stage_folders):
     """{stage folder: H x W labels} of a val image by each net's deploy net."""
-    rgb = layers.load_image(os.path.join(voc_dir, 'JPEGImages', idx + '.jpg'))
+    rgb = layers.load_image(datasets.voc_image(voc_dir, idx))
     preds = {}
     for name in stage_folders:
         model = nets.load(os.path.join(out, name))
@@ -520,7 +519,7 @@ def plot_figure4(out, voc_dir, idx, path):
     palette = datasets.voc_palette()
     shown = ('fcn32s', 'fcn16s', 'fcn8s')
     rgb, preds = predictions(out, voc_dir, idx, shown)
-    gt = layers.load_voc_label(os.path.join(voc_dir, 'SegmentationClass', idx + '.png'),
+    gt = layers.load_voc_label(datasets.voc_label(voc_dir, idx),
                                len(synthetic.CLASSES))
     panels = [('image', rgb), ('ground truth', palette[gt])] + \
         [(TITLES[name], palette[preds[name]]) for name in shown]
@@ -746,10 +745,9 @@ def main(argv=None):
     first = jobs[0][1]
     plot_curves(results, os.path.join(out, 'curves.png'))
     voc_dir = os.path.join(data_dir, 'voc')
-    idx = figure_image(voc_dir, layers.read_split(os.path.join(voc_dir, 'ImageSets', 'Segmentation',
-                                                               'val.txt')))
+    idx = figure_image(voc_dir, layers.read_split(datasets.voc_split(voc_dir, 'val')))
     plot_figure4(first, voc_dir, idx, os.path.join(out, 'figure4.png'))
-    infer.run([os.path.join(voc_dir, 'JPEGImages', idx + '.jpg')], model=os.path.join(first, 'fcn8s'),
+    infer.run([datasets.voc_image(voc_dir, idx)], model=os.path.join(first, 'fcn8s'),
               weights=latest_weights(os.path.join(first, 'fcn8s')), out=os.path.join(out, 'infer'),
               progress=False)
     # What each output stride could reach at best (the paper's upper bounds)

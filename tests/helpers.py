@@ -22,6 +22,13 @@ def write_model(folder, **options):
     return folder
 
 
+def write_net(spec, path):
+    """Write a NetSpec as a prototxt at `path`; returns the path as a string."""
+    with open(path, 'w') as f:
+        f.write(str(spec.to_proto()))
+    return str(path)
+
+
 def save_rgb(path, rgb):
     """Write an image; returns the RGB pixels Pillow decodes from the file
     (the truth for lossy JPEG)."""
