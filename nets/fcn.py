@@ -44,11 +44,10 @@ def skip_head(n, features, head, stride, crop_to, at_once_scales=None, learned_u
     `at_once_scales` ({pool: constant}) scales the skips (all-at-once). The
     score layers learn (blocks.LEARNED) in every net, FCN-AlexNet's and
     FCN-32s-fixed's included."""
-    score_param = blocks.LEARNED
     s, k = head.suffix, head.num_classes
     # 'score_fused' is the reference name of the late-fusion average.
     top = score_streams(n, {m: f['fc7'] for m, f in features.items()}, 'score_fr' + s, k,
-                        score_param, fused_name='score_fused' + s)
+                        blocks.LEARNED, fused_name='score_fused' + s)
     skips = SKIPS[stride]
     for i, pool in enumerate(skips):
         up = 'upscore2' + s if i == 0 else f'upscore_{skips[i - 1]}{s}'
@@ -58,7 +57,7 @@ def skip_head(n, features, head, stride, crop_to, at_once_scales=None, learned_u
             assert len(bottoms) == 1, 'all-at-once scaling is defined for a single stream'
             n[f'scale_{pool}{s}'] = blocks.fixed_scale(bottoms[''], at_once_scales[pool])
             bottoms = {'': n[f'scale_{pool}{s}']}
-        scored = score_streams(n, bottoms, f'score_{pool}{s}', k, score_param,
+        scored = score_streams(n, bottoms, f'score_{pool}{s}', k, blocks.LEARNED,
                                fused_name=f'score_{pool}{s}_fused')
         n[f'score_{pool}{s}c'] = crop(scored, n[up])
         n[f'fuse_{pool}{s}'] = top = blocks.eltwise_sum(n[up], n[f'score_{pool}{s}c'])

@@ -65,8 +65,8 @@ def release_param_str(layer, split=None, tops=None):
     return text
 
 
-# PASCAL-Context fixture: task classes (some renamed, some above index 255),
-# a filler label and 0, and the 0..59 labels they map to.
+# The PASCAL-Context fixture's labels: task classes (some renamed in the full
+# list, some above index 255), then a filler label and 0 (both background).
 CONTEXT_PICKS = ('diningtable', 'bedcloth', 'wood', 'aeroplane', 'tvmonitor')
 
 
@@ -101,9 +101,9 @@ def bgr_minus(rgb, mean):
     return (rgb[:, :, ::-1].astype(np.float64) - mean).astype(np.float32).transpose(2, 0, 1)
 
 
-def expected_tops(layer, held, tops):
-    """{top: candidate arrays}, one per example the split may serve first
-    (training splits shuffle), each as the layer should give it."""
+def expected_tops(layer, held):
+    """[{top: array}], one per example the release string's split may serve
+    first (training splits shuffle), each top as the layer should give it."""
     if layer == 'VOCSegDataLayer':
         rgb, label = held['voc']['v0']  # seg11valid runs in file order
         return [{'data': bgr_minus(rgb, datasets.VOC_MEAN), 'label': label}]
@@ -158,7 +158,8 @@ CLASS_COUNTS = {'SBDDSegDataLayer': {'label': 21}, 'VOCSegDataLayer': {'label': 
 
 
 @pytest.mark.parametrize('layer, change', SETUPS,
-                         ids=[f'{l}-{"-".join(map(str, c.values())) or "verbatim"}' for l, c in SETUPS])
+                         ids=['-'.join([l, c.get('split', 'verbatim'), *c.get('tops', ())])
+                              for l, c in SETUPS])
 def test_release_param_str_sets_up_each_layer(release, layer, change):
     """Each release string, verbatim, under its release module name: the
     layer is this project's, checks labels against its dataset's class
@@ -169,7 +170,7 @@ def test_release_param_str_sets_up_each_layer(release, layer, change):
     assert net.layers[0].num_classes == CLASS_COUNTS[layer]
     net.forward()
     got = {name: net.blobs[name].data[0] for name in names}
-    candidates = expected_tops(layer, release, names)
+    candidates = expected_tops(layer, release)
     label_top = 'sem' if layer == 'SIFTFlowSegDataLayer' else 'label'
     (expected,) = [c for c in candidates if np.array_equal(got[label_top][0], c[label_top])]
     for name in names:
