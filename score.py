@@ -118,11 +118,13 @@ EVAL_PARAMS = dict(randomize=False, mirror=False, jitter=0, prefetch=True)
 
 
 def data_layer(net_param):
-    """The data layer of a NetParameter: its first Python layer from layers.py."""
+    """The data layer of a NetParameter: its first Python layer from layers.py
+    (module 'layers', or a name the reference release gives it)."""
+    modules = ('layers',) + layers.RELEASE_MODULES
     for layer in net_param.layer:
-        if layer.type == 'Python' and layer.python_param.module == 'layers':
+        if layer.type == 'Python' and layer.python_param.module in modules:
             return layer
-    raise ValueError("no Python data layer of module 'layers'")
+    raise ValueError(f'no Python data layer of module {" or ".join(map(repr, modules))}')
 
 
 def eval_params(layer, split=None):
