@@ -669,12 +669,11 @@ class VOCSegDataLayer(SegDataLayerBase):
 
     @classmethod
     def split_path(cls, params):
-        return os.path.join(params['voc_dir'], 'ImageSets', 'Segmentation', params['split'] + '.txt')
+        return datasets.voc_split(params['voc_dir'], params['split'])
 
     def example_files(self, idx):
         d = self.params['voc_dir']
-        return {'data': os.path.join(d, 'JPEGImages', idx + '.jpg'),
-                'label': os.path.join(d, 'SegmentationClass', idx + '.png')}
+        return {'data': datasets.voc_image(d, idx), 'label': datasets.voc_label(d, idx)}
 
     def load(self, top, path):
         if top == 'data':
@@ -754,7 +753,7 @@ class SIFTFlowSegDataLayer(SegDataLayerBase):
                                 'geo': datasets.SIFTFLOW_GEO_NUM_CLASSES}}
     top_names = ('data', 'sem', 'geo')
     label_tops = ('sem', 'geo')
-    SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
+    SUBDIR = datasets.SIFTFLOW_SUBDIR
 
     @classmethod
     def split_path(cls, params):
@@ -786,7 +785,7 @@ class PASCALContextSegDataLayer(SegDataLayerBase):
 
     @classmethod
     def split_path(cls, params):
-        return os.path.join(params['voc_dir'], 'VOC2010', 'ImageSets', 'Main', params['split'] + '.txt')
+        return datasets.voc_split(os.path.join(params['voc_dir'], 'VOC2010'), params['split'], 'Main')
 
     @classmethod
     def input_paths(cls, params):
@@ -794,7 +793,7 @@ class PASCALContextSegDataLayer(SegDataLayerBase):
                                            for name in ('labels.txt', '59_labels.txt')]
 
     def example_files(self, idx):
-        return {'data': os.path.join(self.params['voc_dir'], 'VOC2010', 'JPEGImages', idx + '.jpg'),
+        return {'data': datasets.voc_image(os.path.join(self.params['voc_dir'], 'VOC2010'), idx),
                 'label': os.path.join(self.params['context_dir'], 'trainval', idx + '.mat')}
 
     def load(self, top, path):
