@@ -3,6 +3,7 @@ writer and one PASCAL VOC layout writer (real JPEGs and palette PNGs)."""
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 # Quiet Caffe's glog (net construction logs every layer); must precede the
@@ -87,3 +88,18 @@ def write_voc(root, splits, sizes=None, seed=0, learnable=False):
             save_palette_png(os.path.join(root, 'SegmentationClass', idx + '.png'), label)
             out[idx] = (decoded, label)
     return out
+
+
+# The writers above as fixtures, for test modules that take their helpers so.
+
+
+@pytest.fixture(scope='session')
+def model_writer():
+    """write_model: a tiny model folder."""
+    return write_model
+
+
+@pytest.fixture(scope='session')
+def voc_writer():
+    """write_voc: a PASCAL VOC layout with real JPEGs and palette PNGs."""
+    return write_voc
