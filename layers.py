@@ -321,6 +321,13 @@ def load_context_label(path, lut, num_classes):
     return check_label(lut[full], num_classes, path)
 
 
+def example_id(example):
+    """A name for an example: its id, or for an (image, label) pair the image's stem."""
+    if isinstance(example, str):
+        return example
+    return os.path.splitext(os.path.basename(example[0]))[0]
+
+
 def read_split(path):
     """Ids of a split file, one per line; blank lines, CRLF line ends and a
     UTF-8 byte order mark (as Windows editors save) are tolerated."""

@@ -660,7 +660,9 @@ def write_report(out, results, schedule, elapsed, data_seed, mean, bounds, cpu_s
         'AT_ONCE_SCALES in minirepro.py.', '',
         'Files: curves.png (training curves, first seed), figure4.png (a val image, its ground '
         'truth and the 32s/16s/8s predictions, cf. the paper\'s Figure 4), infer/ (infer.py on '
-        'that image), results.json (everything above, per seed and per net).', '']
+        'that image), results.json (everything above, per seed and per net), '
+        f'seed-N/<net>/{training.SNAPSHOT_DIR}/report.html (a net\'s evaluation report at its '
+        'last scoring: per-class IU, confusion matrix, worst and best val scenes; report.py).', '']
     with open(os.path.join(out, 'table.md'), 'w') as f:
         f.write('\n'.join(md))
     return summary, checks, findings
@@ -767,7 +769,8 @@ def main(argv=None):
     print()
     print(format_findings(findings))
     print(f'\n{elapsed / 60:.1f} min ({cpu / 60:.1f} min of CPU time); wrote {out}/table.md, '
-          'results.json, curves.png, figure4.png, infer/')
+          'results.json, curves.png, figure4.png, infer/; the FCN-8s\'s evaluation report: '
+          + os.path.join(first, 'fcn8s', training.SNAPSHOT_DIR, 'report.html'))
     return summary, checks, findings
 
 

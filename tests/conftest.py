@@ -10,7 +10,7 @@ from common import caffe_setup
 caffe_setup.quiet_caffe_log([])
 
 from helpers import (context_index, random_rgb, save_palette_png, write_context,  # noqa: E402
-                     write_nyud, write_sbdd, write_siftflow, write_voc)
+                     write_model, write_nyud, write_sbdd, write_siftflow, write_voc)
 
 
 @pytest.fixture
@@ -21,3 +21,15 @@ def dataset_writers():
                                  siftflow=write_siftflow, context=write_context,
                                  context_index=context_index, random_rgb=random_rgb,
                                  save_palette_png=save_palette_png)
+
+
+@pytest.fixture(scope='session')
+def model_writer():
+    """helpers.write_model: a tiny model folder."""
+    return write_model
+
+
+@pytest.fixture(scope='session')
+def voc_writer():
+    """helpers.write_voc: a PASCAL VOC layout with real JPEGs and palette PNGs."""
+    return write_voc
