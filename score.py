@@ -45,8 +45,9 @@ from google.protobuf import text_format  # noqa: E402
 
 import layers  # noqa: E402
 import nets  # noqa: E402
+import report  # noqa: E402
 from common import datasets, locations, outputs, weightfiles  # noqa: E402
-from common.metrics import METRICS, coarsen, fast_hist, metrics  # noqa: E402,F401 (the release's score.fast_hist)
+from common.metrics import METRICS, class_note, coarsen, fast_hist, metrics  # noqa: E402,F401 (the release's score.fast_hist)
 from fetch.install import fetch_hint  # noqa: E402
 from nets.sources import source_of_data_layer  # noqa: E402
 
@@ -72,14 +73,16 @@ def save_prediction(path, pred):
         datasets.save_label_png(tmp, pred)
 
 
-def compute_hists(net, dataset, heads, finite=False):
+def compute_hists(net, dataset, heads, on_image=None, finite=False):
     """Run net.forward() once per id in `dataset`, scoring every head, a
     (score blob, ground-truth blob, loss blob, prediction folder or None).
 
     Returns [(hist, mean loss)] in the order of `heads` (mean loss nan
     where the net has no such loss blob). Predictions are argmax over
     channels of image 0, saved as `<folder>/<id>.png` where one is given.
-    With `finite`, a score or loss that is not finite stops the scoring
+    `on_image(net, id, [(label, prediction, the image's hist)] per head)`,
+    if given, sees every image (report.py's Collector); the label is the
+    blob's, overwritten by the next forward. With `finite`, a score or loss that is not finite stops the scoring
     (check_finite). An interruption (KeyboardInterrupt, cli.Interrupted)
     propagates with `done` set on it: the images scored.
     """
@@ -97,12 +100,18 @@ def compute_hists(net, dataset, heads, finite=False):
             if finite:
                 for layer, _, loss, _ in heads:
                     check_finite(net, idx, layer, loss)
-            preds = [net.blobs[layer].data[0].argmax(axis=0) for layer, _, _, _ in heads]
+            per_image = []
+            for layer, gt, _, _ in heads:
+                pred = net.blobs[layer].data[0].argmax(axis=0)
+                label = net.blobs[gt].data[0, 0]
+                per_image.append((label, pred, fast_hist(label, pred, net.blobs[layer].channels)))
+            if on_image:
+                on_image(net, idx, per_image)
             # An image counts whole: its predictions (of every head) saved
             # and counted together, a signal held back meanwhile.
             with cli.signals_deferred():
-                for (_, gt, _, save_dir), hist, pred in zip(heads, hists, preds):
-                    hist += fast_hist(net.blobs[gt].data[0, 0], pred, hist.shape[0])
+                for (_, _, _, save_dir), hist, (_, pred, image_hist) in zip(heads, hists, per_image):
+                    hist += image_hist
                     if save_dir:
                         save_prediction(os.path.join(save_dir, f'{idx}.png'), pred)
                 losses += [net.blobs[loss].data.flat[0] if loss in net.blobs else math.nan
@@ -115,30 +124,31 @@ def compute_hists(net, dataset, heads, finite=False):
     return [(hist, float(loss)) for hist, loss in zip(hists, losses)]
 
 
-def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss'):
+def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss', on_image=None):
     """(confusion matrix, mean loss) of one head over `dataset` (a list of ids)."""
-    return compute_hists(net, dataset, [(layer, gt, loss, save_dir or None)])[0]
+    return compute_hists(net, dataset, [(layer, gt, loss, save_dir or None)], on_image)[0]
 
 
 def seg_tests(solver, save_format, dataset, layer='score', gt='label', loss='loss',
-              class_names=None, exclude=()):
+              class_names=None, exclude=(), on_image=None):
     """Score the solver's current weights with its first test net."""
     print('>>>', datetime.now(), 'Begin seg tests')
     solver.test_nets[0].share_with(solver.net)
     return do_seg_tests(solver.test_nets[0], solver.iter, save_format, dataset,
-                        layer, gt, loss, class_names, exclude)
+                        layer, gt, loss, class_names, exclude, on_image)
 
 
 def do_seg_tests(net, iter, save_format, dataset, layer='score', gt='label', loss='loss',
-                 class_names=None, exclude=()):
+                 class_names=None, exclude=(), on_image=None):
     """Score `net` over `dataset`, print the reference's '>>>' lines.
 
     `save_format` names the prediction folder, '{}' standing for `iter`, or
-    is False/None for no saving. Returns the `metrics` dict plus 'loss',
-    'iteration' and 'hist' (the confusion matrix).
+    is False/None for no saving; `on_image` as compute_hists takes it.
+    Returns the `metrics` dict plus 'loss', 'iteration' and 'hist' (the
+    confusion matrix).
     """
     save_dir = save_format.format(iter) if save_format else None
-    hist, mean_loss = compute_hist(net, save_dir, dataset, layer, gt, loss)
+    hist, mean_loss = compute_hist(net, save_dir, dataset, layer, gt, loss, on_image)
     result = metrics(hist, class_names, exclude)
     for what, value in (('loss', mean_loss), ('overall accuracy', result['pixel_acc']),
                         ('mean accuracy', result['mean_acc']),
@@ -156,11 +166,13 @@ EVAL_PARAMS = dict(randomize=False, mirror=False, jitter=0, prefetch=True)
 
 
 def data_layer(net_param):
-    """The data layer of a NetParameter: its first Python layer from layers.py."""
+    """The data layer of a NetParameter: its first Python layer from layers.py
+    (module 'layers', or a name the reference release gives it)."""
+    modules = ('layers',) + layers.RELEASE_MODULES
     for layer in net_param.layer:
-        if layer.type == 'Python' and layer.python_param.module == 'layers':
+        if layer.type == 'Python' and layer.python_param.module in modules:
             return layer
-    raise ValueError("no Python data layer of module 'layers'")
+    raise ValueError(f'no Python data layer of module {" or ".join(map(repr, modules))}')
 
 
 def eval_params(layer, split=None):
@@ -192,13 +204,6 @@ def check_inputs(model_dir, layer, params):
             raise FileNotFoundError(f'missing {full}, which the data layer of '
                                     f'{os.path.basename(os.path.normpath(model_dir))} reads '
                                     f'(split {params.get("split", "-")}): {hint}')
-
-
-def example_id(example):
-    """A name for an example: its id, or for an (image, label) pair the image's stem."""
-    if isinstance(example, str):
-        return example
-    return os.path.splitext(os.path.basename(example[0]))[0]
 
 
 def model_net(model):
@@ -255,7 +260,8 @@ def progress_bar(ids, model_dir, params, progress):
     return tqdm(ids, desc=f'{os.path.basename(model_dir)} {params.get("split", "")}', disable=None)
 
 
-def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True, writes=()):
+def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True,
+             on_image=None, writes=()):
     """Score `weights` with a model folder's evaluation net on `split`.
 
     The data layer's params are rewritten (split, EVAL_PARAMS) in a temporary
@@ -263,7 +269,8 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     data layer's paths are relative to it. The images scored are the data
     layer's own list of examples (its split file), the first `limit` of them.
     Returns {'model', 'weights', 'split', 'images', 'heads': {score blob:
-    metrics + 'loss', 'hist', 'excluded'}}. Caffe's mode is the caller's.
+    metrics + 'loss', 'hist', 'excluded'}}, heads in compute_hists' order
+    (`on_image` as it takes it). Caffe's mode is the caller's.
     Before the first image: no prediction (nor any of `writes`, (path,
     description) pairs of the caller's outputs) may overwrite a file the
     net reads or another output (outputs.OutputError). A score or loss that
@@ -280,7 +287,7 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
 
     all_heads = model_heads(model_dir, layer)
     with eval_net(net_param, model_dir, weights, proto) as net:
-        ids = [example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
+        ids = [layers.example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
         heads = [h for h in all_heads if h.score in net.blobs and h.label in net.blobs]
         if not heads:
             raise ValueError(f'{proto}: no score/label blob pair among '
@@ -294,7 +301,7 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         try:
             results = compute_hists(net, progress_bar(ids, model_dir, params, progress),
                                     [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)],
-                                    finite=True)
+                                    on_image, finite=True)
         except NonFiniteError as e:
             raise NonFiniteError(f'{e} (weights {weights}): weights of a diverged training run, '
                                  'or inputs the net overflows on; no metrics') from None
@@ -361,7 +368,7 @@ def upper_bounds(model, factors, split=None, limit=None, progress=True, writes=(
     classes = {gt: h.num_classes for gt, h in heads.items()}
     hists = {(f, gt): np.zeros((classes[gt],) * 2, np.int64) for f in factors for gt in heads}
     with eval_net(labels_net, model_dir) as net:
-        ids = [example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
+        ids = [layers.example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
         outputs.check_apart(writes, net_inputs(net.layer_dict[layer.name], ids, proto))
         done = 0
         try:
@@ -408,10 +415,9 @@ def format_report(report):
     for layer, r in report['heads'].items():
         lines.append(f'\n{layer}: per class (%)    IU    acc.   pixels')
         for name, c in r['per_class'].items():
-            note = '' if c['counted'] else ('  excluded' if name in r['excluded']
-                                            else '  (absent: not counted)')
+            note = class_note(name, c, r['excluded'])
             lines.append(f"  {name:<20}{100 * c['iu']:>6.1f}{100 * c['acc']:>7.1f}"
-                         f"{c['pixels']:>10d}{note}")
+                         f"{c['pixels']:>10d}{'  ' + note if note else ''}")
     return '\n'.join(lines)
 
 
@@ -434,11 +440,17 @@ def main(argv=None):
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     parser.add_argument('--limit', type=cli.number(int, minimum=1),
                         help='score only the first N images')
+    parser.add_argument('--report', metavar='DIR',
+                        help='write report.html (self-contained), report.json and figures here')
+    parser.add_argument('--report-images', type=cli.number(int, minimum=0), metavar='N',
+                        help='the report shows the N worst and N best images (default 8)')
     args = parser.parse_args(argv)
     if (args.weights is None) == (args.upper_bound is None):
         parser.error('give --weights (score a net) or --upper-bound (score coarsened ground truth)')
     if args.upper_bound and args.save_dir:
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
+    if args.upper_bound and args.report:
+        parser.error('--report reports on a net\'s predictions: not with --upper-bound')
 
     with cli.stop_on_signals():
         try:
@@ -451,22 +463,34 @@ def main(argv=None):
 
 def run(args):
     """The command's work for parsed arguments: check the outputs, score
-    (a net, or the upper bounds), print the table, write --json."""
+    (a net, or the upper bounds), print the table, write --json and
+    --report."""
     caffe_setup.use_device(args.gpu)
+    collector = None
+    if args.report:
+        collector = report.Collector(report.DEFAULT_IMAGES if args.report_images is None
+                                     else args.report_images)
     for path, option, check in ((args.json, '--json', outputs.writable_file),
-                                (args.save_dir, '--save-dir', outputs.writable_dir)):
+                                (args.save_dir, '--save-dir', outputs.writable_dir),
+                                (args.report, '--report', outputs.writable_dir)):
         if path:
             check(path, option)
     writes = [(args.json, '--json')] if args.json else []
     if args.upper_bound:
-        report = upper_bounds(args.model, args.upper_bound, args.split, args.limit, writes=writes)
+        scores = upper_bounds(args.model, args.upper_bound, args.split, args.limit, writes=writes)
     else:
-        report = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit,
-                          writes=writes)
-    print(format_upper_bounds(report) if args.upper_bound else format_report(report))
+        scores = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit,
+                          on_image=collector, writes=writes)
+    print(format_upper_bounds(scores) if args.upper_bound else format_report(scores))
     if args.json:
-        outputs.write_atomically(args.json, json.dumps(outputs.jsonable(report), indent=1,
+        outputs.write_atomically(args.json, json.dumps(outputs.jsonable(scores), indent=1,
                                                        allow_nan=False), 'the --json report')
+    if collector is not None:
+        try:
+            path = report.write(args.report, scores, dict(zip(scores['heads'], collector.outputs)))
+        except OSError as e:
+            raise OSError(f'--report {args.report}: {e.strerror or e}') from None
+        print(f'report: {path}')
 
 
 def interrupted_summary(interrupted, save_dir):
@@ -476,8 +500,8 @@ def interrupted_summary(interrupted, save_dir):
     if done is None:
         return 'stopped before scoring any image; nothing was written'
     saved = f', their predictions in {save_dir}' if save_dir and done else ''
-    return (f'{done} of {interrupted.total} images scored{saved}; no metrics, no --json, '
-            'no partial file')
+    return (f'{done} of {interrupted.total} images scored{saved}; no metrics printed or '
+            'written, no partial file')
 
 
 if __name__ == '__main__':
