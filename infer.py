@@ -3,7 +3,7 @@ of pixels per class for each image.
 
     python infer.py PHOTO_OR_FOLDER [...] [--model voc-fcn8s] [--weights W]
         [--gpu N] [--out DIR] [--recursive] [--max-side N] [--scores]
-        [--json FILE] [--memory GB]
+        [--json FILE] [--memory GB] [--engine caffe|onnx]
 
 Photos are read as viewers show them: the EXIF orientation is applied;
 16-bit, palette, CMYK, grayscale and transparent images become 8-bit RGB
@@ -23,7 +23,9 @@ its error). A photo that cannot be read is reported and skipped; the others
 are segmented, and the run ends with a summary and exit status 1.
 Default weights: the model's published caffemodel where `python -m fetch
 weights <model>` puts it (<model>/<file>), else its latest training
-snapshot.
+snapshot. --engine onnx runs the net in ONNX Runtime (CPU) instead of Caffe:
+exported once, checked against Caffe, and cached beside the weights
+(onnx_engine.py).
 """
 import argparse
 import collections
@@ -44,6 +46,7 @@ import datasets  # noqa: E402
 import layers  # noqa: E402
 import locations  # noqa: E402
 import nets  # noqa: E402
+import onnx_engine  # noqa: E402
 import score  # noqa: E402
 
 DEFAULT_MODEL = 'voc-fcn8s'
@@ -84,9 +87,11 @@ class Result(NamedTuple):
 
 # ------------------------------------------------------------------ the net
 def net_scores(net, rgb, mean, score_blob='score'):
-    """C x H x W float32 class scores of the net for an H x W x 3 RGB image
-    (any size)."""
+    """C x H x W float32 class scores of the net (a caffe.Net or an
+    onnx_engine.OnnxNet) for an H x W x 3 RGB image (any size)."""
     data = layers.preprocess(rgb, mean)
+    if isinstance(net, onnx_engine.OnnxNet):
+        return net.run({'data': data[np.newaxis]})[score_blob][0]
     net.blobs['data'].reshape(1, *data.shape)
     net.blobs['data'].data[...] = data
     net.forward()
@@ -141,6 +146,28 @@ def load_net(model, weights):
     except checks.CheckError as e:
         raise InferError(str(e)) from e
     return net
+
+
+ENGINES = ('caffe', 'onnx')
+
+
+def load_engine(model, weights, engine='caffe', gpu=None):
+    """(net, MemoryModel or None) of the model's deploy net with `weights`
+    on `engine`: Caffe's net, or ONNX Runtime's (onnx_engine.load: exported
+    once, cached beside the weights). The memory model is for CPU runs only
+    (GPU memory is not the host's)."""
+    classes = len(model.source.heads[0].classes)
+    if engine == 'caffe':
+        net = load_net(model, weights)
+        return net, MemoryModel(net, classes) if gpu is None else None
+    try:
+        net = onnx_engine.load(model.folder, weights, gpu)
+    except onnx_engine.ExportError as e:
+        raise InferError(str(e)) from e
+    import caffe
+    # the deploy net without weights, for its blob shapes only
+    shapes = caffe.Net(os.path.join(model.folder, 'deploy.prototxt'), caffe.TEST)
+    return net, OnnxMemoryModel(shapes, classes)
 
 
 # ------------------------------------------------------------------ photos
@@ -288,6 +315,16 @@ class MemoryModel:
                 + pixels * (NET_BYTES_PER_PIXEL + NET_BYTES_PER_PIXEL_PER_CLASS * self.classes)
                 + photo_size[0] * photo_size[1] * PHOTO_BYTES_PER_PIXEL)
 
+    def held(self, height, width):
+        """Bytes the net keeps after a run at height x width (Caffe's blobs
+        never shrink)."""
+        return self.blob_bytes(height, width)
+
+    def workspace_held(self):
+        """Bytes of convolution workspace held now (reused by the next run)."""
+        import caffe
+        return caffe.conv_workspace_bytes()
+
     def largest_side(self, photo_size, budget):
         """The largest --max-side whose run of a photo of photo_size fits in
         budget bytes (0 if none does)."""
@@ -299,6 +336,30 @@ class MemoryModel:
             else:
                 hi = mid - 1
         return lo
+
+
+class OnnxMemoryModel(MemoryModel):
+    """The memory of a forward pass in ONNX Runtime (onnx_engine's session:
+    no arena): its tensors at their peak, a measured fraction of the bytes
+    of all Caffe's blobs (ONNX Runtime frees each tensor after its last
+    reader and reuses the memory), plus this module's arrays. Nothing stays
+    held between photos."""
+    # ONNX Runtime's peak RSS increase during a forward over the sum of
+    # Caffe's blob bytes, measured by tools/onnx_memory.py (voc-fcn8s and
+    # voc-fcn-alexnet at 500x500, 1000x750 and 2000x1500), rounded up.
+    BLOB_FRACTION = 0.5
+
+    def needed(self, photo_size, size):
+        pixels = size[0] * size[1]
+        return (self.BLOB_FRACTION * self.blob_bytes(*size)
+                + pixels * (NET_BYTES_PER_PIXEL + NET_BYTES_PER_PIXEL_PER_CLASS * self.classes)
+                + photo_size[0] * photo_size[1] * PHOTO_BYTES_PER_PIXEL)
+
+    def held(self, height, width):
+        return 0.0
+
+    def workspace_held(self):
+        return 0.0
 
 
 def available_memory():
@@ -383,33 +444,32 @@ def image_paths(inputs, recursive=False):
 class Segmenter:
     """A model's deploy net, loaded once, and what segmenting a photo needs."""
 
-    def __init__(self, model, weights=None, gpu=None, max_side=DEFAULT_MAX_SIDE, memory=None):
+    def __init__(self, model, weights=None, gpu=None, max_side=DEFAULT_MAX_SIDE, memory=None,
+                 engine='caffe'):
         try:
             self.model = nets.load(model)
         except (FileNotFoundError, TypeError) as e:
             raise InferError(str(e)) from e
         check_rgb_model(self.model)
         runtime.use_device(gpu)
-        self.net = load_net(self.model, weights or default_weights(self.model))
+        self.net, self.memory_model = load_engine(self.model, weights or default_weights(self.model),
+                                                  engine, gpu)
         self.head = self.model.source.heads[0]
         self.mean = self.model.source.mean
         self.max_side = max_side
         self.memory = memory  # bytes for one photo; None: what the system has available
-        # GPU memory is not the host's: the estimate is for CPU runs only
-        self.memory_model = MemoryModel(self.net, len(self.head.classes)) if gpu is None else None
         self.held = 0.0  # bytes of blobs already allocated (Caffe's blobs never shrink)
 
     def check_memory(self, path, photo_size, size):
         """An ImageError if the photo would not fit in memory at net size `size`."""
         if self.memory_model is None:
             return
-        import caffe
         budget = self.memory
         if budget is None:
             available = available_memory()
             if available is None:
                 return
-            budget = available + self.held + caffe.conv_workspace_bytes()
+            budget = available + self.held + self.memory_model.workspace_held()
         need = self.memory_model.needed(photo_size, size)
         if need <= budget:
             return
@@ -427,7 +487,7 @@ class Segmenter:
         self.check_memory(path, photo_size, size)
         probs = probabilities(net_scores(self.net, resize(rgb, size), self.mean, self.head.score))
         if self.memory_model is not None:
-            self.held = max(self.held, self.memory_model.blob_bytes(*size))
+            self.held = max(self.held, self.memory_model.held(*size))
         scores_path = out_base + '_scores.npy' if scores else None
         label_path, overlay_path = out_base + '.png', out_base + '_overlay.png'
         try:  # a full disk or a read-only --out stops the run: no other photo would fare better
@@ -457,7 +517,7 @@ def write_json(results, path):
 
 
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True,
-        recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None):
+        recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None, engine='caffe'):
     """Segment every image with one net; returns a Result per image (those
     that failed carry their error, which is also reported on stderr)."""
     from tqdm import tqdm
@@ -466,7 +526,7 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     except checks.CheckError as e:
         raise InferError(str(e)) from e
     todo = image_paths(inputs, recursive)
-    segmenter = Segmenter(model, weights, gpu, max_side, memory)
+    segmenter = Segmenter(model, weights, gpu, max_side, memory, engine)
     results = []
     bar = tqdm(todo, desc=segmenter.model.name, unit='image', disable=not progress or len(todo) < 2)
     for path, base in bar:
@@ -501,15 +561,20 @@ def main(argv=None):
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     parser.add_argument('--memory', type=float,
                         help='GB one photo may take (default: what the system has available)')
+    parser.add_argument('--engine', choices=ENGINES, default='caffe',
+                        help='run the net in Caffe (default) or in ONNX Runtime on the CPU '
+                             '(exported once, cached beside the weights)')
     args = parser.parse_args(argv)
     if args.max_side < 0:
         parser.error(f'--max-side must be 0 or more, got {args.max_side}')
     if args.memory is not None and not args.memory > 0:
         parser.error(f'--memory must be positive, got {args.memory}')
+    if args.engine == 'onnx' and args.gpu is not None:
+        parser.error('--engine onnx runs on the CPU: not with --gpu')
     try:
         results = run(args.images, args.model, args.weights, args.out, args.gpu,
                       recursive=args.recursive, max_side=args.max_side, scores=args.scores,
-                      memory=None if args.memory is None else args.memory * GB)
+                      memory=None if args.memory is None else args.memory * GB, engine=args.engine)
     except InferError as e:
         sys.exit(f'infer.py: error: {e}')
     if args.json:

@@ -22,11 +22,15 @@ they do not count.
 The command evaluates a model folder's val/test net on a split:
 
     python score.py --model voc-fcn8s --weights W --split seg11valid \\
-        [--gpu N] [--save-dir D] [--json out.json] [--limit N]
+        [--gpu N] [--save-dir D] [--json out.json] [--limit N] [--engine caffe|onnx]
 
 It scores the images the net's data layer (layers.py) lists for the split,
 in file order (--limit: the first N), every head the net has (SIFT Flow:
-semantic and geometric), and prints the paper's table.
+semantic and geometric), and prints the paper's table. --engine onnx
+computes the scores with the folder's deploy net exported to ONNX
+(onnx_engine.py) in ONNX Runtime, fed by the evaluation net's data layer in
+Caffe: the published numbers, checked on the exported model (the deploy net
+has no loss layer: the loss column is nan).
 
     python score.py --model voc-fcn8s --upper-bound 8 16 32 [--split S] [--limit N]
 
@@ -301,6 +305,27 @@ def eval_net(net_param, model_dir, weights=None, name=''):
         yield net
 
 
+ENGINES = ('caffe', 'onnx')
+
+
+@contextlib.contextmanager
+def engine_net(engine, net_param, model_dir, weights, name, data):
+    """The net that scoring runs: the evaluation net `net_param` in Caffe
+    (eval_net), or for engine 'onnx' the model folder's deploy net in ONNX
+    Runtime (exported once, cached beside `weights`) fed by the evaluation
+    net's first layers in Caffe: the data layer `data` and any layer
+    between it and the deploy net's inputs (early fusion's Concat)."""
+    if engine == 'caffe':
+        with eval_net(net_param, model_dir, weights, name) as net:
+            yield net
+        return
+    import onnx_engine  # deferred: ONNX Runtime loads only for this engine
+    onnx_net = onnx_engine.load(model_dir, weights)
+    feeder = onnx_engine.feeder_param(net_param, set(data.top) | set(onnx_net.inputs))
+    with eval_net(feeder, model_dir) as net:
+        yield onnx_engine.FedNet(net, onnx_net)
+
+
 def progress_bar(ids, model_dir, params, progress):
     if not progress:
         return ids
@@ -308,7 +333,7 @@ def progress_bar(ids, model_dir, params, progress):
     return tqdm(ids, desc=f'{os.path.basename(model_dir)} {params.get("split", "")}')
 
 
-def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True):
+def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True, engine='caffe'):
     """Score `weights` with a model folder's evaluation net on `split`.
 
     The data layer's params are rewritten (split, EVAL_PARAMS) in a temporary
@@ -316,7 +341,8 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     data layer's paths are relative to it. The images scored are the data
     layer's own list of examples (its split file), the first `limit` of them.
     Returns {'model', 'weights', 'split', 'images', 'heads': {score blob:
-    metrics + 'loss', 'hist', 'excluded'}}. Caffe's mode is the caller's.
+    metrics + 'loss', 'hist', 'excluded'}}. Caffe's mode is the caller's;
+    `engine` 'onnx' computes the scores in ONNX Runtime (engine_net).
     """
     model_dir, proto, net_param, layer, params = eval_net_param(model, split)
     weights = os.path.abspath(weights)
@@ -327,7 +353,7 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         checks.writable_dir(save_dir, '--save-dir')
 
     all_heads = model_heads(model_dir, layer)
-    with eval_net(net_param, model_dir, weights, proto) as net:
+    with engine_net(engine, net_param, model_dir, weights, proto, layer) as net:
         ids = [example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
         heads = [h for h in all_heads if h.score in net.blobs and h.label in net.blobs]
         if not heads:
@@ -488,9 +514,14 @@ def main(argv=None):
     parser.add_argument('--json', help='write the metrics (fractions) here')
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     parser.add_argument('--limit', type=int, help='score only the first N images')
+    parser.add_argument('--engine', choices=ENGINES, default='caffe',
+                        help='compute the scores in Caffe (default) or with the deploy net exported '
+                             'to ONNX, in ONNX Runtime on the CPU (cached beside the weights)')
     args = parser.parse_args(argv)
     if (args.weights is None) == (args.upper_bound is None):
         parser.error('give --weights (score a net) or --upper-bound (score coarsened ground truth)')
+    if args.engine == 'onnx' and args.gpu is not None:
+        parser.error('--engine onnx runs on the CPU: not with --gpu')
     if args.upper_bound and args.save_dir:
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
 
@@ -503,7 +534,8 @@ def main(argv=None):
         if args.upper_bound:
             report = upper_bounds(args.model, args.upper_bound, args.split, args.limit)
         else:
-            report = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit)
+            report = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit,
+                              engine=args.engine)
     except (OSError, ValueError) as e:
         sys.exit(f'score.py: error: {e}')
     print(format_upper_bounds(report) if args.upper_bound else format_report(report))

@@ -3,13 +3,16 @@ writer and one PASCAL VOC layout writer (real JPEGs and palette PNGs)."""
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 # Quiet Caffe's glog (net construction logs every layer); must precede the
 # first `import caffe`.
 os.environ.setdefault('GLOG_minloglevel', '2')
 
-import datasets  # noqa: E402  (after the glog setting)
+import caffe  # noqa: E402  (after the glog setting)
+import datasets  # noqa: E402
+import surgery  # noqa: E402
 
 # A narrow VGG16 FCN (1/32 of the channels, trained from scratch) on VOC-layout
 # data at ../data/voc: a real model folder that trains in seconds.
@@ -87,3 +90,38 @@ def write_voc(root, splits, sizes=None, seed=0, learnable=False):
             save_palette_png(os.path.join(root, 'SegmentationClass', idx + '.png'), label)
             out[idx] = (decoded, label)
     return out
+
+
+TINY_CLASSES = ('background', 'square', 'circle')
+
+
+@pytest.fixture(scope='module')
+def tiny_model(tmp_path_factory):
+    """(model folder, caffemodel): a tiny FCN-8s on TINY_CLASSES with a
+    random trunk, random score layers (so that every class can come out)
+    and bilinear upsampling."""
+    folder = tmp_path_factory.mktemp('model') / 'tiny-fcn8s'
+    write_model(folder, stride=8, classes=TINY_CLASSES, mean=(100.0, 110.0, 120.0), val_size=1)
+    # Caffe's fillers draw the random trunk: seed them, or some draws give
+    # one class everywhere on these noise images (seen about 1 run in 6).
+    caffe.set_random_seed(0)
+    net = caffe.Net(str(folder / 'deploy.prototxt'), caffe.TEST)
+    rng = np.random.RandomState(0)
+    # the fine skip dominates, so that classes change within small images
+    for name, std in (('score_fr', 0.01), ('score_pool4', 0.1), ('score_pool3', 1.0)):
+        net.params[name][0].data[...] = rng.normal(0, std, net.params[name][0].data.shape)
+    surgery.interp(net, [k for k in net.params if k.startswith('upscore')])
+    weights = str(folder / 'weights.caffemodel')
+    net.save(weights)
+    return str(folder), weights
+
+
+@pytest.fixture(scope='module')
+def tiny_val_images(tiny_model):
+    """The ids of two images written in the VOC layout where tiny_model's
+    val net reads its split (../data/voc from the model folder)."""
+    folder, _ = tiny_model
+    ids = ('val_a', 'val_b')
+    write_voc(os.path.join(os.path.dirname(folder), 'data', 'voc'), {'val': ids},
+              seed=3, learnable=True)  # scenes of TINY_CLASSES
+    return ids

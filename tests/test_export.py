@@ -1,0 +1,175 @@
+"""export.py and the ONNX Runtime engine: every deploy net of the repository
+exported and matched against Caffe (random weights, small odd sizes), the
+command's file and messages, and infer.py's and score.py's onnx engine
+against their Caffe engine."""
+import hashlib
+import json
+import math
+import os
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+import caffe
+import export
+import infer
+import nets
+import onnx_engine
+import score
+
+caffe.set_mode_cpu()
+
+SECOND_SIZE = (45, 71)  # (height, width): a second size where shapes must follow
+# Nets also run at SECOND_SIZE, a size the file was not checked at: every
+# skip crop (FCN-8s), two outputs (SIFT Flow), two inputs (late fusion).
+TWO_SIZES = ('voc-fcn8s', 'siftflow-fcn16s', 'nyud-fcn16s-color-hha')
+
+
+def random_weights(net, seed):
+    """Fill every parameter blob with random numbers scaled by its fan-in,
+    so that activations stay in range through the deep nets."""
+    rng = np.random.default_rng(seed)
+    for blobs in net.params.values():
+        for blob in blobs:
+            fan_in = int(np.prod(blob.data.shape[1:])) or 1
+            rng.standard_normal(out=blob.data, dtype=np.float32)
+            blob.data[...] *= np.float32(math.sqrt(2 / fan_in))
+
+
+@pytest.mark.parametrize('name', nets.model_names())
+def test_every_deploy_net_matches_caffe(name, tmp_path):
+    deploy = os.path.join(nets.load(name).folder, 'deploy.prototxt')
+    net_param = onnx_engine.read_deploy(deploy)
+    net = caffe.Net(deploy, caffe.TEST)
+    random_weights(net, seed=len(name))
+    out = str(tmp_path / f'{name}.onnx')
+    worst, onnx_net = onnx_engine.export_net(net_param, net, out, where=deploy)
+    # every output checked, within the tolerance of its range
+    assert sorted(worst) == sorted(net.outputs)
+    assert all(ratio <= onnx_engine.CHECK_TOLERANCE for ratio in worst.values())
+    assert onnx_net.inputs == list(net.inputs) and onnx_net.outputs == list(net.outputs)
+    assert os.listdir(tmp_path) == [f'{name}.onnx']
+    for graph_input in onnx_net.session.get_inputs():
+        assert graph_input.shape[2:] == ['height', 'width']
+    if name in TWO_SIZES:
+        inputs = onnx_engine.random_inputs(net, SECOND_SIZE, seed=1)
+        expected = onnx_engine.caffe_outputs(net, inputs)
+        assert all(a.shape[2:] == SECOND_SIZE for a in expected.values())
+        onnx_engine.compare(expected, onnx_net.run(inputs), out)
+
+
+UNMAPPABLE = '''
+layer {
+  name: "softplus"
+  type: "BNLL"
+  bottom: "score"
+  top: "softplus"
+}
+'''
+
+
+def test_an_unmappable_layer_is_one_line_and_leaves_nothing(tiny_model, tmp_path):
+    folder, weights = tiny_model
+    other = tmp_path / 'tiny-bnll'
+    other.mkdir()
+    for file in ('net.py', 'deploy.prototxt'):
+        (other / file).write_text(open(os.path.join(folder, file)).read())
+    with open(other / 'deploy.prototxt', 'a') as f:
+        f.write(UNMAPPABLE)
+    out = tmp_path / 'out.onnx'
+    with pytest.raises(SystemExit) as err:
+        export.main(['--model', str(other), '--weights', weights, '--out', str(out)])
+    message = str(err.value)
+    assert message.startswith('export.py: error: ') and '\n' not in message
+    assert 'layer softplus of type BNLL: no ONNX mapping' in message
+    assert sorted(os.listdir(tmp_path)) == ['tiny-bnll']
+
+
+def test_export_command_writes_a_checked_file_with_metadata(tiny_model, tmp_path, capsys):
+    folder, weights = tiny_model
+    out = tmp_path / 'tiny.onnx'
+    export.main(['--model', folder, '--weights', weights, '--out', str(out), '--opset', '18'])
+    printed = capsys.readouterr().out
+    assert f'wrote {out}' in printed and 'matches Caffe' in printed
+    model = onnx.load(str(out))
+    assert model.opset_import[0].version == 18
+    meta = {p.key: p.value for p in model.metadata_props}
+    source = nets.load(folder).source
+    assert meta['model'] == 'tiny-fcn8s'
+    assert json.loads(meta['classes']) == {'score': list(source.heads[0].classes)}
+    assert json.loads(meta['inputs'])['data']['mean'] == list(source.mean)
+    assert json.loads(meta['inputs'])['data']['channels'] == 'B,G,R'
+    with open(weights, 'rb') as f:
+        assert meta['caffemodel_sha256'] == hashlib.sha256(f.read()).hexdigest()
+    assert sorted(os.listdir(tmp_path)) == ['tiny.onnx']
+
+
+def test_a_mismatch_is_refused_and_removed(tiny_model, tmp_path, monkeypatch):
+    folder, weights = tiny_model
+    out = tmp_path / 'tiny.onnx'
+    # no tolerance at all: the float sums of the two engines differ in the last bits
+    monkeypatch.setattr(onnx_engine, 'CHECK_TOLERANCE', 0.0)
+    with pytest.raises(SystemExit, match=r'export.py: error: .*tiny.onnx: output score differs '
+                                         r'from Caffe by .* of its range .*; refused'):
+        export.main(['--model', folder, '--weights', weights, '--out', str(out)])
+    assert os.listdir(tmp_path) == []
+    export.main(['--model', folder, '--weights', weights, '--out', str(out), '--no-check'])
+    assert os.listdir(tmp_path) == ['tiny.onnx']
+
+
+def test_export_command_errors(tiny_model, tmp_path):
+    folder, weights = tiny_model
+    with pytest.raises(SystemExit, match='weights not found: .*none.caffemodel'):
+        export.main(['--model', folder, '--weights', str(tmp_path / 'none.caffemodel'),
+                     '--out', str(tmp_path / 'a.onnx')])
+    with pytest.raises(SystemExit, match='--out .*: no folder'):
+        export.main(['--model', folder, '--weights', weights, '--out', str(tmp_path / 'no' / 'a.onnx')])
+    with pytest.raises(SystemExit):
+        export.main(['--model', folder, '--weights', weights, '--out', str(tmp_path / 'a.onnx'),
+                     '--opset', '9'])
+
+
+def test_infer_engines_give_the_same_labels(tiny_model, tmp_path, capsys):
+    folder, weights = tiny_model
+    photo = tmp_path / 'photo.jpg'
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (83, 121, 3), dtype=np.uint8)).save(photo)
+    labels = {}
+    for engine in infer.ENGINES:
+        out = tmp_path / engine
+        infer.main([str(photo), '--model', folder, '--weights', weights, '--out', str(out),
+                    '--engine', engine])
+        labels[engine] = np.asarray(Image.open(out / 'photo.png'))
+    assert len(np.unique(labels['caffe'])) > 1
+    np.testing.assert_array_equal(labels['onnx'], labels['caffe'])
+    with open(weights, 'rb') as f:
+        cached = f'{weights}.{hashlib.sha256(f.read()).hexdigest()[:16]}.onnx'
+    made = os.path.getmtime(cached)
+    infer.run([str(photo)], model=folder, weights=weights, out=str(tmp_path / 'again'),
+              progress=False, engine='onnx')
+    assert os.path.getmtime(cached) == made  # exported once
+    with pytest.raises(SystemExit):
+        infer.main([str(photo), '--model', folder, '--weights', weights, '--engine', 'onnx', '--gpu', '0'])
+    assert '--engine onnx runs on the CPU: not with --gpu' in capsys.readouterr().err
+
+
+def test_onnx_memory_model_grows_with_the_image(tiny_model):
+    folder, weights = tiny_model
+    _, memory = infer.load_engine(nets.load(folder), weights, 'onnx')
+    small, large = (memory.needed((h, w), (h, w)) for h, w in ((100, 100), (400, 300)))
+    assert 0 < small < large
+    assert memory.held(400, 300) == 0  # nothing stays reserved between photos
+
+
+def test_score_engines_give_the_same_numbers(tiny_model, tiny_val_images):
+    folder, weights = tiny_model
+    reports = {engine: score.evaluate(folder, weights, split='val', progress=False, engine=engine)
+               for engine in score.ENGINES}
+    caffe_head, onnx_head = (reports[e]['heads']['score'] for e in score.ENGINES)
+    assert reports['onnx']['images'] == reports['caffe']['images'] == len(tiny_val_images)
+    assert caffe_head['hist'].sum() > 0
+    np.testing.assert_array_equal(onnx_head['hist'], caffe_head['hist'])
+    for key, _ in score.METRICS:
+        assert onnx_head[key] == caffe_head[key]
+    assert math.isnan(onnx_head['loss']) and not math.isnan(caffe_head['loss'])
