@@ -167,7 +167,7 @@ def load_engine(model, weights, engine='caffe', gpu=None):
     import caffe
     # the deploy net without weights, for its blob shapes only
     shapes = caffe.Net(os.path.join(model.folder, 'deploy.prototxt'), caffe.TEST)
-    return net, OnnxMemoryModel(shapes, classes)
+    return net, OnnxMemoryModel(shapes, classes, model.trunk)
 
 
 # ------------------------------------------------------------------ photos
@@ -341,17 +341,25 @@ class MemoryModel:
 class OnnxMemoryModel(MemoryModel):
     """The memory of a forward pass in ONNX Runtime (onnx_engine's session:
     no arena): its tensors at their peak, a measured fraction of the bytes
-    of all Caffe's blobs (ONNX Runtime frees each tensor after its last
-    reader and reuses the memory), plus this module's arrays. Nothing stays
-    held between photos."""
-    # ONNX Runtime's peak RSS increase during a forward over the sum of
-    # Caffe's blob bytes, measured by tools/onnx_memory.py (voc-fcn8s and
-    # voc-fcn-alexnet at 500x500, 1000x750 and 2000x1500), rounded up.
-    BLOB_FRACTION = 0.5
+    of all Caffe's blobs, which depends on the trunk (ONNX Runtime frees
+    each tensor after its last reader and reuses the memory, but its
+    convolutions' buffers differ by kernel), plus this module's arrays.
+    Nothing stays held between photos."""
+    # ONNX Runtime's peak RSS increase during one forward over the sum of
+    # Caffe's blob bytes at the same size, measured with
+    # `python tools/onnx_memory.py --models voc-fcn8s voc-fcn-googlenet
+    # voc-fcn-alexnet --sizes 500x500 1000x750 2000x1500` (onnxruntime
+    # 1.32, 2 cores): vgg16 0.34-0.35, googlenet 0.50-0.59, caffenet
+    # 1.28-1.42; each rounded up by about a tenth. Other trunks: the largest.
+    BLOB_FRACTION = {'vgg16': 0.4, 'googlenet': 0.65, 'caffenet': 1.6}
+
+    def __init__(self, net, classes, trunk=None):
+        super().__init__(net, classes)
+        self.fraction = self.BLOB_FRACTION.get(trunk, max(self.BLOB_FRACTION.values()))
 
     def needed(self, photo_size, size):
         pixels = size[0] * size[1]
-        return (self.BLOB_FRACTION * self.blob_bytes(*size)
+        return (self.fraction * self.blob_bytes(*size)
                 + pixels * (NET_BYTES_PER_PIXEL + NET_BYTES_PER_PIXEL_PER_CLASS * self.classes)
                 + photo_size[0] * photo_size[1] * PHOTO_BYTES_PER_PIXEL)
 
