@@ -45,14 +45,15 @@ class Graph:
     that holds each Caffe blob now (in-place layers give a blob new values:
     each version gets its own name, the last one the blob's)."""
 
-    def __init__(self, net, layers):
+    def __init__(self, net, layer_tops):
         self.net = net
         # weights go straight into the model's graph (make_graph would copy them again)
         self.model = onnx.ModelProto()
         self.graph = self.model.graph
-        self.tensor = {}
+        self.tensor = {}  # blob -> its ONNX tensor now
+        self.reading = {}  # the current layer's bottoms -> their tensors
         self.writes = {}  # blob -> how many layers still write it
-        for _, _, tops in layers:
+        for tops in layer_tops:
             for top in tops:
                 self.writes[top] = self.writes.get(top, 0) + 1
 
@@ -104,12 +105,12 @@ def _spatial(values, h, w, default, what, layer):
         return values[0], values[0]
     if len(values) == 2:
         return tuple(values)
-    raise UnmappableLayer(f'{layer}: {what} has {len(values)} values; only 2-D spatial nets export')
+    raise UnmappableLayer(f'layer {layer}: {what} has {len(values)} values; only 2-D spatial nets export')
 
 
 def _conv_attrs(layer, cp):
     if cp.axis != 1:
-        raise UnmappableLayer(f'{layer}: convolution_param.axis {cp.axis}; only axis 1 (channels) exports')
+        raise UnmappableLayer(f'layer {layer}: convolution_param.axis {cp.axis}; only axis 1 (channels) exports')
     kernel = _spatial(cp.kernel_size, cp.kernel_h, cp.kernel_w, 0, 'kernel_size', layer)
     stride = _spatial(cp.stride, cp.stride_h, cp.stride_w, 1, 'stride', layer)
     pad = _spatial(cp.pad, cp.pad_h, cp.pad_w, 0, 'pad', layer)
@@ -121,7 +122,7 @@ def _conv_attrs(layer, cp):
 def _check_rank(g, name, blobs):
     for blob in blobs:
         if g.rank(blob) != 4:
-            raise UnmappableLayer(f'{name}: blob {blob} has {g.rank(blob)} axes; only '
+            raise UnmappableLayer(f'layer {name}: blob {blob} has {g.rank(blob)} axes; only '
                                   'N x C x H x W blobs export')
 
 
@@ -139,9 +140,9 @@ def pooling(g, name, lp, layer, bottoms, tops):
     pp = lp.pooling_param
     P = caffe_pb2.PoolingParameter
     if len(tops) > 1:
-        raise UnmappableLayer(f'{name}: a Pooling layer with a mask top does not export')
+        raise UnmappableLayer(f'layer {name}: a Pooling layer with a mask top does not export')
     if pp.pool not in (P.MAX, P.AVE):
-        raise UnmappableLayer(f'{name}: {P.PoolMethod.Name(pp.pool)} pooling does not export')
+        raise UnmappableLayer(f'layer {name}: {P.PoolMethod.Name(pp.pool)} pooling does not export')
     out = [g.output(name, tops[0])]
     if pp.global_pooling:
         g.node('GlobalMaxPool' if pp.pool == P.MAX else 'GlobalAveragePool', g.inputs(bottoms), out, name=name)
@@ -206,39 +207,32 @@ def eltwise(g, name, lp, layer, bottoms, tops):
     else:
         coeffs = list(p.coeff) or [1.0] * len(xs)
         if len(coeffs) != len(xs):
-            raise UnmappableLayer(f'{name}: {len(coeffs)} coefficients for {len(xs)} bottoms')
+            raise UnmappableLayer(f'layer {name}: {len(coeffs)} coefficients for {len(xs)} bottoms')
         xs = [x if c == 1 else g.node('Mul', [x, g.constant(f'{name}/coeff{i}', c)], [f'{name}/scaled{i}'])
               for i, (x, c) in enumerate(zip(xs, coeffs))]
         g.node('Sum', xs, out, name=name)
 
 
 def scale(g, name, lp, layer, bottoms, tops):
-    """Caffe's Scale: the bottom times a factor of shape bottom.shape[axis:
-    axis + num_axes] (a learned blob, or the second bottom), broadcast over
-    the other axes, plus an optional learned bias of the same shape."""
-    p = lp.scale_param
+    """Caffe's Scale: the bottom times a learned factor of shape
+    bottom.shape[axis: axis + num_axes], broadcast over the other axes, plus
+    an optional learned bias of the same shape."""
+    if len(bottoms) != 1:
+        raise UnmappableLayer(f'layer {name}: a Scale layer with a factor bottom does not export')
     rank = g.rank(bottoms[0])
-    axis = p.axis % rank
-    blobs = list(layer.blobs)
-    x = g.inputs(bottoms[:1])[0]
-    if len(bottoms) == 2:
-        factor_rank = g.rank(bottoms[1])
-        factor = g.inputs(bottoms[1:])[0]
-        trailing = rank - axis - factor_rank
-        if trailing:
-            factor = g.node('Unsqueeze', [factor, g.constant(
-                f'{name}/axes', list(range(factor_rank, factor_rank + trailing)))], [f'{name}/factor'])
-    else:
-        shape = blobs.pop(0).data
-        factor = g.constant(f'{name}/scale', shape.reshape(shape.shape + (1,) * (rank - axis - shape.ndim)))
+    trailing = rank - lp.scale_param.axis % rank  # axes from `axis` on: the factor's, then 1s
+
+    def broadcast(blob):
+        return blob.data.reshape(blob.data.shape + (1,) * (trailing - blob.data.ndim))
+
+    (x,) = g.inputs(bottoms)
     out = g.output(name, tops[0])
-    if not p.bias_term:
+    factor = g.constant(f'{name}/scale', broadcast(layer.blobs[0]))
+    if not lp.scale_param.bias_term:
         g.node('Mul', [x, factor], [out], name=name)
         return
-    bias = blobs[0].data
     scaled = g.node('Mul', [x, factor], [f'{name}/scaled'])
-    g.node('Add', [scaled, g.constant(f'{name}/bias', bias.reshape(bias.shape + (1,) * (rank - axis - bias.ndim)))],
-           [out], name=name)
+    g.node('Add', [scaled, g.constant(f'{name}/bias', broadcast(layer.blobs[1]))], [out], name=name)
 
 
 def crop(g, name, lp, layer, bottoms, tops):
@@ -253,7 +247,7 @@ def crop(g, name, lp, layer, bottoms, tops):
     if len(offsets) <= 1:
         offsets = (offsets or [0]) * len(axes)
     elif len(offsets) != len(axes):
-        raise UnmappableLayer(f'{name}: {len(offsets)} offsets for the {len(axes)} axes from axis {axis}')
+        raise UnmappableLayer(f'layer {name}: {len(offsets)} offsets for the {len(axes)} axes from axis {axis}')
     x, reference = g.inputs(bottoms)
     starts = g.constant(f'{name}/starts', offsets)
     shape = g.node('Shape', [reference], [f'{name}/reference_shape'], start=axis)
@@ -319,7 +313,7 @@ def convert(net_param, net, opset=DEFAULT_OPSET, metadata=None):
     `metadata` ({key: text}) goes into its metadata_props."""
     layers = [(name, lp, layer) for name, lp, layer in prototxt_layers(net_param, net)
               if layer.type != 'Input']
-    g = Graph(net, [(name, None, net.top_names[name]) for name, _, _ in layers])
+    g = Graph(net, [net.top_names[name] for name, _, _ in layers])
     graph_inputs = []
     for blob in net.inputs:
         g.tensor[blob] = blob

@@ -197,3 +197,47 @@ def test_score_engines_give_the_same_numbers(tiny_model, tiny_val_images):
     for key, _ in score.METRICS:
         assert onnx_head[key] == caffe_head[key]
     assert math.isnan(onnx_head['loss']) and not math.isnan(caffe_head['loss'])
+
+
+def every_layer_kind(tmp_path):
+    """A small net with the layers and settings the deploy nets do not use
+    but the exporter maps: average, FLOOR-rounded and global pooling,
+    dilated grouped convolution, leaky ReLU, both LRN regions, Eltwise PROD
+    and MAX, Scale with a bias, Sigmoid, TanH, Dropout, Softmax, a grouped
+    Deconvolution and a Crop with an offset per axis."""
+    from caffe import layers as L, params as P
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 4, 19, 23]))
+    n.conv = L.Convolution(n.data, num_output=6, kernel_size=3, pad=2, dilation=2, group=2)
+    n.relu = L.ReLU(n.conv, negative_slope=0.1, in_place=True)
+    n.ave = L.Pooling(n.relu, pool=P.Pooling.AVE, kernel_size=3, stride=2, pad=1)
+    n.floor = L.Pooling(n.relu, pool=P.Pooling.MAX, kernel_size=3, stride=2, round_mode=P.Pooling.FLOOR)
+    n.within = L.LRN(n.relu, local_size=3, alpha=0.5, beta=0.75, norm_region=P.LRN.WITHIN_CHANNEL)
+    n.across = L.LRN(n.relu, local_size=5, alpha=0.5, beta=0.75, k=2)
+    n.prod = L.Eltwise(n.within, n.across, operation=P.Eltwise.PROD)
+    n.max = L.Eltwise(n.prod, n.relu, operation=P.Eltwise.MAX)
+    n.scale = L.Scale(n.max, bias_term=True)
+    n.sigmoid = L.Sigmoid(n.scale)
+    n.tanh = L.TanH(n.sigmoid, in_place=True)
+    n.drop = L.Dropout(n.tanh, dropout_ratio=0.5)
+    n.softmax = L.Softmax(n.drop)
+    n.global_max = L.Pooling(n.drop, pool=P.Pooling.MAX, global_pooling=True)
+    n.up = L.Deconvolution(n.ave, convolution_param=dict(num_output=6, kernel_size=4, stride=2, pad=1,
+                                                         group=2))
+    n.crop = L.Crop(n.up, n.relu, axis=2, offset=[1, 0])
+    n.concat = L.Concat(n.crop, n.softmax, n.prod)
+    path = tmp_path / 'every.prototxt'
+    path.write_text(str(n.to_proto()))
+    return str(path)
+
+
+def test_the_layers_the_deploy_nets_do_not_use_match_caffe(tmp_path):
+    deploy = every_layer_kind(tmp_path)
+    net = caffe.Net(deploy, caffe.TEST)
+    random_weights(net, seed=5)
+    out = str(tmp_path / 'every.onnx')
+    worst, onnx_net = onnx_engine.export_net(onnx_engine.read_deploy(deploy), net, out, where=deploy)
+    assert sorted(worst) == sorted(net.outputs) == ['concat', 'floor', 'global_max']
+    for size in ((20, 24), (7, 9)):  # other sizes: even, and smaller than a pooling window's reach
+        inputs = onnx_engine.random_inputs(net, size, seed=2)
+        onnx_engine.compare(onnx_engine.caffe_outputs(net, inputs), onnx_net.run(inputs), out)

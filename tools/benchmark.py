@@ -362,7 +362,8 @@ def onnx_row(model, size, iters, caffe_result, exported, tmp):
         exported[model] = done.get('failed') or path
     if not os.path.isfile(exported[model]):
         return dict(base, failed=f'export: {exported[model]}')
-    return run_worker('onnxrt', None, model, size, 'onnx', iters, None, onnx=exported[model])
+    return dict(run_worker('onnxrt', None, model, size, 'onnx', iters, None, onnx=exported[model]),
+                mode='forward')
 
 
 def main(argv=None):
