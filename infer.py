@@ -136,16 +136,10 @@ def default_weights(model):
 
 def load_net(model, weights):
     """The model's deploy net with `weights`, checked before Caffe reads them."""
-    import caffe
-    if not os.path.isfile(weights):
-        raise InferError(f'weights not found: {weights}')
-    deploy = os.path.join(model.folder, 'deploy.prototxt')
-    net = caffe.Net(deploy, caffe.TEST)
     try:
-        checks.load_weights(net, weights, net_name=deploy)
+        return checks.net_with_weights(os.path.join(model.folder, 'deploy.prototxt'), weights)
     except checks.CheckError as e:
         raise InferError(str(e)) from e
-    return net
 
 
 ENGINES = ('caffe', 'onnx')

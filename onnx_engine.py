@@ -81,14 +81,10 @@ def read_deploy(deploy):
     """The NetParameter of a deploy prototxt, its layer types checked
     against Caffe's before Caffe reads it (Caffe aborts on an unknown one)."""
     import caffe  # deferred: running a cached export needs only ONNX Runtime
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-    net_param = caffe_pb2.NetParameter()
     try:
-        with open(deploy) as f:
-            text_format.Merge(f.read(), net_param)
-    except (OSError, text_format.ParseError) as e:
-        raise ExportError(f'{deploy}: cannot read it as a net definition ({e})') from None
+        net_param = checks.read_prototxt(deploy)
+    except checks.CheckError as e:
+        raise ExportError(str(e)) from None
     known = set(caffe.layer_type_list())
     for lp in net_param.layer:
         if lp.type not in known:
@@ -98,13 +94,10 @@ def read_deploy(deploy):
 
 def caffe_net(deploy, weights):
     """The deploy net in Caffe (TEST phase) with `weights`, checked first."""
-    import caffe  # deferred: running a cached export needs only ONNX Runtime
-    net = caffe.Net(deploy, caffe.TEST)
     try:
-        checks.load_weights(net, weights, net_name=deploy)
+        return checks.net_with_weights(deploy, weights)
     except checks.CheckError as e:
         raise ExportError(str(e)) from None
-    return net
 
 
 def random_inputs(net, size=CHECK_SIZE, seed=CHECK_SEED):
@@ -243,8 +236,9 @@ def cache_path(weights, digest):
 def load(folder, weights, gpu=None):
     """An OnnxNet of a model folder's deploy net with `weights`: the cached
     export beside the weights if it was made from the same weights, deploy
-    net and converter, else a new one (exported, checked, cached). The
-    pinned onnxruntime runs on the CPU only: a `gpu` is an ExportError."""
+    net and converter (and is readable), else a new one (exported, checked,
+    cached). The pinned onnxruntime runs on the CPU only: a `gpu` is an
+    ExportError."""
     if gpu is not None:
         raise ExportError(f'the onnx engine runs on the CPU (onnxruntime {ort.__version__}); '
                           f'drop --gpu {gpu} or use --engine caffe')
@@ -255,8 +249,11 @@ def load(folder, weights, gpu=None):
         raise ExportError(f'no deploy.prototxt in {folder}: the onnx engine runs the deploy net')
     path = cache_path(weights, sha256(weights))
     if os.path.isfile(path):
-        net = OnnxNet(path)
-        if net.metadata.get('deploy_sha256') == sha256(deploy) and \
+        try:
+            net = OnnxNet(path)
+        except ExportError:  # damaged since it was written: made again below
+            net = None
+        if net and net.metadata.get('deploy_sha256') == sha256(deploy) and \
                 net.metadata.get('export_format') == EXPORT_FORMAT:
             return net
         del net

@@ -173,6 +173,11 @@ def test_infer_engines_give_the_same_labels(tiny_model, tmp_path, capsys):
     infer.run([str(photo)], model=folder, weights=weights, out=str(tmp_path / 'again'),
               progress=False, engine='onnx')
     assert os.path.getmtime(cached) == made  # exported once
+    with open(cached, 'wb') as f:
+        f.write(b'damaged')
+    infer.run([str(photo)], model=folder, weights=weights, out=str(tmp_path / 'third'),
+              progress=False, engine='onnx')
+    assert os.path.getsize(cached) > 1000  # exported again
     with pytest.raises(SystemExit):
         infer.main([str(photo), '--model', folder, '--weights', weights, '--engine', 'onnx', '--gpu', '0'])
     assert '--engine onnx runs on the CPU: not with --gpu' in capsys.readouterr().err
