@@ -25,7 +25,7 @@ What makes the numbers agree with Caffe's:
 """
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from caffe.proto import caffe_pb2
 

@@ -62,6 +62,7 @@ def main(argv=None):
     parser.add_argument('--models', nargs='+', default=['voc-fcn8s', 'voc-fcn-alexnet'])
     parser.add_argument('--sizes', nargs='+', default=['500x500', '1000x750', '2000x1500'])
     args = parser.parse_args(argv)
+    # here, not at the top: the --worker processes measure ONNX Runtime alone
     import caffe
 
     import infer
