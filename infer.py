@@ -3,7 +3,7 @@ of pixels per class for each image.
 
     python infer.py PHOTO_OR_FOLDER [...] [--model voc-fcn8s] [--weights W]
         [--gpu N] [--out DIR] [--recursive] [--max-side N] [--scores]
-        [--json FILE] [--memory GB]
+        [--json FILE] [--memory GB] [--engine caffe|onnx]
 
 Photos are read as viewers show them: the EXIF orientation is applied;
 16-bit, palette, CMYK, grayscale and transparent images become 8-bit RGB
@@ -28,7 +28,9 @@ would not fit on the disk. Ctrl-C or SIGTERM stops it in one line saying
 how many images were done (exit status 130 or 143).
 Default weights: the model's published caffemodel where `python -m fetch
 weights <model>` puts it (<model>/<file>), else its latest training
-snapshot.
+snapshot. --engine onnx runs the net in ONNX Runtime (CPU) instead of Caffe:
+exported once, checked against Caffe, and cached beside the weights
+(onnx_engine.py).
 """
 import collections
 import contextlib
@@ -51,6 +53,7 @@ import caffe  # noqa: E402
 
 import layers  # noqa: E402
 import nets  # noqa: E402
+import onnx_engine  # noqa: E402
 from common import datasets, locations, outputs, weightfiles  # noqa: E402
 from common.snapshots import SnapshotError  # noqa: E402
 
@@ -92,9 +95,11 @@ class Result(NamedTuple):
 
 # ------------------------------------------------------------------ the net
 def net_scores(net, rgb, mean, score_blob='score'):
-    """C x H x W float32 class scores of the net for an H x W x 3 RGB image
-    (any size)."""
+    """C x H x W float32 class scores of the net (a caffe.Net or an
+    onnx_engine.OnnxNet) for an H x W x 3 RGB image (any size)."""
     data = layers.preprocess(rgb, mean)
+    if isinstance(net, onnx_engine.OnnxNet):
+        return net.run({'data': data[np.newaxis]})[score_blob][0]
     net.blobs['data'].reshape(1, *data.shape)
     net.blobs['data'].data[...] = data
     net.forward()
@@ -127,15 +132,30 @@ def default_weights(model):
 
 def load_net(model, weights):
     """The model's deploy net with `weights`, checked before Caffe reads them."""
-    if not os.path.isfile(weights):
-        raise InferError(f'weights not found: {weights}')
-    deploy = locations.deploy_prototxt(model.folder)
-    net = caffe.Net(deploy, caffe.TEST)
     try:
-        weightfiles.load_weights(net, weights, net_name=deploy)
+        return weightfiles.net_with_weights(locations.deploy_prototxt(model.folder), weights)
     except weightfiles.CheckError as e:
         raise InferError(str(e)) from e
-    return net
+
+
+
+
+def load_engine(model, weights, engine='caffe', gpu=None):
+    """(net, MemoryModel or None) of the model's deploy net with `weights`
+    on `engine`: Caffe's net, or ONNX Runtime's (onnx_engine.load: exported
+    once, cached beside the weights). The memory model is for CPU runs only
+    (GPU memory is not the host's)."""
+    classes = len(model.source.heads[0].classes)
+    if engine == 'caffe':
+        net = load_net(model, weights)
+        return net, MemoryModel(net, classes) if gpu is None else None
+    try:
+        net = onnx_engine.load(model.folder, weights, gpu)
+    except onnx_engine.ExportError as e:
+        raise InferError(str(e)) from e
+    # the deploy net without weights, for its blob shapes only
+    shapes = caffe.Net(locations.deploy_prototxt(model.folder), caffe.TEST)
+    return net, OnnxMemoryModel(shapes, classes, model.trunk)
 
 
 # ------------------------------------------------------------------ photos
@@ -281,6 +301,15 @@ class MemoryModel:
                 + pixels * (NET_BYTES_PER_PIXEL + NET_BYTES_PER_PIXEL_PER_CLASS * self.classes)
                 + photo_size[0] * photo_size[1] * PHOTO_BYTES_PER_PIXEL)
 
+    def held(self, height, width):
+        """Bytes the net keeps after a run at height x width (Caffe's blobs
+        never shrink)."""
+        return self.blob_bytes(height, width)
+
+    def workspace_held(self):
+        """Bytes of convolution workspace held now (reused by the next run)."""
+        return caffe.conv_workspace_bytes()
+
     def largest_side(self, photo_size, budget):
         """The largest --max-side whose run of a photo of photo_size fits in
         budget bytes (0 if none does)."""
@@ -292,6 +321,38 @@ class MemoryModel:
             else:
                 hi = mid - 1
         return lo
+
+
+class OnnxMemoryModel(MemoryModel):
+    """The memory of a forward pass in ONNX Runtime (onnx_engine's session:
+    no arena): its tensors at their peak, a measured fraction of the bytes
+    of all Caffe's blobs, which depends on the trunk (ONNX Runtime frees
+    each tensor after its last reader and reuses the memory, but its
+    convolutions' buffers differ by kernel), plus this module's arrays.
+    Nothing stays held between photos."""
+    # ONNX Runtime's peak RSS increase during one forward over the sum of
+    # Caffe's blob bytes at the same size, measured with
+    # `python tools/onnx_memory.py --models voc-fcn8s voc-fcn-googlenet
+    # voc-fcn-alexnet --sizes 500x500 1000x750 2000x1500` (onnxruntime
+    # 1.32, 2 cores): vgg16 0.34-0.35, googlenet 0.50-0.59, caffenet
+    # 1.28-1.42; each rounded up by about a tenth. Other trunks: the largest.
+    BLOB_FRACTION = {'vgg16': 0.4, 'googlenet': 0.65, 'caffenet': 1.6}
+
+    def __init__(self, net, classes, trunk=None):
+        super().__init__(net, classes)
+        self.fraction = self.BLOB_FRACTION.get(trunk, max(self.BLOB_FRACTION.values()))
+
+    def needed(self, photo_size, size):
+        pixels = size[0] * size[1]
+        return (self.fraction * self.blob_bytes(*size)
+                + pixels * (NET_BYTES_PER_PIXEL + NET_BYTES_PER_PIXEL_PER_CLASS * self.classes)
+                + photo_size[0] * photo_size[1] * PHOTO_BYTES_PER_PIXEL)
+
+    def held(self, height, width):
+        return 0.0
+
+    def workspace_held(self):
+        return 0.0
 
 
 def available_memory():
@@ -435,7 +496,8 @@ def image_paths(inputs, recursive=False):
 class Segmenter:
     """A model's deploy net, loaded once, and what segmenting a photo needs."""
 
-    def __init__(self, model, weights=None, gpu=None, max_side=DEFAULT_MAX_SIDE, memory=None):
+    def __init__(self, model, weights=None, gpu=None, max_side=DEFAULT_MAX_SIDE, memory=None,
+                 engine='caffe'):
         try:
             self.model = nets.load(model)
         except (FileNotFoundError, TypeError) as e:
@@ -446,7 +508,7 @@ class Segmenter:
         except caffe_setup.DeviceError as e:
             raise InferError(str(e)) from e
         weights = weights or default_weights(self.model)
-        self.net = load_net(self.model, weights)
+        self.net, self.memory_model = load_engine(self.model, weights, engine, gpu)
         # What the net was read from: no output may overwrite them.
         self.inputs = [(weights, f'the weights {weights}'),
                        (locations.deploy_prototxt(self.model.folder), 'the deploy net')]
@@ -454,8 +516,6 @@ class Segmenter:
         self.mean = self.model.source.mean
         self.max_side = max_side
         self.memory = memory  # bytes for one photo; None: what the system has available
-        # GPU memory is not the host's: the estimate is for CPU runs only
-        self.memory_model = MemoryModel(self.net, len(self.head.classes)) if gpu is None else None
         self.held = 0.0  # bytes of blobs already allocated (Caffe's blobs never shrink)
 
     def check_memory(self, path, photo_size, size):
@@ -467,7 +527,7 @@ class Segmenter:
             available = available_memory()
             if available is None:
                 return
-            budget = available + self.held + caffe.conv_workspace_bytes()
+            budget = available + self.held + self.memory_model.workspace_held()
         need = self.memory_model.needed(photo_size, size)
         if need <= budget:
             return
@@ -492,7 +552,7 @@ class Segmenter:
         check_finite_scores(probs, path)
         probs = probabilities(probs)
         if self.memory_model is not None:
-            self.held = max(self.held, self.memory_model.blob_bytes(*size))
+            self.held = max(self.held, self.memory_model.held(*size))
         paths = output_paths(out_base, scores)
         # A full disk or a read-only --out stops the run: no other photo would fare better.
         try:
@@ -532,7 +592,8 @@ def write_json(results, path):
 
 
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True,
-        recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None, json_path=None):
+        recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None, json_path=None,
+        engine='caffe'):
     """Segment every image with one net; returns a Result per image (those
     that failed carry their error, which is also reported on stderr).
     Checked before any work: --out (and json_path, written by the caller)
@@ -546,7 +607,7 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     except outputs.OutputError as e:
         raise InferError(str(e)) from e
     todo = image_paths(inputs, recursive)
-    segmenter = Segmenter(model, weights, gpu, max_side, memory)
+    segmenter = Segmenter(model, weights, gpu, max_side, memory, engine)
     check_outputs_apart(todo, out, scores, json_path, segmenter.inputs)
     if scores:
         scores_space(todo, out, len(segmenter.head.classes))
@@ -589,13 +650,18 @@ def main(argv=None):
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     parser.add_argument('--memory', type=cli.number(float, above=0),
                         help='GB one photo may take (default: what the system has available)')
+    parser.add_argument('--engine', choices=onnx_engine.ENGINES, default='caffe',
+                        help='run the net in Caffe (default) or in ONNX Runtime on the CPU '
+                             '(exported once, cached beside the weights)')
     args = parser.parse_args(argv)
+    if args.engine == 'onnx' and args.gpu is not None:
+        parser.error('--engine onnx runs on the CPU: not with --gpu')
     with cli.stop_on_signals():
         try:
             results = run(args.images, args.model, args.weights, args.out, args.gpu,
                           recursive=args.recursive, max_side=args.max_side, scores=args.scores,
                           memory=None if args.memory is None else args.memory * GB,
-                          json_path=args.json)
+                          json_path=args.json, engine=args.engine)
             if args.json:
                 write_json(results, args.json)
         except (InferError, outputs.OutputError) as e:  # OutputError: writing --json

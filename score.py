@@ -7,14 +7,18 @@ split lacks come from the model's dataset (nets.Head: classes, absent).
 The command evaluates a model folder's val/test net on a split:
 
     python score.py --model voc-fcn8s --weights W --split seg11valid \\
-        [--gpu N] [--save-dir D] [--json out.json] [--limit N]
+        [--gpu N] [--save-dir D] [--json out.json] [--limit N] [--engine caffe|onnx]
 
 It scores the images the net's data layer (layers.py) lists for the split,
 in file order (--limit: the first N), every head the net has (SIFT Flow:
 semantic and geometric), and prints the paper's table. A score or loss that
 is not finite (NaN weights are refused before that) stops it with an error
 naming the image, not a table; predictions and --json are written whole and
-never over a file the net reads; Ctrl-C or SIGTERM stops it in one line.
+never over a file the net reads; Ctrl-C or SIGTERM stops it in one line. --engine onnx
+computes the scores with the folder's deploy net exported to ONNX
+(onnx_engine.py) in ONNX Runtime, fed by the evaluation net's data layer in
+Caffe: the published numbers, checked on the exported model (the deploy net
+has no loss layer: the loss column is nan).
 
     python score.py --model voc-fcn8s --upper-bound 8 16 32 [--split S] [--limit N]
 
@@ -45,6 +49,7 @@ from google.protobuf import text_format  # noqa: E402
 
 import layers  # noqa: E402
 import nets  # noqa: E402
+import onnx_engine  # noqa: E402
 import report  # noqa: E402
 from common import datasets, locations, outputs, weightfiles  # noqa: E402
 from common.metrics import METRICS, class_note, coarsen, fast_hist, metrics  # noqa: E402,F401 (the release's score.fast_hist)
@@ -253,6 +258,23 @@ def eval_net(net_param, model_dir, weights=None, name=''):
         yield net
 
 
+@contextlib.contextmanager
+def engine_net(engine, net_param, model_dir, weights, name, data):
+    """The net that scoring runs: the evaluation net `net_param` in Caffe
+    (eval_net), or for engine 'onnx' the model folder's deploy net in ONNX
+    Runtime (exported once, cached beside `weights`) fed by the evaluation
+    net's first layers in Caffe: the data layer `data` and any layer
+    between it and the deploy net's inputs (early fusion's Concat)."""
+    if engine == 'caffe':
+        with eval_net(net_param, model_dir, weights, name) as net:
+            yield net
+        return
+    onnx_net = onnx_engine.load(model_dir, weights)
+    feeder = onnx_engine.feeder_param(net_param, set(data.top) | set(onnx_net.inputs))
+    with eval_net(feeder, model_dir) as net:
+        yield onnx_engine.FedNet(net, onnx_net)
+
+
 def progress_bar(ids, model_dir, params, progress):
     """`ids`, with a progress bar on a terminal (tqdm's disable=None)."""
     if not progress:
@@ -261,7 +283,7 @@ def progress_bar(ids, model_dir, params, progress):
 
 
 def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True,
-             on_image=None, writes=()):
+             on_image=None, writes=(), engine='caffe'):
     """Score `weights` with a model folder's evaluation net on `split`.
 
     The data layer's params are rewritten (split, EVAL_PARAMS) in a temporary
@@ -270,7 +292,8 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     layer's own list of examples (its split file), the first `limit` of them.
     Returns {'model', 'weights', 'split', 'images', 'heads': {score blob:
     metrics + 'loss', 'hist', 'excluded'}}, heads in compute_hists' order
-    (`on_image` as it takes it). Caffe's mode is the caller's.
+    (`on_image` as it takes it). Caffe's mode is the caller's; `engine`
+    'onnx' computes the scores in ONNX Runtime (engine_net).
     Before the first image: no prediction (nor any of `writes`, (path,
     description) pairs of the caller's outputs) may overwrite a file the
     net reads or another output (outputs.OutputError). A score or loss that
@@ -286,7 +309,7 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         outputs.writable_dir(save_dir, '--save-dir')
 
     all_heads = model_heads(model_dir, layer)
-    with eval_net(net_param, model_dir, weights, proto) as net:
+    with engine_net(engine, net_param, model_dir, weights, proto, layer) as net:
         ids = [layers.example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
         heads = [h for h in all_heads if h.score in net.blobs and h.label in net.blobs]
         if not heads:
@@ -444,9 +467,14 @@ def main(argv=None):
                         help='write report.html (self-contained), report.json and figures here')
     parser.add_argument('--report-images', type=cli.number(int, minimum=0), metavar='N',
                         help='the report shows the N worst and N best images (default 8)')
+    parser.add_argument('--engine', choices=onnx_engine.ENGINES, default='caffe',
+                        help='compute the scores in Caffe (default) or with the deploy net exported '
+                             'to ONNX, in ONNX Runtime on the CPU (cached beside the weights)')
     args = parser.parse_args(argv)
     if (args.weights is None) == (args.upper_bound is None):
         parser.error('give --weights (score a net) or --upper-bound (score coarsened ground truth)')
+    if args.engine == 'onnx' and args.gpu is not None:
+        parser.error('--engine onnx runs on the CPU: not with --gpu')
     if args.upper_bound and args.save_dir:
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
     if args.upper_bound and args.report:
@@ -480,7 +508,7 @@ def run(args):
         scores = upper_bounds(args.model, args.upper_bound, args.split, args.limit, writes=writes)
     else:
         scores = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit,
-                          on_image=collector, writes=writes)
+                          on_image=collector, writes=writes, engine=args.engine)
     print(format_upper_bounds(scores) if args.upper_bound else format_report(scores))
     if args.json:
         outputs.write_atomically(args.json, json.dumps(outputs.jsonable(scores), indent=1,

@@ -174,8 +174,19 @@ def load_weights(net, path, optional=(), net_name=''):
     net.copy_from(path)
 
 
-def layer_names(prototxt):
-    """The layer names of a prototxt (text NetParameter), current and V1 format."""
+def net_with_weights(prototxt, weights):
+    """A caffe.Net of `prototxt` (TEST phase) with `weights`, checked
+    (check_weights) before Caffe reads them."""
+    import caffe
+    if not os.path.isfile(weights):
+        raise CheckError(f'weights not found: {weights}')
+    net = caffe.Net(prototxt, caffe.TEST)
+    load_weights(net, weights, net_name=prototxt)
+    return net
+
+
+def read_prototxt(prototxt):
+    """The NetParameter of a prototxt (text); CheckError if it is not one."""
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
     net_param = caffe_pb2.NetParameter()
@@ -184,7 +195,12 @@ def layer_names(prototxt):
             text_format.Merge(f.read(), net_param)
     except (OSError, text_format.ParseError) as e:
         raise CheckError(f'{prototxt}: cannot read it as a net definition ({e})') from e
-    return {name for name, _ in _weight_layers(net_param)}
+    return net_param
+
+
+def layer_names(prototxt):
+    """The layer names of a prototxt (text NetParameter), current and V1 format."""
+    return {name for name, _ in _weight_layers(read_prototxt(prototxt))}
 
 
 def _learnable(net):

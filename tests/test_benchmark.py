@@ -27,10 +27,16 @@ def test_benchmark_reports_speed_and_memory(benchmark, tmp_path, capsys):
                     '--iters', '1', '--no-stock', '--json', str(out)])
     report = json.loads(out.read_text())
     results = report['results']
+    onnx_rows = [r for r in results if r['build'] == 'onnxrt']
+    results = [r for r in results if r['build'] != 'onnxrt']
     assert [(r['model'], r['size'], r['mode']) for r in results] == [
         ('tiny-fcn8s', '37x37', 'forward'), ('tiny-fcn8s', '90x61', 'forward'),
         ('tiny-fcn8s-sigmoid', '37x37', 'forward'), ('tiny-fcn8s-sigmoid', '90x61', 'forward'),
         ('tiny-fcn8s', '37x37', 'train'), ('tiny-fcn8s-sigmoid', '37x37', 'train')]
+    # ONNX Runtime beside each Caffe forward, at the same size
+    assert [(r['model'], r['size']) for r in onnx_rows] == [(r['model'], r['size']) for r in results[:4]]
+    for r in onnx_rows:
+        assert 0 < r['best_ms'] <= r['mean_ms'] and r['first_ms'] > 0 and r['peak_rss_mib'] > 0
     for r in results:
         assert r['build'] == 'project' and r['patched']
         assert 0 < r['best_ms'] <= r['mean_ms'] and r['first_ms'] > 0
@@ -42,7 +48,7 @@ def test_benchmark_reports_speed_and_memory(benchmark, tmp_path, capsys):
     assert large['blobs_mib'] > small['blobs_mib']
     assert results[4]['blobs_mib'] > 2 * small['blobs_mib'] * 0.99  # training: data and diffs
     printed = capsys.readouterr().out
-    assert 'peak RSS GiB' in printed and printed.count('tiny-fcn8s') >= 6
+    assert 'peak RSS GiB' in printed and printed.count('tiny-fcn8s') >= 10 and 'onnxrt' in printed
     assert report['device'].startswith('CPU')
 
 
@@ -54,7 +60,7 @@ def test_benchmark_compares_with_another_build(benchmark, tmp_path):
     with open(os.path.join(os.path.dirname(caffe.__file__), '.build-cache')) as f:
         dist = os.path.join(f.read().strip(), 'dist')
     results = benchmark.main(['--models', folder, '--sizes', '33', '--train-sizes', '--iters', '1',
-                              '--stock', dist])
+                              '--stock', dist, '--no-onnx'])
     assert [r['build'] for r in results] == ['project', 'stock']
     assert results[1]['caffe'] == os.path.join(dist, 'python', 'caffe')
     assert results[0]['caffe'] == os.path.dirname(caffe.__file__)

@@ -13,33 +13,11 @@ from common import datasets
 import infer
 from common import locations
 import nets
-import surgery
-from helpers import write_model
 
 caffe.set_mode_cpu()
 
-CLASSES = ('background', 'square', 'circle')
+CLASSES = ('background', 'square', 'circle')  # the classes of conftest's tiny_model
 ODD_SIZES = [(37, 53), (101, 64), (64, 99), (1, 1)]
-
-
-@pytest.fixture(scope='module')
-def tiny_model(tmp_path_factory):
-    """(model folder, caffemodel): random trunk, random score layers (so that
-    every class can come out), bilinear upsampling."""
-    folder = tmp_path_factory.mktemp('model') / 'tiny-fcn8s'
-    write_model(folder, stride=8, classes=CLASSES, mean=(100.0, 110.0, 120.0), val_size=1)
-    # Caffe's fillers draw the random trunk: seed them, or some draws give
-    # one class everywhere on these noise images (seen about 1 run in 6).
-    caffe.set_random_seed(0)
-    net = caffe.Net(str(folder / 'deploy.prototxt'), caffe.TEST)
-    rng = np.random.RandomState(0)
-    # the fine skip dominates, so that classes change within small images
-    for name, std in (('score_fr', 0.01), ('score_pool4', 0.1), ('score_pool3', 1.0)):
-        net.params[name][0].data[...] = rng.normal(0, std, net.params[name][0].data.shape)
-    surgery.interp(net, [k for k in net.params if k.startswith('upscore')])
-    weights = str(folder / 'weights.caffemodel')
-    net.save(weights)
-    return str(folder), weights
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
-"""Speed and memory of the FCN nets, with this project's Caffe and with stock
-Caffe: prints figures, asserts nothing.
+"""Speed and memory of the FCN nets, with this project's Caffe, with stock
+Caffe and with ONNX Runtime: prints figures, asserts nothing.
 
     python tools/benchmark.py [--models voc-fcn8s ...] [--sizes 500x500 1000x750 ...]
         [--train-sizes 500x500] [--iters 2] [--gpu N] [--stock DIR | --no-stock]
-        [--json out.json]
+        [--no-onnx] [--json out.json]
 
 For each model and input size (WIDTHxHEIGHT, or N for N x N):
 - forward: the deploy net's forward pass (what infer.py runs per image): the
@@ -29,6 +29,12 @@ im2col buffer per convolution layer: it aborts beyond 2^31 elements ("blob
 size exceeds INT_MAX"), which the table shows as the failure it is. A
 measurement whose estimated memory exceeds what the system has available is
 skipped, not run into the out-of-memory killer.
+
+ONNX Runtime (build 'onnxrt', forward only, CPU): the deploy net exported by
+onnx_engine (caffe_onnx.py) once per model, then run as infer.py --engine onnx
+runs it (onnx_engine.OnnxNet), each size in a process of its own: first and
+steady forward, and peak RSS (which includes creating the session from the
+file). A size whose Caffe measurement was skipped for memory is skipped too.
 """
 import argparse
 import glob
@@ -43,9 +49,13 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from common import caffe_setup  # noqa: E402
+from common import caffe_setup, locations  # noqa: E402
 
 caffe_setup.quiet_caffe_log([])  # before a measurement imports caffe
+# Caffe, and the modules that load it (nets, infer, onnx_engine), are
+# imported inside the measuring functions: each measurement runs in a worker
+# process whose PYTHONPATH picks the Caffe build under test (installed or
+# stock), so this process must not load one first.
 
 DEFAULT_MODELS = ('voc-fcn8s',)
 DEFAULT_SIZES = ('500x500', '1000x750', '2000x1500', '4032x3024')
@@ -152,7 +162,7 @@ def measure(model_name, size, mode, iters):
     import nets
     model = nets.load(model_name)
     if mode == 'forward':
-        net = caffe.Net(os.path.join(model.folder, 'deploy.prototxt'), caffe.TEST)
+        net = caffe.Net(locations.deploy_prototxt(model.folder), caffe.TEST)
         labels = ()
         run = net.forward
     else:
@@ -192,6 +202,44 @@ def measure(model_name, size, mode, iters):
     return result
 
 
+def export_onnx(model_name, out):
+    """Runs in its own process (--worker --mode export): the model's deploy
+    net, with the weights Caffe's fillers give it, exported to `out`
+    (unchecked: speed does not depend on the weights)."""
+    import caffe
+    import nets
+    import onnx_engine
+    deploy = locations.deploy_prototxt(nets.load(model_name).folder)
+    onnx_engine.export_net(onnx_engine.read_deploy(deploy), caffe.Net(deploy, caffe.TEST), out,
+                           check=False, where=deploy)
+    return dict(onnx_mib=os.path.getsize(out) / MIB)
+
+
+def measure_onnx(path, size, iters):
+    """Runs in its own process (--worker --mode onnx): the figures of the
+    exported model `path` in ONNX Runtime at size (width, height)."""
+    import numpy as np
+
+    import onnx_engine
+    t = time.perf_counter()
+    net = onnx_engine.OnnxNet(path)
+    result = dict(load_ms=1000 * (time.perf_counter() - t), onnxruntime=onnx_engine.ort.__version__)
+    inputs = {i.name: np.zeros((1, i.shape[1], size[1], size[0]), np.float32)
+              for i in net.session.get_inputs()}
+    t = time.perf_counter()
+    net.run(inputs)
+    result['first_ms'] = 1000 * (time.perf_counter() - t)
+    seconds = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        net.run(inputs)
+        seconds.append(time.perf_counter() - t)
+    result['mean_ms'] = 1000 * sum(seconds) / iters
+    result['best_ms'] = 1000 * min(seconds)
+    result['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return result
+
+
 def worker(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument('--model')
@@ -199,9 +247,16 @@ def worker(argv):
     parser.add_argument('--mode')
     parser.add_argument('--iters', type=int)
     parser.add_argument('--gpu', type=int)
+    parser.add_argument('--onnx', help='the exported model (modes export and onnx)')
     args = parser.parse_args(argv)
-    caffe_setup.use_device(args.gpu)
-    print('RESULT ' + json.dumps(measure(args.model, args.size, args.mode, args.iters)), flush=True)
+    if args.mode == 'export':
+        result = export_onnx(args.model, args.onnx)
+    elif args.mode == 'onnx':
+        result = measure_onnx(args.onnx, args.size, args.iters)
+    else:
+        caffe_setup.use_device(args.gpu)
+        result = measure(args.model, args.size, args.mode, args.iters)
+    print('RESULT ' + json.dumps(result), flush=True)
 
 
 # ------------------------------------------------------------ builds
@@ -264,12 +319,16 @@ def build_env(dist):
     return env
 
 
-def run_worker(build, dist, model, size, mode, iters, gpu):
-    """One measurement in a new process; the result dict, or its failure."""
+def run_worker(build, dist, model, size, mode, iters, gpu, onnx=None):
+    """One measurement in a new process; the result dict, or its failure.
+    With `onnx` (a path), mode 'export' writes the model's export there and
+    mode 'onnx' measures it."""
     command = [sys.executable, os.path.abspath(__file__), '--worker', '--model', model,
                '--size', size_name(size), '--mode', mode, '--iters', str(iters)]
     if gpu is not None:
         command += ['--gpu', str(gpu)]
+    if onnx:
+        command += ['--onnx', onnx]
     proc = subprocess.run(command, capture_output=True, text=True, env=build_env(dist))
     base = dict(model=os.path.basename(os.path.normpath(model)), size=size_name(size), mode=mode, build=build)
     for line in proc.stdout.splitlines():
@@ -288,8 +347,28 @@ def format_row(r):
     head = f"{r['model']:<14}{r['size']:>11}{r['mode']:>9}{r['build']:>9}"
     if 'failed' in r or 'skipped' in r:
         return head + '   ' + ('failed: ' + r['failed'] if 'failed' in r else 'skipped: ' + r['skipped'])
+    caffe_only = ''.join(f'{r[key]:>{width}.0f}' if key in r else f'{"-":>{width}}'
+                         for key, width in (('workspace_mib', 15), ('blobs_mib', 11)))
     return head + (f"{r['first_ms'] / 1000:>9.2f}{r['mean_ms'] / 1000:>10.2f}{r['best_ms'] / 1000:>8.2f}"
-                   f"{r['peak_rss_mib'] / 1024:>14.2f}{r['workspace_mib']:>15.0f}{r['blobs_mib']:>11.0f}")
+                   f"{r['peak_rss_mib'] / 1024:>14.2f}") + caffe_only
+
+
+def onnx_row(model, size, iters, caffe_result, exported, tmp):
+    """The ONNX Runtime measurement of a model at a size: exported once per
+    model (into `exported`, {model: path or failure}), skipped where
+    Caffe's measurement was (memory)."""
+    base = dict(model=os.path.basename(os.path.normpath(model)), size=size_name(size), mode='forward',
+                build='onnxrt')
+    if 'skipped' in caffe_result:
+        return dict(base, skipped=caffe_result['skipped'])
+    if model not in exported:
+        path = os.path.join(tmp, f'{len(exported)}.onnx')
+        done = run_worker('onnxrt', None, model, size, 'export', iters, None, onnx=path)
+        exported[model] = done.get('failed') or path
+    if not os.path.isfile(exported[model]):
+        return dict(base, failed=f'export: {exported[model]}')
+    return dict(run_worker('onnxrt', None, model, size, 'onnx', iters, None, onnx=exported[model]),
+                mode='forward')
 
 
 def main(argv=None):
@@ -310,6 +389,8 @@ def main(argv=None):
     stock.add_argument('--stock', help='stock Caffe build to compare with (cache folder or its dist/; '
                                        'default: found in the build cache)')
     stock.add_argument('--no-stock', action='store_true', help='measure the installed Caffe only')
+    parser.add_argument('--no-onnx', action='store_true',
+                        help='measure no ONNX Runtime rows (forward, beside each Caffe forward)')
     parser.add_argument('--json', help='also write the figures here')
     args = parser.parse_args(argv)
     if args.iters < 1:
@@ -329,10 +410,15 @@ def main(argv=None):
            [(m, s, 'train') for m in args.models for s in args.train_sizes]
     results = []
     print(HEADER, flush=True)
-    for model, size, mode in jobs:
-        for build, dist in builds:
-            results.append(run_worker(build, dist, model, size, mode, args.iters, args.gpu))
-            print(format_row(results[-1]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = {}
+        for model, size, mode in jobs:
+            for build, dist in builds:
+                results.append(run_worker(build, dist, model, size, mode, args.iters, args.gpu))
+                print(format_row(results[-1]), flush=True)
+            if mode == 'forward' and not args.no_onnx and args.gpu is None:
+                results.append(onnx_row(model, size, args.iters, results[-len(builds)], exported, tmp))
+                print(format_row(results[-1]), flush=True)
     print(f'\n{device}; steady: mean (best) of {args.iters} runs after the first; '
           'each row in a process of its own')
     for build, dist in builds[1:]:

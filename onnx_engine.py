@@ -1,0 +1,310 @@
+"""The ONNX Runtime engine: a model's deploy net exported to ONNX, checked
+against Caffe, cached beside its weights, and run on the CPU.
+
+    export(deploy, weights, out, metadata)   deploy net + caffemodel -> .onnx
+                                             (caffe_onnx.convert), checked
+    OnnxNet(path).run({input: array})        -> {output: array}
+    load(folder, weights)                    OnnxNet of a model folder's deploy
+                                             net, exported once to
+                                             <weights>.<sha16>.onnx
+    FedNet(feeder, onnx_net)                 an OnnxNet fed by a Caffe net's
+                                             data layers (score.py)
+
+The check runs the written model in ONNX Runtime and the deploy net in Caffe
+on the same random input (CHECK_SIZE, odd on purpose) and refuses the file
+(removing it) where any output differs by more than CHECK_TOLERANCE of that
+output's range. Files are written to a temporary name in the output's folder
+and renamed when whole and checked.
+"""
+import json
+import os
+import tempfile
+
+import numpy as np
+import onnxruntime as ort
+
+from common import locations, outputs, weightfiles
+from common.snapshots import file_sha256
+
+CHECK_SIZE = (67, 83)    # (height, width) of the check's random input
+CHECK_TOLERANCE = 1e-4   # of each output's range (max - min of Caffe's output)
+CHECK_SEED = 0
+# Part of the cache key: a cached export made by an older converter is redone.
+EXPORT_FORMAT = '1'
+# What runs a model's net: Caffe, or its ONNX export in ONNX Runtime.
+ENGINES = ('caffe', 'onnx')
+CACHE_DIGITS = 16  # of the weights' sha256 in the cached file's name
+
+
+class ExportError(ValueError):
+    """The net cannot be exported, or its export does not match Caffe; the
+    message (one line) says which layer, file or output."""
+
+
+# ------------------------------------------------------------------ running
+def session_options():
+    """Session settings for running the FCNs on the CPU: all graph
+    optimizations (fusions, the blocked NCHWc layout for the convolutions:
+    the fastest here), and no memory arena, so that a large image's
+    activations go back to the system after the run instead of staying
+    reserved in the arena's blocks for the rest of the process."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = False
+    options.log_severity_level = 3  # errors only, as Caffe's log is kept quiet
+    return options
+
+
+class OnnxNet:
+    """An exported net in an ONNX Runtime session (CPU)."""
+
+    def __init__(self, path):
+        try:
+            self.session = ort.InferenceSession(path, session_options(), providers=['CPUExecutionProvider'])
+        except Exception as e:  # noqa: BLE001 -- ONNX Runtime's errors have no common type
+            raise ExportError(f'{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]})') from None
+        self.path = path
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        # class counts of the outputs, which the exporter declares
+        self.channels = {o.name: o.shape[1] for o in self.session.get_outputs()}
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, inputs):
+        """{output blob: N x C x H x W float32} for {input blob: N x C x H x W}."""
+        if set(inputs) != set(self.inputs):
+            raise ExportError(f'{self.path}: inputs {sorted(inputs)}, the model reads {self.inputs}')
+        feed = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in inputs.items()}
+        return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+
+
+# ------------------------------------------------------------------ exporting
+def read_deploy(deploy):
+    """The NetParameter of a deploy prototxt, its layer types checked
+    against Caffe's before Caffe reads it (Caffe aborts on an unknown one)."""
+    import caffe  # deferred: running a cached export needs only ONNX Runtime
+    try:
+        net_param = weightfiles.read_prototxt(deploy)
+    except weightfiles.CheckError as e:
+        raise ExportError(str(e)) from None
+    known = set(caffe.layer_type_list())
+    for lp in net_param.layer:
+        if lp.type not in known:
+            raise ExportError(f'{deploy}: layer {lp.name} has type {lp.type}, which Caffe does not know')
+    return net_param
+
+
+def caffe_net(deploy, weights):
+    """The deploy net in Caffe (TEST phase) with `weights`, checked first."""
+    try:
+        return weightfiles.net_with_weights(deploy, weights)
+    except weightfiles.CheckError as e:
+        raise ExportError(str(e)) from None
+
+
+def random_inputs(net, size=CHECK_SIZE, seed=CHECK_SEED):
+    """{input blob: 1 x C x H x W random values} at size (height, width),
+    spread like mean-subtracted 8-bit pixels."""
+    rng = np.random.default_rng(seed)
+    return {name: rng.uniform(-128, 128, (1, net.blobs[name].shape[1]) + tuple(size)).astype(np.float32)
+            for name in net.inputs}
+
+
+def caffe_outputs(net, inputs):
+    """{output blob: array} of a Caffe net run on `inputs` (any size)."""
+    for name, array in inputs.items():
+        net.blobs[name].reshape(*array.shape)
+        net.blobs[name].data[...] = array
+    net.forward()
+    return {name: net.blobs[name].data.copy() for name in net.outputs}
+
+
+def compare(expected, actual, where):
+    """ExportError unless each output of `actual` matches `expected` within
+    CHECK_TOLERANCE of its range; returns {output: largest difference / range}."""
+    worst = {}
+    for name, want in expected.items():
+        got = actual.get(name)
+        if got is None or got.shape != want.shape:
+            raise ExportError(f'{where}: output {name} has shape {None if got is None else got.shape} '
+                              f'in ONNX Runtime, {want.shape} in Caffe')
+        span = float(want.max() - want.min())
+        diff = float(np.abs(got.astype(np.float64) - want).max())
+        if not diff <= CHECK_TOLERANCE * span:
+            raise ExportError(f'{where}: output {name} differs from Caffe by {diff:.3g}, more than '
+                              f'{CHECK_TOLERANCE:g} of its range {span:.3g}; refused')
+        worst[name] = diff / span if span else 0.0
+    return worst
+
+
+def export(deploy, weights, out, metadata=None, check=True, opset=None):
+    """Write the ONNX model of a deploy net with `weights` to `out`:
+    export_net of the net Caffe builds from them, the metadata completed
+    with the caffemodel's and the deploy net's sha256."""
+    net_param = read_deploy(deploy)
+    net = caffe_net(deploy, weights)
+    metadata = dict(metadata or {}, caffemodel_sha256=file_sha256(weights),
+                    deploy_sha256=file_sha256(deploy), export_format=EXPORT_FORMAT)
+    return export_net(net_param, net, out, metadata, check, opset, where=deploy)
+
+
+def export_net(net_param, net, out, metadata=None, check=True, opset=None, where='the net'):
+    """Write the ONNX model of `net` (a caffe.Net of `net_param`, with its
+    weights) to `out`, through a temporary file in its folder renamed when
+    whole and checked. Returns (the check's {output: largest difference /
+    range}, the checked OnnxNet), or ({}, None) unchecked. Raises
+    ExportError (one line, naming `where` or `out`) and leaves nothing on
+    failure."""
+    import caffe_onnx  # deferred: the onnx package takes a second to import
+    opset = opset or caffe_onnx.DEFAULT_OPSET
+    inputs = random_inputs(net)
+    expected = caffe_outputs(net, inputs) if check else None
+    try:
+        model = caffe_onnx.convert(net_param, net, opset, metadata)
+    except caffe_onnx.UnmappableLayer as e:
+        raise ExportError(f'{where}: {e}') from None
+    folder = os.path.dirname(os.path.abspath(out))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(out) + '.', suffix='.part')
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as a file the user wrote, not mkstemp's private mode
+    try:
+        try:
+            caffe_onnx.save(model, tmp)
+        except OSError as e:
+            raise ExportError(f'cannot write {out}: {e.strerror or e}') from None
+        del model  # ONNX Runtime reads the file: the weights are held once more, not twice
+        checked = OnnxNet(tmp) if check else None
+        worst = compare(expected, checked.run(inputs), out) if check else {}
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if checked:
+        checked.path = out
+    return worst, checked
+
+
+# ------------------------------------------------------------------ a model's cached export
+def input_conventions(source):
+    """{deploy input blob: what it holds}: channel order, the mean to
+    subtract, and the values (as layers.py prepares them)."""
+    means = getattr(source, 'means', {'color': source.mean})
+    described = {
+        'color': dict(channels='B,G,R', mean=list(means['color']),
+                      values='8-bit colour values (0-255), BGR order, minus the mean'),
+        'hha': dict(channels='HHA as stored in the HHA image (its 1st, 2nd, 3rd channel)',
+                    mean=list(means.get('hha', ())), values='8-bit HHA values minus the mean'),
+        'depth': dict(channels='log depth', mean=means.get('depth'),
+                      values='natural log of depth in millimetres (missing depth as 1 mm) minus the mean'),
+    }
+    modalities = getattr(source, 'modalities', ('color',))
+    if source.fusion == 'early':  # one input, the modalities' channels concatenated
+        parts = [described[m] for m in modalities]
+        return {'data': dict(channels='; '.join(p['channels'] for p in parts),
+                             mean=[v for p in parts for v in np.atleast_1d(p['mean']).tolist()],
+                             values='; '.join(p['values'] for p in parts))}
+    if source.fusion == 'late':
+        return {m: described[m] for m in modalities}
+    return {'data': described[modalities[0]]}
+
+
+def model_metadata(model):
+    """The metadata an exported model carries: the model's name, the class
+    names of each output, and what each input needs (a nets.Model, or a
+    model folder: its net.py's model, else only the folder's name)."""
+    if isinstance(model, str):
+        if not os.path.isfile(os.path.join(model, 'net.py')):
+            return dict(model=os.path.basename(os.path.normpath(model)))
+        import nets  # deferred: it loads Caffe, which running a cached export does not need
+        model = nets.load(model)
+    return dict(model=model.name,
+                classes=json.dumps({h.score: list(h.classes) for h in model.source.heads}),
+                inputs=json.dumps(input_conventions(model.source)),
+                layout='float32 N x C x H x W, any H and W; outputs are class scores '
+                       '(before softmax) of the input size')
+
+
+def cache_path(weights, digest):
+    """Where the export of `weights` (with sha256 `digest`) is cached: beside them."""
+    return f'{weights}.{digest[:CACHE_DIGITS]}.onnx'
+
+
+def load(folder, weights, gpu=None):
+    """An OnnxNet of a model folder's deploy net with `weights`: the cached
+    export beside the weights if it was made from the same weights, deploy
+    net and converter (and is readable), else a new one (exported, checked,
+    cached). The pinned onnxruntime runs on the CPU only: a `gpu` is an
+    ExportError."""
+    if gpu is not None:
+        raise ExportError(f'the onnx engine runs on the CPU (onnxruntime {ort.__version__}); '
+                          f'drop --gpu {gpu} or use --engine caffe')
+    deploy = locations.deploy_prototxt(folder)
+    if not os.path.isfile(weights):
+        raise ExportError(f'weights not found: {weights}')
+    if not os.path.isfile(deploy):
+        raise ExportError(f'no deploy.prototxt in {folder}: the onnx engine runs the deploy net')
+    path = cache_path(weights, file_sha256(weights))
+    if os.path.isfile(path):
+        try:
+            net = OnnxNet(path)
+        except ExportError:  # damaged since it was written: made again below
+            net = None
+        if net and net.metadata.get('deploy_sha256') == file_sha256(deploy) and \
+                net.metadata.get('export_format') == EXPORT_FORMAT:
+            return net
+        del net
+    try:
+        outputs.writable_file(path, 'the ONNX cache')
+    except outputs.OutputError as e:
+        raise ExportError(f'{e} (export.py --out writes it elsewhere)') from None
+    _, net = export(deploy, weights, path, model_metadata(folder))
+    return net
+
+
+# ------------------------------------------------------------------ scoring
+def feeder_param(net_param, blobs):
+    """The first layers of an evaluation NetParameter, up to those that
+    produce all of `blobs` (the data layer; early fusion's Concat)."""
+    from caffe.proto import caffe_pb2  # deferred, as in read_deploy
+    feeder = caffe_pb2.NetParameter(name=net_param.name)
+    produced = set()
+    for lp in net_param.layer:
+        if set(blobs) <= produced:
+            break
+        feeder.layer.add().CopyFrom(lp)
+        produced |= set(lp.top)
+    missing = set(blobs) - produced
+    if missing:
+        raise ExportError(f'the evaluation net produces no {", ".join(sorted(missing))} for '
+                          'the deploy net\'s inputs')
+    return feeder
+
+
+class OutputBlob:
+    """An ONNX output where score.py reads a Caffe blob: its class count
+    (known before the first run) and its last values."""
+
+    def __init__(self, channels):
+        self.channels = channels
+        self.data = None
+
+
+class FedNet:
+    """An OnnxNet fed by `feeder` (a Caffe net of an evaluation net's data
+    layers: inputs and labels), with the Caffe net's interface that scoring
+    uses: forward(), blobs (the feeder's and the outputs) and layer_dict."""
+
+    def __init__(self, feeder, onnx_net):
+        self.feeder = feeder
+        self.onnx_net = onnx_net
+        self.outputs = {name: OutputBlob(channels) for name, channels in onnx_net.channels.items()}
+        self.blobs = {**feeder.blobs, **self.outputs}
+        self.layer_dict = feeder.layer_dict
+
+    def forward(self):
+        self.feeder.forward()
+        scores = self.onnx_net.run({name: self.feeder.blobs[name].data for name in self.onnx_net.inputs})
+        for name, array in scores.items():
+            self.outputs[name].data = array
