@@ -1,6 +1,9 @@
 """How the commands (solve.py, score.py, infer.py, fetch) set Caffe up: its
 log level and the device, one way for all of them."""
+import importlib.util
+import json
 import os
+import subprocess
 import sys
 
 
@@ -24,3 +27,21 @@ def use_device(gpu=None):
     else:
         caffe.set_device(gpu)
         caffe.set_mode_gpu()
+
+
+def cuda_available():
+    """Whether the installed Caffe was built with CUDA (a CPU-only Caffe
+    aborts the process when asked for a GPU, so this must be known first).
+    tools/caffe/build.sh records the build's options in build-info.json
+    beside pycaffe; a Caffe installed otherwise is asked in a subprocess,
+    where an abort costs nothing."""
+    spec = importlib.util.find_spec('caffe')  # found, not imported: no Caffe log yet
+    if spec is None or not spec.origin:
+        return False
+    try:
+        with open(os.path.join(os.path.dirname(spec.origin), 'build-info.json')) as f:
+            return '-DCPU_ONLY=ON' not in json.load(f)['cmake_options']
+    except (OSError, ValueError, KeyError, TypeError):
+        probe = subprocess.run([sys.executable, '-c', 'import caffe; caffe.set_device(0)'],
+                               capture_output=True, env=dict(os.environ, GLOG_minloglevel='3'))
+        return probe.returncode == 0

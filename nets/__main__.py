@@ -20,20 +20,6 @@ def generated():
     return files
 
 
-def stale(files):
-    """Paths whose committed content differs from `files`."""
-    out = []
-    for path, text in files.items():
-        try:
-            with open(path) as f:
-                if f.read() == text:
-                    continue
-        except FileNotFoundError:
-            pass
-        out.append(path)
-    return out
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('models', nargs='*', help='model folder names (default: all, and ilsvrc-nets)')
@@ -47,7 +33,7 @@ def main(argv=None):
     else:
         files = generated()
     if args.check:
-        bad = stale(files)
+        bad = nets.stale(files)
         for path in bad:
             print(f'stale: {os.path.relpath(path)}')
         return 1 if bad else 0
