@@ -276,8 +276,20 @@ def read_solver(path):
         net_path = os.path.join(folder, net_file)  # Caffe opens them from the model folder
         if not os.path.isfile(net_path):
             raise bad(field, f'{field} "{net_file}": no such file {net_path}')
-        read_prototxt(net_path, caffe_pb2.NetParameter())
+        check_layer_types(net_path)
     return param
+
+
+def check_layer_types(path):
+    """The net prototxt at `path` parses, and each of its layers has a type
+    this Caffe has (Caffe aborts on any other)."""
+    net = caffe_pb2.NetParameter()
+    read_prototxt(path, net)
+    known = set(caffe.layer_type_list())
+    for layer in net.layer:
+        if layer.type not in known:
+            raise TrainingError(f'{path}: layer "{layer.name}" has type "{layer.type}", which this '
+                                f'Caffe does not have; its layer types are {", ".join(sorted(known))}')
 
 
 def make_solver(model, test_interval, max_iter):
@@ -503,9 +515,6 @@ def train_parallel(folder, gpus, args):
     all; a scheduler's SIGTERM only this one); the first one's snapshot
     line is the message, and this process exits as it did."""
     import multiprocessing  # deferred: only multi-GPU training needs it
-    if not caffe.has_nccl():
-        raise TrainingError('several --gpu ids need a Caffe built with NCCL (USE_NCCL=ON); '
-                            'this build has none: train on one GPU')
     uid = caffe.NCCL.new_uid()
     context = multiprocessing.get_context('spawn')  # a fresh CUDA context per process
     procs = [context.Process(target=_parallel_worker, args=(folder, gpus, rank, uid, args))
@@ -583,6 +592,9 @@ def gpu_ids(parser, text):
     if not caffe_setup.cuda_available():
         parser.error(f'--gpu {text}: this Caffe is built without CUDA (CPU only); '
                      'train with --cpu, or build Caffe with `make caffe CAFFE_BUILD_FLAGS=--cuda`')
+    if len(ids) > 1 and not caffe.has_nccl():
+        parser.error(f'--gpu {text}: several GPUs need a Caffe built with NCCL (USE_NCCL=ON); '
+                     'this build has none: train on one GPU')
     for gpu in ids:
         # Caffe aborts on a GPU it cannot open: ask in a process of its own.
         probe = subprocess.run([sys.executable, '-c', f'import caffe; caffe.set_device({gpu}); '

@@ -8,7 +8,7 @@ import os
 import sys
 
 import nets
-from nets import ilsvrc
+from nets import ilsvrc, stale
 
 
 def generated():
@@ -33,7 +33,7 @@ def main(argv=None):
     else:
         files = generated()
     if args.check:
-        bad = nets.stale(files)
+        bad = stale(files)
         for path in bad:
             print(f'stale: {os.path.relpath(path)}')
         return 1 if bad else 0

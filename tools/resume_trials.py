@@ -116,22 +116,38 @@ def interrupt(kind, folder, common, window, rng):
     first = sent[0][0]
     if first == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.err)
-        return
+    else:
+        check_interrupted(proc, folder, first)
+
+
+# What solve.py says when a signal came before any iteration ran.
+NOTHING_WRITTEN = ('solve.py: interrupted while loading; nothing was written',
+                   'solve.py: interrupted before training began; nothing was written')
+
+
+def check_interrupted(proc, folder, first):
+    """How a solve.py that got signal `first` (then maybe more) ended: exit
+    status 128 + `first`, one line and no traceback, and either nothing
+    written, or the snapshot the line names is latest.json's, whole, and
+    the newest there is (none left unnamed), with no temporary or lock
+    file left. Returns that snapshot's entry (None: nothing written)."""
     assert proc.returncode == 128 + first, (proc.returncode, proc.err)
     assert 'Traceback' not in proc.err, proc.err
     lines = [line for line in proc.err.splitlines() if line.strip()]
     assert len(lines) == 1, proc.err
     snapshot = os.path.join(folder, 'snapshot')
-    if lines[0] in ('solve.py: interrupted while loading; nothing was written',
-                    'solve.py: interrupted before training began; nothing was written'):
+    if lines[0] in NOTHING_WRITTEN:
         assert not os.path.exists(snapshot), os.listdir(snapshot)
-        return
+        return None
     latest = Snapshots(snapshot).latest(full=True)
     assert lines[0] == (f'solve.py: interrupted at iteration {latest["iteration"]}: snapshot '
                         f'{latest["solverstate"]}; continue with --resume'), (lines, latest)
-    written = [e['iteration'] for e in Snapshots(snapshot).complete()]
-    assert max(written) == latest['iteration'], (written, latest)  # the newest is the one named
-    assert not [n for n in os.listdir(snapshot) if n.startswith('.') or n.endswith('.lock')]
+    written = [int(name.rsplit('_iter_', 1)[1].split('.')[0]) for name in os.listdir(snapshot)
+               if name.endswith(('.caffemodel', '.solverstate'))]
+    assert max(written) == latest['iteration'], (sorted(written), latest)
+    leftovers = [n for n in os.listdir(snapshot) if n.startswith('.') or n.endswith('.lock')]
+    assert not leftovers, leftovers
+    return latest
 
 
 def trial(kind, template, root, name, steps, interval, window, rng):
