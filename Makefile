@@ -14,11 +14,16 @@ $(VENV)/.requirements: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	@# The project's modules (layers, score, surgery, nets, ...) import from any
-	@# folder, and Caffe's Python layers find `layers` (as `pip install -e` would).
-	echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fcn-project.pth"
 	cp requirements.txt $@
-venv: $(VENV)/.requirements
+
+# The project's modules (layers, score, surgery, nets, ...) import from any
+# folder, and Caffe's Python layers find `layers` (as `pip install -e` would),
+# and under the reference release's module names (voc_layers, ...) the
+# aliases in layers_aliases/. Rewritten when this Makefile changes.
+$(VENV)/.paths: $(VENV)/.requirements Makefile
+	printf '%s\n' "$(CURDIR)" "$(CURDIR)/layers_aliases" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fcn-project.pth"
+	touch $@
+venv: $(VENV)/.requirements $(VENV)/.paths
 
 # Always runs the recipe: on a cache hit it takes seconds.
 caffe: venv

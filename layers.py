@@ -8,12 +8,20 @@ classes 0..n-1 and 255 for void. A net declares one with
              param_str=str(dict(voc_dir='...', split='seg11valid')))
 
 `param_str` is a Python dict literal (or JSON object); it is read with
-ast.literal_eval, never evaluated. Keys every layer accepts besides its own:
+ast.literal_eval, never evaluated. Each dataset's layer reads the reference
+release's param_str as is: its class counts and means come from datasets.py
+unless param_str gives others. The release's prototxts name the module
+voc_layers, nyud_layers, siftflow_layers or pascalcontext_layers
+(RELEASE_MODULES): the folder layers_aliases/, on the environment's path,
+makes each of those names this module. Keys every layer accepts besides its
+own:
 
     num_classes        the net's number of classes: an int, or {label top:
                        int} for a layer with several label tops (SIFT Flow's
-                       sem and geo). A label value that is neither a class
-                       nor 255 (void) is an error naming the file.
+                       sem and geo); a dataset's layer defaults to its
+                       dataset's, SegDataLayer requires it. A label value
+                       that is neither a class nor 255 (void) is an error
+                       naming the file.
     randomize  (True)  shuffle, but only while training: the split's name
                        contains 'train' (SegDataLayer: the net's phase is
                        TRAIN). Otherwise the split runs in file order,
@@ -47,6 +55,9 @@ import caffe
 from common import datasets
 
 MAX_JITTER = 32
+# The module names the reference release's prototxts give these layers
+# (each a one-line module in layers_aliases/ that re-exports this one).
+RELEASE_MODULES = ('voc_layers', 'nyud_layers', 'siftflow_layers', 'pascalcontext_layers')
 # File name endings SegDataLayer treats as images when pairing two folders.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.tif', '.tiff')
 
@@ -310,6 +321,13 @@ def load_context_label(path, lut, num_classes):
     return check_label(lut[full], num_classes, path)
 
 
+def example_id(example):
+    """A name for an example: its id, or for an (image, label) pair the image's stem."""
+    if isinstance(example, str):
+        return example
+    return os.path.splitext(os.path.basename(example[0]))[0]
+
+
 def read_split(path):
     """Ids of a split file, one per line; blank lines, CRLF line ends and a
     UTF-8 byte order mark (as Windows editors save) are tolerated."""
@@ -534,7 +552,8 @@ class SegDataLayerBase(caffe.Layer):
         self.seek(0)
 
     def _class_counts(self):
-        """{label top: the net's class count}, from param `num_classes`."""
+        """{label top: the net's class count}, from param `num_classes` (the
+        dataset's own counts unless the net gives others)."""
         name, given = type(self).__name__, self.params['num_classes']
         if not isinstance(given, dict):
             if len(self.label_tops) == 1:
@@ -650,17 +669,18 @@ def _translate(array, dy, dx, fill):
 
 class VOCSegDataLayer(SegDataLayerBase):
     """PASCAL VOC: JPEGImages/<id>.jpg, SegmentationClass/<id>.png.
-    Keys: voc_dir, split, mean, num_classes. Tops: data, label."""
-    required = ('voc_dir', 'split', 'mean', 'num_classes')
+    Keys: voc_dir, split; mean (default the VOC mean), num_classes (default
+    VOC's 21). Tops: data, label."""
+    required = ('voc_dir', 'split')
+    defaults = {'mean': datasets.VOC_MEAN, 'num_classes': datasets.VOC_NUM_CLASSES}
 
     @classmethod
     def split_path(cls, params):
-        return os.path.join(params['voc_dir'], 'ImageSets', 'Segmentation', params['split'] + '.txt')
+        return datasets.voc_split(params['voc_dir'], params['split'])
 
     def example_files(self, idx):
         d = self.params['voc_dir']
-        return {'data': os.path.join(d, 'JPEGImages', idx + '.jpg'),
-                'label': os.path.join(d, 'SegmentationClass', idx + '.png')}
+        return {'data': datasets.voc_image(d, idx), 'label': datasets.voc_label(d, idx)}
 
     def load(self, top, path):
         if top == 'data':
@@ -670,8 +690,10 @@ class VOCSegDataLayer(SegDataLayerBase):
 
 class SBDDSegDataLayer(SegDataLayerBase):
     """SBD: img/<id>.jpg, cls/<id>.mat (GTcls.Segmentation), split <sbdd_dir>/<split>.txt.
-    Keys: sbdd_dir, split, mean, num_classes. Tops: data, label."""
-    required = ('sbdd_dir', 'split', 'mean', 'num_classes')
+    Keys: sbdd_dir, split; mean (default the VOC mean), num_classes (default
+    VOC's 21). Tops: data, label."""
+    required = ('sbdd_dir', 'split')
+    defaults = VOCSegDataLayer.defaults  # SBD labels VOC's classes on VOC-like images
 
     @classmethod
     def split_path(cls, params):
@@ -690,10 +712,11 @@ class SBDDSegDataLayer(SegDataLayerBase):
 
 class NYUDSegDataLayer(SegDataLayerBase):
     """NYUDv2 40 classes. Keys: nyud_dir, split, tops (names from color,
-    depth, hha, label; output in the listed order), means (what each input
-    top subtracts: {'color': BGR, 'hha': in file order, 'depth': log depth}),
-    num_classes."""
-    required = ('nyud_dir', 'split', 'tops', 'means', 'num_classes')
+    depth, hha, label; output in the listed order); means (what input tops
+    subtract, {'color': BGR, 'hha': in file order, 'depth': log depth}; a top
+    it leaves out subtracts the NYUD mean), num_classes (default 40)."""
+    required = ('nyud_dir', 'split', 'tops')
+    defaults = {'means': datasets.NYUD_MEANS, 'num_classes': datasets.NYUD_NUM_CLASSES}
     TOPS = ('color', 'depth', 'hha', 'label')
 
     def configure(self):
@@ -701,9 +724,7 @@ class NYUDSegDataLayer(SegDataLayerBase):
         if any(t not in self.TOPS for t in tops) or len(set(tops)) != len(tops):
             raise ParamError(f'NYUDSegDataLayer: param \'tops\' must list distinct names from '
                              f'{list(self.TOPS)}, got {tops!r}')
-        missing = [t for t in tops if t != 'label' and t not in self.params['means']]
-        if missing:
-            raise ParamError(f'NYUDSegDataLayer: param \'means\' has no mean for the tops {missing}')
+        self.params['means'] = {**datasets.NYUD_MEANS, **self.params['means']}
         self.top_names = tuple(tops)
 
     @classmethod
@@ -730,12 +751,16 @@ class NYUDSegDataLayer(SegDataLayerBase):
 
 
 class SIFTFlowSegDataLayer(SegDataLayerBase):
-    """SIFT Flow. Keys: siftflow_dir, split, mean, num_classes ({'sem': n, 'geo': n}).
-    Tops: data, sem (33 classes), geo (3)."""
-    required = ('siftflow_dir', 'split', 'mean', 'num_classes')
+    """SIFT Flow. Keys: siftflow_dir, split; mean (default the SIFT Flow
+    mean), num_classes ({'sem': n, 'geo': n}, default 33 and 3).
+    Tops: data, sem, geo."""
+    required = ('siftflow_dir', 'split')
+    defaults = {'mean': datasets.SIFTFLOW_MEAN,
+                'num_classes': {'sem': datasets.SIFTFLOW_NUM_CLASSES,
+                                'geo': datasets.SIFTFLOW_GEO_NUM_CLASSES}}
     top_names = ('data', 'sem', 'geo')
     label_tops = ('sem', 'geo')
-    SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
+    SUBDIR = datasets.SIFTFLOW_SUBDIR
 
     @classmethod
     def split_path(cls, params):
@@ -756,16 +781,18 @@ class SIFTFlowSegDataLayer(SegDataLayerBase):
 
 class PASCALContextSegDataLayer(SegDataLayerBase):
     """PASCAL-Context 59 classes + background. Keys: voc_dir (holding
-    VOC2010), context_dir, split (VOC2010 ImageSets/Main), mean, num_classes.
-    Tops: data, label."""
-    required = ('voc_dir', 'context_dir', 'split', 'mean', 'num_classes')
+    VOC2010), context_dir, split (VOC2010 ImageSets/Main); mean (default the
+    reference layer's constant, datasets.CONTEXT_MEAN), num_classes (default
+    60). Tops: data, label."""
+    required = ('voc_dir', 'context_dir', 'split')
+    defaults = {'mean': datasets.CONTEXT_MEAN, 'num_classes': datasets.CONTEXT_NUM_CLASSES}
 
     def configure(self):
         self.lut = context_label_lut(self.params['context_dir'])
 
     @classmethod
     def split_path(cls, params):
-        return os.path.join(params['voc_dir'], 'VOC2010', 'ImageSets', 'Main', params['split'] + '.txt')
+        return datasets.voc_split(os.path.join(params['voc_dir'], 'VOC2010'), params['split'], 'Main')
 
     @classmethod
     def input_paths(cls, params):
@@ -773,7 +800,7 @@ class PASCALContextSegDataLayer(SegDataLayerBase):
                                            for name in ('labels.txt', '59_labels.txt')]
 
     def example_files(self, idx):
-        return {'data': os.path.join(self.params['voc_dir'], 'VOC2010', 'JPEGImages', idx + '.jpg'),
+        return {'data': datasets.voc_image(os.path.join(self.params['voc_dir'], 'VOC2010'), idx),
                 'label': os.path.join(self.params['context_dir'], 'trainval', idx + '.mat')}
 
     def load(self, top, path):

@@ -41,19 +41,23 @@ from google.protobuf import text_format  # noqa: E402
 
 import layers  # noqa: E402
 import nets  # noqa: E402
+import report  # noqa: E402
 from common import datasets, locations, outputs, weightfiles  # noqa: E402
-from common.metrics import METRICS, coarsen, fast_hist, metrics  # noqa: E402,F401 (the release's score.fast_hist)
+from common.metrics import METRICS, class_note, coarsen, fast_hist, metrics  # noqa: E402,F401 (the release's score.fast_hist)
 from fetch.install import fetch_hint  # noqa: E402
 from nets.sources import source_of_data_layer  # noqa: E402
 
 
-def compute_hists(net, dataset, outputs):
+def compute_hists(net, dataset, outputs, on_image=None):
     """Run net.forward() once per id in `dataset`, scoring every output, a
     (score blob, ground-truth blob, loss blob, prediction folder or None).
 
     Returns [(hist, mean loss)] in the order of `outputs` (mean loss nan
     where the net has no such loss blob). Predictions are argmax over
     channels of image 0, saved as `<folder>/<id>.png` where one is given.
+    `on_image(net, id, [(label, prediction, the image's hist)] per output)`,
+    if given, sees every image (report.py's Collector); the label is the
+    blob's, overwritten by the next forward.
     """
     hists = []
     for layer, _, _, save_dir in outputs:
@@ -65,11 +69,16 @@ def compute_hists(net, dataset, outputs):
     count = 0
     for idx in dataset:
         net.forward()
+        per_image = []
         for (layer, gt, _, save_dir), hist in zip(outputs, hists):
             pred = net.blobs[layer].data[0].argmax(axis=0)
-            hist += fast_hist(net.blobs[gt].data[0, 0], pred, hist.shape[0])
+            label = net.blobs[gt].data[0, 0]
+            per_image.append((label, pred, fast_hist(label, pred, hist.shape[0])))
+            hist += per_image[-1][2]
             if save_dir:
                 datasets.save_label_png(os.path.join(save_dir, f'{idx}.png'), pred)
+        if on_image:
+            on_image(net, idx, per_image)
         losses += [net.blobs[loss].data.flat[0] if loss in net.blobs else math.nan
                    for _, _, loss, _ in outputs]
         count += 1
@@ -77,30 +86,31 @@ def compute_hists(net, dataset, outputs):
     return [(hist, float(loss)) for hist, loss in zip(hists, losses)]
 
 
-def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss'):
+def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss', on_image=None):
     """(confusion matrix, mean loss) of one head over `dataset` (a list of ids)."""
-    return compute_hists(net, dataset, [(layer, gt, loss, save_dir or None)])[0]
+    return compute_hists(net, dataset, [(layer, gt, loss, save_dir or None)], on_image)[0]
 
 
 def seg_tests(solver, save_format, dataset, layer='score', gt='label', loss='loss',
-              class_names=None, exclude=()):
+              class_names=None, exclude=(), on_image=None):
     """Score the solver's current weights with its first test net."""
     print('>>>', datetime.now(), 'Begin seg tests')
     solver.test_nets[0].share_with(solver.net)
     return do_seg_tests(solver.test_nets[0], solver.iter, save_format, dataset,
-                        layer, gt, loss, class_names, exclude)
+                        layer, gt, loss, class_names, exclude, on_image)
 
 
 def do_seg_tests(net, iter, save_format, dataset, layer='score', gt='label', loss='loss',
-                 class_names=None, exclude=()):
+                 class_names=None, exclude=(), on_image=None):
     """Score `net` over `dataset`, print the reference's '>>>' lines.
 
     `save_format` names the prediction folder, '{}' standing for `iter`, or
-    is False/None for no saving. Returns the `metrics` dict plus 'loss',
-    'iteration' and 'hist' (the confusion matrix).
+    is False/None for no saving; `on_image` as compute_hists takes it.
+    Returns the `metrics` dict plus 'loss', 'iteration' and 'hist' (the
+    confusion matrix).
     """
     save_dir = save_format.format(iter) if save_format else None
-    hist, mean_loss = compute_hist(net, save_dir, dataset, layer, gt, loss)
+    hist, mean_loss = compute_hist(net, save_dir, dataset, layer, gt, loss, on_image)
     result = metrics(hist, class_names, exclude)
     for what, value in (('loss', mean_loss), ('overall accuracy', result['pixel_acc']),
                         ('mean accuracy', result['mean_acc']),
@@ -118,11 +128,13 @@ EVAL_PARAMS = dict(randomize=False, mirror=False, jitter=0, prefetch=True)
 
 
 def data_layer(net_param):
-    """The data layer of a NetParameter: its first Python layer from layers.py."""
+    """The data layer of a NetParameter: its first Python layer from layers.py
+    (module 'layers', or a name the reference release gives it)."""
+    modules = ('layers',) + layers.RELEASE_MODULES
     for layer in net_param.layer:
-        if layer.type == 'Python' and layer.python_param.module == 'layers':
+        if layer.type == 'Python' and layer.python_param.module in modules:
             return layer
-    raise ValueError("no Python data layer of module 'layers'")
+    raise ValueError(f'no Python data layer of module {" or ".join(map(repr, modules))}')
 
 
 def eval_params(layer, split=None):
@@ -154,13 +166,6 @@ def check_inputs(model_dir, layer, params):
             raise FileNotFoundError(f'missing {full}, which the data layer of '
                                     f'{os.path.basename(os.path.normpath(model_dir))} reads '
                                     f'(split {params.get("split", "-")}): {hint}')
-
-
-def example_id(example):
-    """A name for an example: its id, or for an (image, label) pair the image's stem."""
-    if isinstance(example, str):
-        return example
-    return os.path.splitext(os.path.basename(example[0]))[0]
 
 
 def model_net(model):
@@ -216,7 +221,8 @@ def progress_bar(ids, model_dir, params, progress):
     return tqdm(ids, desc=f'{os.path.basename(model_dir)} {params.get("split", "")}')
 
 
-def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True):
+def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True,
+             on_image=None):
     """Score `weights` with a model folder's evaluation net on `split`.
 
     The data layer's params are rewritten (split, EVAL_PARAMS) in a temporary
@@ -224,7 +230,8 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     data layer's paths are relative to it. The images scored are the data
     layer's own list of examples (its split file), the first `limit` of them.
     Returns {'model', 'weights', 'split', 'images', 'heads': {score blob:
-    metrics + 'loss', 'hist', 'excluded'}}. Caffe's mode is the caller's.
+    metrics + 'loss', 'hist', 'excluded'}}, heads in compute_hists' order
+    (`on_image` as it takes it). Caffe's mode is the caller's.
     """
     model_dir, proto, net_param, layer, params = eval_net_param(model, split)
     weights = os.path.abspath(weights)
@@ -236,7 +243,7 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
 
     all_heads = model_heads(model_dir, layer)
     with eval_net(net_param, model_dir, weights, proto) as net:
-        ids = [example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
+        ids = [layers.example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
         heads = [h for h in all_heads if h.score in net.blobs and h.label in net.blobs]
         if not heads:
             raise ValueError(f'{proto}: no score/label blob pair among '
@@ -244,7 +251,8 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         save_dirs = [save_dir if len(heads) == 1 else os.path.join(save_dir, h.score)
                      for h in heads] if save_dir else [None] * len(heads)
         results = compute_hists(net, progress_bar(ids, model_dir, params, progress),
-                                [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)])
+                                [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)],
+                                on_image)
 
     split = params.get('split')
     report = {'model': os.path.basename(os.path.normpath(model_dir)), 'weights': weights,
@@ -291,7 +299,7 @@ def upper_bounds(model, factors, split=None, limit=None, progress=True):
     classes = {gt: h.num_classes for gt, h in heads.items()}
     hists = {(f, gt): np.zeros((classes[gt],) * 2, np.int64) for f in factors for gt in heads}
     with eval_net(labels_net, model_dir) as net:
-        ids = [example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
+        ids = [layers.example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
         for _ in progress_bar(ids, model_dir, params, progress):
             net.forward()
             for (factor, gt), hist in hists.items():
@@ -331,10 +339,9 @@ def format_report(report):
     for layer, r in report['heads'].items():
         lines.append(f'\n{layer}: per class (%)    IU    acc.   pixels')
         for name, c in r['per_class'].items():
-            note = '' if c['counted'] else ('  excluded' if name in r['excluded']
-                                            else '  (absent: not counted)')
+            note = class_note(name, c, r['excluded'])
             lines.append(f"  {name:<20}{100 * c['iu']:>6.1f}{100 * c['acc']:>7.1f}"
-                         f"{c['pixels']:>10d}{note}")
+                         f"{c['pixels']:>10d}{'  ' + note if note else ''}")
     return '\n'.join(lines)
 
 
@@ -355,31 +362,51 @@ def main(argv=None):
     parser.add_argument('--json', help='write the metrics (fractions) here')
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     parser.add_argument('--limit', type=int, help='score only the first N images')
+    parser.add_argument('--report', metavar='DIR',
+                        help='write report.html (self-contained), report.json and figures here')
+    parser.add_argument('--report-images', type=int, metavar='N',
+                        help='the report shows the N worst and N best images (default 8)')
     args = parser.parse_args(argv)
     if (args.weights is None) == (args.upper_bound is None):
         parser.error('give --weights (score a net) or --upper-bound (score coarsened ground truth)')
     if args.upper_bound and args.save_dir:
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
+    if args.upper_bound and args.report:
+        parser.error('--report reports on a net\'s predictions: not with --upper-bound')
+    if args.report_images is not None and args.report_images < 0:
+        parser.error(f'--report-images {args.report_images}: expected 0 or more')
+    collector = None
+    if args.report:
+        collector = report.Collector(report.DEFAULT_IMAGES if args.report_images is None
+                                     else args.report_images)
 
     caffe_setup.use_device(args.gpu)
     try:
         for path, option, check in ((args.json, '--json', outputs.writable_file),
-                                    (args.save_dir, '--save-dir', outputs.writable_dir)):
+                                    (args.save_dir, '--save-dir', outputs.writable_dir),
+                                    (args.report, '--report', outputs.writable_dir)):
             if path:
                 check(path, option)
         if args.upper_bound:
-            report = upper_bounds(args.model, args.upper_bound, args.split, args.limit)
+            scores = upper_bounds(args.model, args.upper_bound, args.split, args.limit)
         else:
-            report = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit)
+            scores = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit,
+                              on_image=collector)
     except (OSError, ValueError) as e:
         sys.exit(f'score.py: error: {e}')
-    print(format_upper_bounds(report) if args.upper_bound else format_report(report))
+    print(format_upper_bounds(scores) if args.upper_bound else format_report(scores))
     if args.json:
         try:
             with open(args.json, 'w') as f:
-                json.dump(outputs.jsonable(report), f, indent=1, allow_nan=False)
+                json.dump(outputs.jsonable(scores), f, indent=1, allow_nan=False)
         except OSError as e:
             sys.exit(f'score.py: error: --json {args.json}: {e.strerror or e}')
+    if collector is not None:
+        try:
+            path = report.write(args.report, scores, dict(zip(scores['heads'], collector.outputs)))
+        except OSError as e:
+            sys.exit(f'score.py: error: --report {args.report}: {e.strerror or e}')
+        print(f'report: {path}')
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ import fcntl
 import io
 import json
 import math
+import multiprocessing
 import os
 import re
 import subprocess
@@ -44,6 +45,7 @@ from google.protobuf import text_format  # noqa: E402
 
 import layers  # noqa: E402
 import nets  # noqa: E402
+import report  # noqa: E402
 import score  # noqa: E402
 import surgery  # noqa: E402
 from common import interrupts, locations, outputs, weightfiles  # noqa: E402
@@ -182,7 +184,7 @@ class Progress:
                          what='training log')
 
     def plot(self, title):
-        import matplotlib
+        import matplotlib  # deferred: a second to load, and only plotting needs it
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
         losses = [(r['iteration'], r['loss']) for r in self.records if 'loss' in r]
@@ -345,19 +347,43 @@ def val_examples(solver, limit=None):
 SCALAR_METRICS = tuple(key for key, _ in METRICS) + ('loss',)
 
 
-def evaluate(solver, model, examples):
-    """Score every head on the val split: {head name: scalar metrics}."""
+def evaluate(solver, model, examples, details=None):
+    """Score every head on the val split: {head name: scalar metrics}.
+    `details`, a dict, receives {score blob: (metrics with 'hist' and
+    'excluded', report.ImageScores)} for the report."""
     for layer in data_layers(solver.test_nets[0]):
         layer.seek(0)  # every scoring sees the same images
     split = model.source.val_split
     results = {}
     for head in model.source.heads:
+        collector = None
+        if details is not None:
+            collector = report.Collector()
         result = score.seg_tests(solver, False, examples, layer=head.score, gt=head.label,
                                  loss=head.loss, class_names=head.classes,
-                                 exclude=head.excluded(split))
+                                 exclude=head.excluded(split), on_image=collector)
+        if collector is not None:
+            details[head.score] = ({**result, 'excluded': list(head.excluded(split))},
+                                   collector.outputs[0] if collector.outputs else None)
         results[head.name] = {
             k: (None if not math.isfinite(result[k]) else float(result[k])) for k in SCALAR_METRICS}
     return results
+
+
+def write_report(model, entry, details, images, progress):
+    """The report of the latest scoring (report.py) into the progress
+    folder, beside curves.png, which it shows: `details` as evaluate fills
+    it, for the snapshot `entry` just written (its weights and sha256)."""
+    scoring = dict(model=model.name, weights=entry['caffemodel'], split=model.source.val_split,
+                   images=images, iteration=entry['iteration'],
+                   heads={blob: result for blob, (result, _) in details.items()})
+    try:
+        report.write(progress.folder, scoring, {blob: i for blob, (_, i) in details.items()},
+                     sha256=entry['caffemodel_sha256'], curves=progress.plot_path)
+    except OSError as e:
+        raise TrainingError(f'cannot write the report into {os.path.abspath(progress.folder)}: '
+                            f'{e.strerror or e}') from None
+    # outputs.OutputError (a failed atomic write) names the file itself
 
 
 def resume_point(snapshots, resume):
@@ -434,13 +460,16 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
                 continue
             # Log before snapshotting: a kill in between resumes from the
             # previous snapshot and drops this record with the work.
-            metrics = evaluate(solver, model, examples) if examples else {}
-            with interrupts.held():  # the snapshot and its log whole, then a signal
+            details = {}
+            metrics = evaluate(solver, model, examples, details) if examples else {}
+            with interrupts.held():  # the snapshot, its log and report whole, then a signal
                 progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
                                   metrics=metrics, seconds=round(time.time() - t0, 3)))
-                snapshots.save(solver, param.type)
+                entry = snapshots.save(solver, param.type)
                 window = []
                 progress.plot(model.name)
+                if details:
+                    write_report(model, entry, details, len(examples), progress)
                 if solver.iter >= max_iter:
                     SIGNALS.finish()
     except KeyboardInterrupt:
@@ -514,7 +543,6 @@ def train_parallel(folder, gpus, args):
     this process goes on to the workers (a terminal's Ctrl-C reaches them
     all; a scheduler's SIGTERM only this one); the first one's snapshot
     line is the message, and this process exits as it did."""
-    import multiprocessing  # deferred: only multi-GPU training needs it
     uid = caffe.NCCL.new_uid()
     context = multiprocessing.get_context('spawn')  # a fresh CUDA context per process
     procs = [context.Process(target=_parallel_worker, args=(folder, gpus, rank, uid, args))

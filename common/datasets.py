@@ -61,6 +61,17 @@ SIFTFLOW_MEAN = (114.578, 115.294, 108.353)
 # subtracts this constant (close to, but not, the VOC mean).
 CONTEXT_MEAN = (104.007, 116.669, 122.679)
 
+# Each class count, as the data layers check labels against it where a net
+# does not give its own.
+VOC_NUM_CLASSES = len(VOC_CLASSES)
+NYUD_NUM_CLASSES = len(NYUD_CLASSES)
+SIFTFLOW_NUM_CLASSES = len(SIFTFLOW_CLASSES)
+SIFTFLOW_GEO_NUM_CLASSES = len(SIFTFLOW_GEO_CLASSES)
+CONTEXT_NUM_CLASSES = len(CONTEXT_CLASSES)
+
+# What each NYUD input subtracts, by the data layer's name for it.
+NYUD_MEANS = {'color': NYUD_MEAN, 'hha': NYUD_HHA_MEAN, 'depth': NYUD_LOG_DEPTH_MEAN}
+
 # seg11valid: VOC2011 segmentation val minus SBD train.
 SEG11VALID_SIZE = 736
 

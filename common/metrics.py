@@ -112,3 +112,11 @@ def coarsen(label, factor, num_classes):
                          minlength=ch * cw * num_classes).reshape(ch * cw, num_classes)
     coarse = counts.argmax(axis=1).reshape(ch, cw)
     return np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:h, :w]
+
+
+def class_note(name, entry, excluded):
+    """Why a class does not count in the means ('' if it does): `entry` is
+    its metrics() per-class entry, `excluded` the excluded class names."""
+    if entry['counted']:
+        return ''
+    return 'excluded' if name in excluded else '(absent: not counted)'

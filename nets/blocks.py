@@ -94,7 +94,7 @@ def eltwise_sum(*bottoms, coeff=None):
 def softmax_loss(score_top, label, normalize=False):
     """Per-pixel softmax loss; void (255) ignored. The reference release sums
     over pixels (normalize False), hence its tiny learning rates."""
-    return L.SoftmaxWithLoss(score_top, label, loss_param=dict(normalize=normalize, ignore_label=255))
+    return L.SoftmaxWithLoss(score_top, label, loss_param=dict(normalize=normalize, ignore_label=datasets.VOID))
 
 
 def pixel_accuracy(score_top, label):
@@ -107,7 +107,7 @@ def sigmoid_loss(score_top, onehot, normalize=False):
     """Per-class sigmoid cross-entropy instead of the softmax (PAMI
     ablation), on one-hot targets; void (255) ignored."""
     return L.SigmoidCrossEntropyLoss(score_top, onehot,
-                                     loss_param=dict(normalize=normalize, ignore_label=255))
+                                     loss_param=dict(normalize=normalize, ignore_label=datasets.VOID))
 
 
 def onehot_label(label, num_classes):

@@ -37,15 +37,17 @@ def score_streams(n, bottoms, name, num_classes, param, fused_name=None):
     return n[fused_name]
 
 
-def skip_head(n, features, head, stride, crop_to, at_once_scales=None, score_param=blocks.LEARNED,
-              learned_upsampling=False, final_kernel=None):
+def skip_head(n, features, head, stride, crop_to, at_once_scales=None, learned_upsampling=False,
+              final_kernel=None):
     """Scores at the input's resolution for one head; returns the score top.
     `features` maps each stream ('' for a single one) to its trunk features;
-    `at_once_scales` ({pool: constant}) scales the skips (all-at-once)."""
+    `at_once_scales` ({pool: constant}) scales the skips (all-at-once). The
+    score layers learn (blocks.LEARNED) in every net, FCN-AlexNet's and
+    FCN-32s-fixed's included."""
     s, k = head.suffix, head.num_classes
     # 'score_fused' is the reference name of the late-fusion average.
     top = score_streams(n, {m: f['fc7'] for m, f in features.items()}, 'score_fr' + s, k,
-                        score_param, fused_name='score_fused' + s)
+                        blocks.LEARNED, fused_name='score_fused' + s)
     skips = SKIPS[stride]
     for i, pool in enumerate(skips):
         up = 'upscore2' + s if i == 0 else f'upscore_{skips[i - 1]}{s}'
@@ -55,7 +57,7 @@ def skip_head(n, features, head, stride, crop_to, at_once_scales=None, score_par
             assert len(bottoms) == 1, 'all-at-once scaling is defined for a single stream'
             n[f'scale_{pool}{s}'] = blocks.fixed_scale(bottoms[''], at_once_scales[pool])
             bottoms = {'': n[f'scale_{pool}{s}']}
-        scored = score_streams(n, bottoms, f'score_{pool}{s}', k, score_param,
+        scored = score_streams(n, bottoms, f'score_{pool}{s}', k, blocks.LEARNED,
                                fused_name=f'score_{pool}{s}_fused')
         n[f'score_{pool}{s}c'] = crop(scored, n[up])
         n[f'fuse_{pool}{s}'] = top = blocks.eltwise_sum(n[up], n[f'score_{pool}{s}c'])
@@ -81,8 +83,7 @@ def fcn(model, phase):
         n[name] = top
 
     trunk = TRUNKS[model.trunk]
-    learned = TRUNK_PARAM.get(model.trunk, blocks.LEARNED)
-    trunk_param = blocks.FROZEN if model.fixed_trunk else learned
+    trunk_param = blocks.FROZEN if model.fixed_trunk else TRUNK_PARAM.get(model.trunk, blocks.LEARNED)
     if model.trunk_width != 1.0 or model.trunk_filler:  # only the VGG16 trunk scales
         trunk = functools.partial(trunk, width=model.trunk_width, filler=model.trunk_filler)
     if source.fusion == 'late':
@@ -101,8 +102,7 @@ def fcn(model, phase):
     at_once_scales = dict(zip(('pool4', 'pool3'), model.at_once_scales)) if model.at_once else None
     for head in source.heads:
         score = skip_head(n, features, head, model.stride, crop_to, at_once_scales=at_once_scales,
-                          score_param=learned, learned_upsampling=model.learned_upsampling,
-                          final_kernel=final_kernel)
+                          learned_upsampling=model.learned_upsampling, final_kernel=final_kernel)
         if train:
             n[head.loss] = loss(n, model, head, score, sample=phase == 'train')
     return n

@@ -4,13 +4,16 @@ that feeds the train and val nets, and the Input layer of the deploy net.
 A Source says, for one dataset: its splits, the prototxt names the reference
 release used, its heads (class score outputs with their label tops), the
 input tops (one stream, early fusion of colour and depth, or two streams for
-late fusion) and the mean each input top subtracts (passed to the data layer
-in param_str, and read by inference). Paths are relative to the model folder
+late fusion) and the mean each input top subtracts (read by inference). The
+data layer's param_str is the reference release's, key for key; a class
+count or mean goes into it only where the source's differs from what the
+layer holds for its dataset. Paths are relative to the model folder
 (<repo>/<model>/), as locations.DATA_FROM_MODEL.
 """
 from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
+import layers
 from common import datasets
 from caffe import layers as L, params as P
 from common.locations import DATA_FROM_MODEL
@@ -68,13 +71,24 @@ class Source:
 
     def data_layer_params(self, split):
         """(layer class in layers.py, param_str dict) for a split: the
-        dataset's own params and the net's class counts."""
+        dataset's own params, then each of the net's facts (class counts,
+        means) that the layer would not use by itself."""
         layer, params = self.dataset_params(split)
-        return layer, dict(params, num_classes=self.label_classes)
+        held = getattr(layers, layer).defaults
+        facts = dict(self.mean_params(), num_classes=self.label_classes)
+        for key, value in facts.items():
+            if key not in params and (key not in held or _differs(value, held[key])):
+                params[key] = value
+        return layer, params
 
     def dataset_params(self, split):
-        """(layer class in layers.py, params saying where and how to read) for a split."""
+        """(layer class in layers.py, params saying where and how to read) for
+        a split: the reference release's keys, in its order."""
         raise NotImplementedError
+
+    def mean_params(self):
+        """{param: value} of the mean(s) the data layer subtracts."""
+        return {'mean': self.mean}
 
     @property
     def label_classes(self):
@@ -125,10 +139,10 @@ class VOC(Source):
     mean: Tuple[float, ...] = datasets.VOC_MEAN
 
     def dataset_params(self, split):
-        params = dict(split=split, mean=self.mean, seed=SEED)
         if split == self.train_split and self.sbdd_dir:
-            return 'SBDDSegDataLayer', dict(params, sbdd_dir=self.sbdd_dir)
-        return 'VOCSegDataLayer', dict(params, voc_dir=self.voc_dir)
+            return 'SBDDSegDataLayer', dict(sbdd_dir=self.sbdd_dir, seed=SEED, split=split,
+                                            mean=self.mean)
+        return 'VOCSegDataLayer', dict(voc_dir=self.voc_dir, seed=SEED, split=split, mean=self.mean)
 
 
 @dataclass(frozen=True)
@@ -146,8 +160,8 @@ class Context(Source):
 
     def dataset_params(self, split):
         return 'PASCALContextSegDataLayer', dict(
-            voc_dir=f'{DATA_FROM_MODEL}/{datasets.PASCAL_DIR}', context_dir=f'{DATA_FROM_MODEL}/{datasets.CONTEXT_DIR}',
-            split=split, mean=self.mean, seed=SEED)
+            context_dir=f'{DATA_FROM_MODEL}/{datasets.CONTEXT_DIR}', seed=SEED, split=split,
+            voc_dir=f'{DATA_FROM_MODEL}/{datasets.PASCAL_DIR}')
 
 
 @dataclass(frozen=True)
@@ -168,8 +182,8 @@ class SIFTFlow(Source):
     mean: Tuple[float, ...] = datasets.SIFTFLOW_MEAN
 
     def dataset_params(self, split):
-        return 'SIFTFlowSegDataLayer', dict(siftflow_dir=f'{DATA_FROM_MODEL}/{datasets.SIFTFLOW_DIR}',
-                                            split=split, mean=self.mean, seed=SEED)
+        return 'SIFTFlowSegDataLayer', dict(siftflow_dir=f'{DATA_FROM_MODEL}/{datasets.SIFTFLOW_DIR}', seed=SEED,
+                                            split=split)
 
 
 @dataclass(frozen=True)
@@ -188,9 +202,7 @@ class NYUD(Source):
     modalities: Tuple[str, ...] = ('color',)
     # What each modality subtracts: BGR colour, HHA in the file's channel
     # order, and log depth.
-    means: Dict[str, object] = field(default_factory=lambda: dict(
-        color=datasets.NYUD_MEAN, hha=datasets.NYUD_HHA_MEAN, depth=datasets.NYUD_LOG_DEPTH_MEAN),
-        hash=False)
+    means: Dict[str, object] = field(default_factory=lambda: dict(datasets.NYUD_MEANS), hash=False)
 
     def __post_init__(self):
         fusion = {('color',): '', ('hha',): '', ('color', 'depth'): 'early',
@@ -206,11 +218,12 @@ class NYUD(Source):
     def mean(self):
         return self.means['color']
 
+    def mean_params(self):
+        return {'means': {m: self.means[m] for m in self.modalities}}
+
     def dataset_params(self, split):
-        return 'NYUDSegDataLayer', dict(nyud_dir=f'{DATA_FROM_MODEL}/{datasets.NYUD_DIR}', split=split,
-                                        tops=list(self.modalities) + ['label'],
-                                        means={m: self.means[m] for m in self.modalities},
-                                        seed=SEED)
+        return 'NYUDSegDataLayer', dict(tops=list(self.modalities) + ['label'], seed=SEED,
+                                        nyud_dir=f'{DATA_FROM_MODEL}/{datasets.NYUD_DIR}', split=split)
 
 
 @dataclass(frozen=True)
@@ -246,6 +259,16 @@ class LMDB(Source):
                        transform_param=dict(mean_value=list(self.mean)))
         label = L.Data(source=self.lmdb_path(split, 'label'), backend=P.Data.LMDB, batch_size=1)
         return ['data', self.heads[0].label], (image, label)
+
+
+def _differs(value, held):
+    """Whether a param value differs from what the layer holds; a dict (NYUD's
+    means) is compared on the keys it gives."""
+    if isinstance(value, dict) and isinstance(held, dict):
+        return any(k not in held or _differs(v, held[k]) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and isinstance(held, (list, tuple)):
+        return list(value) != list(held)
+    return value != held
 
 
 def source_of_data_layer(layer):

@@ -139,9 +139,9 @@ def googlenet(n, data, suffix='', train=True, param=LEARNED, fully_conv=True):
 
 
 TRUNKS = {'vgg16': vgg16, 'caffenet': caffenet, 'googlenet': googlenet}
-# The learning-rate and decay multipliers of a trunk's FCN (its convolutions
-# and score layers) where they are not blocks.LEARNED: the reference
-# FCN-AlexNet leaves Caffe's defaults.
+# The learning-rate and decay multipliers of a trunk's convolutions where they
+# are not blocks.LEARNED: the reference FCN-AlexNet leaves Caffe's defaults
+# there (its score layers still get blocks.LEARNED).
 TRUNK_PARAM = {'caffenet': blocks.CAFFE_DEFAULT}
 
 # The final stride-32 upsampling kernel where it is not 2 x 32. Trunks that

@@ -4,6 +4,7 @@ VOC layout writer (real JPEGs and palette PNGs). Test modules import it as
 import os
 
 import numpy as np
+import scipy.io
 from PIL import Image
 
 from common import caffe_setup
@@ -20,6 +21,13 @@ def write_model(folder, **options):
     folder = str(folder)
     nets.write_net_py(folder, synthetic.tiny_model(**options), 'A tiny model folder written by the tests.')
     return folder
+
+
+def write_net(spec, path):
+    """Write a NetSpec as a prototxt at `path`; returns the path as a string."""
+    with open(path, 'w') as f:
+        f.write(str(spec.to_proto()))
+    return str(path)
 
 
 def save_rgb(path, rgb):
@@ -61,3 +69,117 @@ def write_voc(root, splits, sizes=None, seed=0, learnable=False):
             with Image.open(datasets.voc_image(root, idx)) as im:  # the truth for lossy JPEG
                 out[idx] = (np.asarray(im.convert('RGB')), label)
     return out
+
+
+def mkdirs(*paths):
+    for p in paths:
+        os.makedirs(p, exist_ok=True)
+
+
+def random_rgb(rng, h, w):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def write_sbdd(root, n=5, split='train', seed=0):
+    """SBD layout under `root` (img/, cls/ MATLAB GTcls structs, <split>.txt):
+    example k has label k everywhere except a void row. Returns (ids,
+    {id: (rgb as decoded, label)})."""
+    rng = np.random.default_rng(seed)
+    mkdirs(os.path.join(root, 'img'), os.path.join(root, 'cls'))
+    ids = [f'2008_{k:06d}' for k in range(n)]
+    write_split_files([os.path.join(root, f'{split}.txt')], ids)
+    out = {}
+    for k, idx in enumerate(ids):
+        rgb = save_rgb(os.path.join(root, 'img', f'{idx}.jpg'), random_rgb(rng, 8, 10))
+        seg = np.full((8, 10), k, np.uint8)
+        seg[-1] = 255
+        boundaries = np.empty((20, 1), object)  # a cell array, as in SBD
+        boundaries[:, 0] = [np.zeros((8, 10), np.uint8)] * 20
+        gtcls = {'Segmentation': seg, 'Boundaries': boundaries,
+                 'CategoriesPresent': np.array([[k]], np.uint8)}
+        scipy.io.savemat(os.path.join(root, 'cls', f'{idx}.mat'), {'GTcls': gtcls})
+        out[idx] = (rgb, seg)
+    return ids, out
+
+
+def write_split_files(paths, ids):
+    """Each of `paths` a split file listing `ids`."""
+    for path in paths:
+        with open(path, 'w') as f:
+            f.write('\n'.join(ids) + '\n')
+
+
+def write_nyud(root, splits=('test',), seed=0):
+    """NYUDv2 layout under `root` (data/images, data/depth 16-bit PNGs,
+    data/hha, segmentation/ .mat labels 0..40, <split>.txt for each of
+    `splits`) with two 6 x 8 examples. Returns {id: (color, depth, hha,
+    segmentation)}."""
+    rng = np.random.default_rng(seed)
+    for sub in ('data/images', 'data/depth', 'data/hha', 'segmentation'):
+        mkdirs(os.path.join(root, sub))
+    write_split_files([os.path.join(root, f'{split}.txt') for split in splits], ['0001', '0002'])
+    out = {}
+    for idx in ('0001', '0002'):
+        color = random_rgb(rng, 6, 8)
+        Image.fromarray(color).save(os.path.join(root, 'data', 'images', f'img_{idx}.png'))
+        depth = rng.integers(500, 10000, (6, 8)).astype(np.uint16)
+        depth[0, 0] = 0  # missing depth
+        Image.fromarray(depth).save(os.path.join(root, 'data', 'depth', f'img_{idx}.png'))
+        hha = random_rgb(rng, 6, 8)
+        Image.fromarray(hha).save(os.path.join(root, 'data', 'hha', f'img_{idx}.png'))
+        seg = rng.integers(0, 41, (6, 8)).astype(np.uint8)
+        seg[0, :2] = (0, 40)
+        scipy.io.savemat(os.path.join(root, 'segmentation', f'img_{idx}.mat'), {'segmentation': seg})
+        out[idx] = color, depth, hha, seg
+    return out
+
+
+def write_siftflow(root, splits=('test',), seed=1):
+    """SIFT Flow layout under `root` (Images/, SemanticLabels/ and GeoLabels/
+    .mat files, <split>.txt for each of `splits`) with one 8 x 8 example,
+    coast_n1: semantic labels 0..33 (0 void), geometric -1..3 (-1 void).
+    Returns (rgb as decoded, semantic, geometric)."""
+    for sub in ('Images', 'SemanticLabels', 'GeoLabels'):
+        mkdirs(os.path.join(root, sub, datasets.SIFTFLOW_SUBDIR))
+    write_split_files([os.path.join(root, f'{split}.txt') for split in splits], ['coast_n1'])
+    rng = np.random.default_rng(seed)
+    rgb = save_rgb(os.path.join(root, 'Images', datasets.SIFTFLOW_SUBDIR, 'coast_n1.jpg'), random_rgb(rng, 8, 8))
+    sem = rng.integers(0, 34, (8, 8)).astype(np.int32)
+    sem[0, :2] = (0, 33)
+    geo = rng.choice([-1, 1, 2, 3], (8, 8)).astype(np.int32)
+    scipy.io.savemat(os.path.join(root, 'SemanticLabels', datasets.SIFTFLOW_SUBDIR, 'coast_n1.mat'), {'S': sem})
+    scipy.io.savemat(os.path.join(root, 'GeoLabels', datasets.SIFTFLOW_SUBDIR, 'coast_n1.mat'), {'S': geo})
+    return rgb, sem, geo
+
+
+def context_index(task_class):
+    """The full-label index write_context gives a task class (later classes
+    above 255, as in the real labels.txt)."""
+    return 2 + 7 * datasets.CONTEXT_CLASSES[1:].index(task_class)
+
+
+def write_context(root, voc_dir, label_map, splits=('val',)):
+    """PASCAL-Context under `root` (labels.txt with 459 entries: the 59 task
+    classes under the full list's spellings, some with spaces, at
+    context_index(), among fillers; 59_labels.txt; trainval/<id>.mat) and
+    its VOC2010 images and `splits` under `voc_dir`: one example,
+    2008_000002, whose LabelMap is `label_map`. Returns its rgb as decoded."""
+    task = list(datasets.CONTEXT_CLASSES[1:])
+    full_name = {t: {'diningtable': 'table', 'bedcloth': 'bedclothes', 'clothes': 'cloth',
+                     'pottedplant': 'potted plant', 'tvmonitor': 'tv monitor'}.get(t, t)
+                 for t in task}
+    names = [f'filler{i}' for i in range(459)]
+    for t in task:
+        names[context_index(t) - 1] = full_name[t]
+    mkdirs(os.path.join(root, 'trainval'), os.path.join(voc_dir, 'VOC2010', 'JPEGImages'),
+           os.path.join(voc_dir, 'VOC2010', 'ImageSets', 'Main'))
+    with open(os.path.join(root, 'labels.txt'), 'w') as f:
+        f.write(''.join(f'{i + 1}: {n}\n' for i, n in enumerate(names)))
+    with open(os.path.join(root, '59_labels.txt'), 'w') as f:
+        f.write(''.join(f'{k + 1}: {t}\n' for k, t in enumerate(task)))
+    write_split_files([os.path.join(voc_dir, 'VOC2010', 'ImageSets', 'Main', f'{split}.txt')
+                       for split in splits], ['2008_000002'])
+    rgb = save_rgb(os.path.join(voc_dir, 'VOC2010', 'JPEGImages', '2008_000002.jpg'),
+                   random_rgb(np.random.default_rng(2), *label_map.shape))
+    scipy.io.savemat(os.path.join(root, 'trainval', '2008_000002.mat'), {'LabelMap': label_map})
+    return rgb

@@ -3,7 +3,7 @@ training and the fetch command ends in a one-line error naming the culprit
 (file, layer, value, expected count), with no Python traceback and no Caffe
 abort, and writes or loses nothing.
 
-One tiny 5-class model folder per stride (conftest.write_model) beside
+One tiny 5-class model folder per stride (helpers.write_model) beside
 VOC-layout data, in the repository layout (tmp/<model>/, tmp/data/voc),
 with weights saved from their deploy nets, serves the whole module.
 """
@@ -40,19 +40,21 @@ ABORTS = ('Traceback', 'Check failed', '*** ')
 
 @pytest.fixture(scope='module')
 def repo(tmp_path_factory):
-    """{name: path}: model folders fcn8, fcn32 (5 classes) and fcn8-21 (21),
-    their weights, VOC data with a bad-label split and a BOM split, and a
-    text file."""
+    """{name: path}: model folders fcn8, fcn32 (5 classes) and fcn8-21 (21,
+    VOC's own: no class count in its param_str), their weights, VOC data
+    with bad-label splits and a BOM split, and a text file."""
     root = tmp_path_factory.mktemp('repo')
     voc = root / 'data' / 'voc'
     write_voc(str(voc), {'train': ['train_0000'], 'val': ['val_0000', 'val_0001']}, learnable=True)
-    # An example whose label holds 7: a VOC class, but not one of the net's 5.
-    shutil.copy(voc / 'JPEGImages' / 'val_0000.jpg', voc / 'JPEGImages' / 'bad_0000.jpg')
-    label = np.zeros(layers.load_image(str(voc / 'JPEGImages' / 'bad_0000.jpg')).shape[:2], np.uint8)
-    label[3, 4] = 7
-    save_palette_png(voc / 'SegmentationClass' / 'bad_0000.png', label)
     splits = voc / 'ImageSets' / 'Segmentation'
-    (splits / 'bad7.txt').write_text('bad_0000\n')
+    # Examples whose label holds 7 (a VOC class, but not one of the 5-class
+    # nets') and 21 (no VOC class).
+    for value in (7, 21):
+        shutil.copy(voc / 'JPEGImages' / 'val_0000.jpg', voc / 'JPEGImages' / f'bad_{value:04d}.jpg')
+        label = np.zeros(layers.load_image(str(voc / 'JPEGImages' / 'val_0000.jpg')).shape[:2], np.uint8)
+        label[3, 4] = value
+        save_palette_png(voc / 'SegmentationClass' / f'bad_{value:04d}.png', label)
+        (splits / f'bad{value}.txt').write_text(f'bad_{value:04d}\n')
     # A split as Windows editors save it: BOM, CRLF, blank lines.
     (splits / 'bom.txt').write_bytes('\ufeffval_0000\r\n\r\nval_0001\r\n'.encode('utf-8'))
 
@@ -151,8 +153,12 @@ SCORE_CASES = {
                    'needs (5,']),
     'label value 7 in a 5-class set': (
         lambda r: score_argv(r)[:-1] + ['bad7'],
-        lambda r: [r['voc'] / 'SegmentationClass' / 'bad_0000.png', 'label values 7',
+        lambda r: [r['voc'] / 'SegmentationClass' / 'bad_0007.png', 'label values 7',
                    "the net's 5 classes"]),
+    'label value 21 in VOC, its 21 classes the dataset\'s': (
+        lambda r: score_argv(r, 'fcn8-21', 'fcn8-21.caffemodel')[:-1] + ['bad21'],
+        lambda r: [r['voc'] / 'SegmentationClass' / 'bad_0021.png', 'label values 21',
+                   "the net's 21 classes"]),
     '--save-dir is an existing file': (
         lambda r: score_argv(r, 'fcn8', 'fcn8.caffemodel', '--save-dir', r['text']),
         lambda r: ['--save-dir', r['text'], 'a file, not a folder']),
@@ -436,21 +442,25 @@ def test_solve_rejects(repo, snapshots, case, capfd):
     assert tree(repo['root']) == before
 
 
-def test_solve_stops_on_a_training_label_outside_the_nets_classes(tmp_path):
+@pytest.mark.parametrize('classes, value', [(CLASSES, 7), (datasets.VOC_CLASSES, 21)])
+def test_solve_stops_on_a_training_label_outside_the_nets_classes(tmp_path, classes, value):
     """`cd model && python solve.py` with a train label holding 7 for a
-    5-class net: one line naming the file, the value and the count."""
+    5-class net, or 21 for VOC's 21 classes (which its param_str leaves to
+    the data layer): one line naming the file, the value and the count."""
     voc = tmp_path / 'data' / 'voc'
     write_voc(str(voc), {'train': ['train_0000'], 'val': ['val_0000']}, learnable=True)
     label = np.zeros(layers.load_image(str(voc / 'JPEGImages' / 'train_0000.jpg')).shape[:2],
                      np.uint8)
-    label[2, 2] = 7
+    label[2, 2] = value
     save_palette_png(voc / 'SegmentationClass' / 'train_0000.png', label)
-    folder = write_model(tmp_path / 'fcn32', classes=CLASSES, val_size=1)
+    folder = write_model(tmp_path / 'fcn32', classes=classes, val_size=1)
+    with open(os.path.join(folder, 'train.prototxt')) as f:
+        assert ('num_classes' in f.read()) == (len(classes) != len(datasets.VOC_CLASSES))
     shutil.copy(os.path.join(REPO, 'voc-fcn8s', 'solve.py'), os.path.join(folder, 'solve.py'))
     before = tree(tmp_path)
     out = run('solve.py', '--cpu', '--max-iter', 1, cwd=folder)
     assert_one_line_error(out, 'solve.py: ', voc / 'SegmentationClass' / 'train_0000.png',
-                          'label values 7', "the net's 5 classes")
+                          f'label values {value}', f"the net's {len(classes)} classes")
     assert tree(tmp_path) == before
 
 

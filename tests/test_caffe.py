@@ -11,14 +11,10 @@ import pytest
 import caffe
 from caffe import coord_map, layers as L, params as P
 
+from helpers import write_net
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 caffe.set_mode_cpu()
-
-
-def write_net(tmp_path, n, name='net.prototxt'):
-    path = tmp_path / name
-    path.write_text(str(n.to_proto()))
-    return str(path)
 
 
 def test_pycaffe_is_the_project_build():
@@ -65,7 +61,7 @@ def fcn_like(h, w):
 
 @pytest.mark.parametrize('h,w', [(1, 1), (5, 8), (17, 16), (32, 33), (99, 100), (128, 127), (255, 256)])
 def test_coord_map_crop_aligns_output_to_input(tmp_path, h, w):
-    net = caffe.Net(write_net(tmp_path, fcn_like(h, w)), caffe.TEST)
+    net = caffe.Net(write_net(fcn_like(h, w), tmp_path / 'net.prototxt'), caffe.TEST)
     net.forward()
     assert net.blobs['score'].data.shape == (1, 5, h, w)
 
@@ -108,7 +104,7 @@ def classifier_net(tmp_path):
     n.score = L.Convolution(n.data, num_output=2, kernel_size=3, pad=1,
                             weight_filler=dict(type='gaussian', std=0.1))
     n.loss = L.SoftmaxWithLoss(n.score, n.label, loss_param=dict(ignore_label=255, normalize=False))
-    return write_net(tmp_path, n, 'train.prototxt')
+    return write_net(n, tmp_path / 'train.prototxt')
 
 
 def test_python_layer_feeds_a_net(tmp_path):

@@ -620,10 +620,10 @@ def test_score_all_scores_a_fixture_published_model(data_root, tmp_path):
     assert '--limit 1' in out.stdout
 
 
-# ---------------------------------------------------------------- REPRODUCE.md
+# ---------------------------------------------------------------- docs/reproduce.md
 
 def test_reproduce_md_covers_every_model():
-    text = (REPO / 'REPRODUCE.md').read_text()
+    text = (REPO / 'docs' / 'reproduce.md').read_text()
     for m in MODELS.values():
         assert f'`{m.folder}`' in text, m.folder
         if m.weights:

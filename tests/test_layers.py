@@ -16,12 +16,9 @@ from caffe import layers as L
 
 from common import datasets
 import layers
-from helpers import save_palette_png, save_rgb, write_voc
+from helpers import save_palette_png, write_voc
 from nets import NYUD
 from nets.sources import source_of_data_layer
-
-SIFT_SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
-
 
 # ---------------------------------------------------------------- helpers
 
@@ -56,15 +53,6 @@ def step(net):
     return {name: blob.data.copy() for name, blob in net.blobs.items()}
 
 
-def mkdirs(*paths):
-    for p in paths:
-        p.mkdir(parents=True, exist_ok=True)
-
-
-def random_rgb(rng, h, w):
-    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
 def expected_data(rgb, mean):
     """RGB -> BGR minus the mean, float32 C x H x W, computed independently."""
     return (rgb[:, :, ::-1].astype(np.float64) - np.array(mean)).astype(np.float32).transpose(2, 0, 1)
@@ -73,26 +61,6 @@ def expected_data(rgb, mean):
 def voc_fixture(root, ids=('a', 'b', 'c'), split='val', sizes=None, seed=0):
     """VOC layout; returns {id: (rgb as decoded, label)}."""
     return write_voc(str(root), {split: list(ids)}, sizes=sizes, seed=seed)
-
-
-def sbdd_fixture(root, n=5, split='train', seed=0):
-    """SBD layout, example k has label k everywhere except a void row."""
-    rng = np.random.default_rng(seed)
-    mkdirs(root / 'img', root / 'cls')
-    ids = [f'2008_{k:06d}' for k in range(n)]
-    (root / f'{split}.txt').write_text('\n'.join(ids) + '\n')
-    out = {}
-    for k, idx in enumerate(ids):
-        rgb = save_rgb(root / 'img' / f'{idx}.jpg', random_rgb(rng, 8, 10))
-        seg = np.full((8, 10), k, np.uint8)
-        seg[-1] = 255
-        boundaries = np.empty((20, 1), object)  # a cell array, as in SBD
-        boundaries[:, 0] = [np.zeros((8, 10), np.uint8)] * 20
-        gtcls = {'Segmentation': seg, 'Boundaries': boundaries,
-                 'CategoriesPresent': np.array([[k]], np.uint8)}
-        scipy.io.savemat(root / 'cls' / f'{idx}.mat', {'GTcls': gtcls})
-        out[idx] = (rgb, seg)
-    return ids, out
 
 
 def sbd_sequence(tmp_path, root, steps, **params):
@@ -128,8 +96,8 @@ def test_voc_val_split_ignores_randomize(tmp_path):
     assert shapes == [(1, 3, 6, 9), (1, 3, 7, 8), (1, 3, 8, 7), (1, 3, 6, 9)]
 
 
-def test_sbdd_struct_labels_and_seeded_shuffle(tmp_path):
-    ids, data = sbdd_fixture(tmp_path / 'sbdd', n=5)
+def test_sbdd_struct_labels_and_seeded_shuffle(tmp_path, dataset_writers):
+    ids, data = dataset_writers.sbdd(tmp_path / 'sbdd', n=5)
     runs = [sbd_sequence(tmp_path, tmp_path / 'sbdd', 10, seed=seed) for seed in (7, 7, 8)]
     order = [int(b['label'][0, 0, 0, 0]) for b in runs[0]]
     # Shuffled per epoch: each epoch visits every example once.
@@ -144,35 +112,14 @@ def test_sbdd_struct_labels_and_seeded_shuffle(tmp_path):
         np.testing.assert_array_equal(blobs['label'][0, 0], seg)
 
 
-def test_sbdd_randomize_false_runs_in_file_order(tmp_path):
-    sbdd_fixture(tmp_path / 'sbdd', n=3)
+def test_sbdd_randomize_false_runs_in_file_order(tmp_path, dataset_writers):
+    dataset_writers.sbdd(tmp_path / 'sbdd', n=3)
     runs = sbd_sequence(tmp_path, tmp_path / 'sbdd', 4, randomize=False)
     assert [int(b['label'][0, 0, 0, 0]) for b in runs] == [0, 1, 2, 0]
 
 
-def nyud_fixture(root, seed=0):
-    rng = np.random.default_rng(seed)
-    mkdirs(root / 'data' / 'images', root / 'data' / 'depth', root / 'data' / 'hha',
-           root / 'segmentation')
-    (root / 'test.txt').write_text('0001\n0002\n')
-    out = {}
-    for idx in ('0001', '0002'):
-        color = random_rgb(rng, 6, 8)
-        Image.fromarray(color).save(root / 'data' / 'images' / f'img_{idx}.png')
-        depth = rng.integers(500, 10000, (6, 8)).astype(np.uint16)
-        depth[0, 0] = 0  # missing depth
-        Image.fromarray(depth).save(root / 'data' / 'depth' / f'img_{idx}.png')
-        hha = random_rgb(rng, 6, 8)
-        Image.fromarray(hha).save(root / 'data' / 'hha' / f'img_{idx}.png')
-        seg = rng.integers(0, 41, (6, 8)).astype(np.uint8)
-        seg[0, :2] = (0, 40)
-        scipy.io.savemat(root / 'segmentation' / f'img_{idx}.mat', {'segmentation': seg})
-        out[idx] = color, depth, hha, seg
-    return out
-
-
-def test_nyud_color_depth_hha_label(tmp_path):
-    data = nyud_fixture(tmp_path / 'nyud')
+def test_nyud_color_depth_hha_label(tmp_path, dataset_writers):
+    data = dataset_writers.nyud(tmp_path / 'nyud')
     net = make_net(tmp_path, 'NYUDSegDataLayer',
                    dict(nyud_dir=str(tmp_path / 'nyud'), split='test',
                         tops=['color', 'depth', 'hha', 'label']),
@@ -193,8 +140,8 @@ def test_nyud_color_depth_hha_label(tmp_path):
         assert blobs['label'][0, 0, 0, 0] == 255 and blobs['label'][0, 0, 0, 1] == 39
 
 
-def test_nyud_outputs_tops_in_listed_order(tmp_path):
-    data = nyud_fixture(tmp_path / 'nyud')
+def test_nyud_outputs_tops_in_listed_order(tmp_path, dataset_writers):
+    data = dataset_writers.nyud(tmp_path / 'nyud')
     net = make_net(tmp_path, 'NYUDSegDataLayer',
                    dict(nyud_dir=str(tmp_path / 'nyud'), split='test', tops=['label', 'hha']),
                    ['first', 'second'])
@@ -204,17 +151,9 @@ def test_nyud_outputs_tops_in_listed_order(tmp_path):
     np.testing.assert_array_equal(blobs['first'][0, 0], np.where(seg == 0, 255, seg.astype(int) - 1))
 
 
-def test_siftflow_semantic_and_geometric_labels(tmp_path):
+def test_siftflow_semantic_and_geometric_labels(tmp_path, dataset_writers):
     root = tmp_path / 'sift'
-    mkdirs(*(root / d / SIFT_SUBDIR for d in ('Images', 'SemanticLabels', 'GeoLabels')))
-    (root / 'test.txt').write_text('coast_n1\n')
-    rng = np.random.default_rng(1)
-    rgb = save_rgb(root / 'Images' / SIFT_SUBDIR / 'coast_n1.jpg', random_rgb(rng, 8, 8))
-    sem = rng.integers(0, 34, (8, 8)).astype(np.int32)
-    sem[0, :2] = (0, 33)
-    geo = rng.choice([-1, 1, 2, 3], (8, 8)).astype(np.int32)
-    scipy.io.savemat(root / 'SemanticLabels' / SIFT_SUBDIR / 'coast_n1.mat', {'S': sem})
-    scipy.io.savemat(root / 'GeoLabels' / SIFT_SUBDIR / 'coast_n1.mat', {'S': geo})
+    rgb, sem, geo = dataset_writers.siftflow(root)
     net = make_net(tmp_path, 'SIFTFlowSegDataLayer', dict(siftflow_dir=str(root), split='test'),
                    ['data', 'sem', 'geo'])
     blobs = step(net)
@@ -224,36 +163,15 @@ def test_siftflow_semantic_and_geometric_labels(tmp_path):
     assert set(np.unique(blobs['geo'])) <= {0, 1, 2, 255}
 
 
-def context_fixture(root, voc_dir, label_map):
-    """labels.txt with 459 entries: the 59 task classes under the full list's
-    spellings (some with spaces, several above index 255) among fillers."""
+def test_pascal_context_maps_full_labels_to_59(tmp_path, dataset_writers):
     task = list(datasets.CONTEXT_CLASSES[1:])
-    full_name = {t: {'diningtable': 'table', 'bedcloth': 'bedclothes', 'clothes': 'cloth',
-                     'pottedplant': 'potted plant', 'tvmonitor': 'tv monitor'}.get(t, t)
-                 for t in task}
-    names = [f'filler{i}' for i in range(459)]
-    for k, t in enumerate(task):
-        names[2 + 7 * k - 1] = full_name[t]  # index 2 + 7k: later classes are > 255
-    mkdirs(root / 'trainval', voc_dir / 'VOC2010' / 'JPEGImages',
-           voc_dir / 'VOC2010' / 'ImageSets' / 'Main')
-    (root / 'labels.txt').write_text(''.join(f'{i + 1}: {n}\n' for i, n in enumerate(names)))
-    (root / '59_labels.txt').write_text(''.join(f'{k + 1}: {t}\n' for k, t in enumerate(task)))
-    (voc_dir / 'VOC2010' / 'ImageSets' / 'Main' / 'val.txt').write_text('2008_000002\n')
-    rgb = save_rgb(voc_dir / 'VOC2010' / 'JPEGImages' / '2008_000002.jpg',
-                   random_rgb(np.random.default_rng(2), *label_map.shape))
-    scipy.io.savemat(root / 'trainval' / '2008_000002.mat', {'LabelMap': label_map})
-    return rgb
-
-
-def test_pascal_context_maps_full_labels_to_59(tmp_path):
-    task = list(datasets.CONTEXT_CLASSES[1:])
-    idx = {t: 2 + 7 * k for k, t in enumerate(task)}
+    idx = {t: dataset_writers.context_index(t) for t in task}
     # Renamed classes, a spaced name, indices above 255, a filler and 0.
     picks = [idx['diningtable'], idx['bedcloth'], idx['clothes'], idx['pottedplant'],
              idx['wood'], idx['aeroplane'], 3, 459, 0, idx['tvmonitor']]
     label_map = np.array(picks * 2, dtype=np.uint16).reshape(4, 5)
     assert label_map.max() > 255
-    rgb = context_fixture(tmp_path / 'context', tmp_path / 'pascal', label_map)
+    rgb = dataset_writers.context(tmp_path / 'context', tmp_path / 'pascal', label_map)
     net = make_net(tmp_path, 'PASCALContextSegDataLayer',
                    dict(voc_dir=str(tmp_path / 'pascal'), context_dir=str(tmp_path / 'context'),
                         split='val'),
@@ -268,10 +186,10 @@ def test_pascal_context_maps_full_labels_to_59(tmp_path):
 
 # ---------------------------------------------------------------- SegDataLayer
 
-def test_seg_data_layer_list_file_exact_png_and_label_map(tmp_path):
+def test_seg_data_layer_list_file_exact_png_and_label_map(tmp_path, dataset_writers):
     rng = np.random.default_rng(3)
     (tmp_path / 'img').mkdir()
-    rgb = random_rgb(rng, 5, 6)
+    rgb = dataset_writers.random_rgb(rng, 5, 6)
     Image.fromarray(rgb).save(tmp_path / 'img' / 'x.png')
     label = rng.choice([0, 1, 7, 255], (5, 6)).astype(np.uint8)
     Image.fromarray(label).save(tmp_path / 'x_label.png')  # grayscale index PNG
@@ -289,12 +207,13 @@ def test_seg_data_layer_list_file_exact_png_and_label_map(tmp_path):
         np.testing.assert_array_equal(blobs['label'][0, 0], np.where(label == 7, 2, label))
 
 
-def test_seg_data_layer_folders_paired_by_stem_and_rgb_labels(tmp_path):
+def test_seg_data_layer_folders_paired_by_stem_and_rgb_labels(tmp_path, dataset_writers):
     rng = np.random.default_rng(4)
-    mkdirs(tmp_path / 'images', tmp_path / 'labels')
+    (tmp_path / 'images').mkdir()
+    (tmp_path / 'labels').mkdir()
     labels = {}
     for stem in ('b', 'a'):
-        Image.fromarray(random_rgb(rng, 4, 4)).save(tmp_path / 'images' / f'{stem}.png')
+        Image.fromarray(dataset_writers.random_rgb(rng, 4, 4)).save(tmp_path / 'images' / f'{stem}.png')
         labels[stem] = rng.choice([0, 1, 2, 255], (4, 4))
         # VOC-coloured RGB label image
         Image.fromarray(datasets.voc_palette()[labels[stem]]).save(tmp_path / 'labels' / f'{stem}.png')
@@ -306,7 +225,7 @@ def test_seg_data_layer_folders_paired_by_stem_and_rgb_labels(tmp_path):
         np.testing.assert_array_equal(step(net)['label'][0, 0], labels[stem])
 
 
-def test_load_image_conversions(tmp_path):
+def test_load_image_conversions(tmp_path, dataset_writers):
     rng = np.random.default_rng(5)
     gray = rng.integers(0, 256, (3, 4), dtype=np.uint8)
     Image.fromarray(gray).save(tmp_path / 'gray.png')
@@ -317,22 +236,22 @@ def test_load_image_conversions(tmp_path):
     index = rng.integers(0, 21, (3, 4)).astype(np.uint8)
     save_palette_png(tmp_path / 'pal.png', index)
     np.testing.assert_array_equal(layers.load_image(tmp_path / 'pal.png'), datasets.voc_palette()[index])
-    Image.fromarray(random_rgb(rng, 3, 4)).convert('CMYK').save(tmp_path / 'cmyk.tif')
+    Image.fromarray(dataset_writers.random_rgb(rng, 3, 4)).convert('CMYK').save(tmp_path / 'cmyk.tif')
     with Image.open(tmp_path / 'cmyk.tif') as im:
         assert im.mode == 'CMYK'
         expected = np.asarray(im.convert('RGB'))
     out = layers.load_image(tmp_path / 'cmyk.tif')
     assert out.dtype == np.uint8 and out.shape == (3, 4, 3)
     np.testing.assert_array_equal(out, expected)
-    rgb = random_rgb(rng, 3, 4)
+    rgb = dataset_writers.random_rgb(rng, 3, 4)
     np.testing.assert_array_equal(layers.preprocess(rgb, datasets.VOC_MEAN),
                                   expected_data(rgb, datasets.VOC_MEAN))
 
 
 # ---------------------------------------------------------------- order, prefetch, augmentation
 
-def test_prefetch_gives_the_same_sequence(tmp_path):
-    ids, _ = sbdd_fixture(tmp_path / 'sbdd', n=4)
+def test_prefetch_gives_the_same_sequence(tmp_path, dataset_writers):
+    ids, _ = dataset_writers.sbdd(tmp_path / 'sbdd', n=4)
     aug = dict(seed=11, mirror=True, jitter=3)
     with_prefetch = sbd_sequence(tmp_path, tmp_path / 'sbdd', 9, prefetch=True, **aug)
     without = sbd_sequence(tmp_path, tmp_path / 'sbdd', 9, prefetch=False, **aug)
@@ -341,8 +260,8 @@ def test_prefetch_gives_the_same_sequence(tmp_path):
         np.testing.assert_array_equal(a['label'], b['label'])
 
 
-def test_prefetch_loads_in_a_daemon_thread_and_close_stops_it(tmp_path):
-    sbdd_fixture(tmp_path / 'sbdd', n=3)
+def test_prefetch_loads_in_a_daemon_thread_and_close_stops_it(tmp_path, dataset_writers):
+    dataset_writers.sbdd(tmp_path / 'sbdd', n=3)
     net = make_net(tmp_path, 'SBDDSegDataLayer',
                    dict(sbdd_dir=str(tmp_path / 'sbdd'), split='train', seed=1), ['data', 'label'])
     layer = net.layers[0]
@@ -356,8 +275,8 @@ def test_prefetch_loads_in_a_daemon_thread_and_close_stops_it(tmp_path):
     assert sorted(sequence) == [0, 1, 2]  # the prefetched example was still served
 
 
-def test_interpreter_exits_with_a_prefetch_in_flight(tmp_path):
-    sbdd_fixture(tmp_path / 'sbdd', n=2)
+def test_interpreter_exits_with_a_prefetch_in_flight(tmp_path, dataset_writers):
+    dataset_writers.sbdd(tmp_path / 'sbdd', n=2)
     proto = tmp_path / 'train.prototxt'
     proto.write_text(textwrap.dedent(f'''\
         layer {{ name: "d" type: "Python" top: "data" top: "label"
@@ -371,9 +290,9 @@ def test_interpreter_exits_with_a_prefetch_in_flight(tmp_path):
     assert result.stdout.strip() == 'ok'
 
 
-def test_mirror_and_jitter_are_seeded_and_pad_correctly(tmp_path):
+def test_mirror_and_jitter_are_seeded_and_pad_correctly(tmp_path, dataset_writers):
     rng = np.random.default_rng(6)
-    rgb = random_rgb(rng, 10, 12)
+    rgb = dataset_writers.random_rgb(rng, 10, 12)
     Image.fromarray(rgb).save(tmp_path / 'x.png')
     label = rng.integers(0, 3, (10, 12)).astype(np.uint8)
     Image.fromarray(label).save(tmp_path / 'y.png')
@@ -484,8 +403,8 @@ def test_error_found_while_running_names_the_file(tmp_path):
         net.forward()
 
 
-def test_prefetch_error_reaches_the_caller(tmp_path):
-    sbdd_fixture(tmp_path / 'sbdd', n=2)
+def test_prefetch_error_reaches_the_caller(tmp_path, dataset_writers):
+    dataset_writers.sbdd(tmp_path / 'sbdd', n=2)
     net = make_net(tmp_path, 'SBDDSegDataLayer',
                    dict(sbdd_dir=str(tmp_path / 'sbdd'), split='train', randomize=False,
                         prefetch=True), ['data', 'label'])
@@ -541,10 +460,10 @@ def test_bad_depth_and_context_lists(tmp_path):
 
 
 
-def test_seek_resumes_the_training_sequence(tmp_path):
+def test_seek_resumes_the_training_sequence(tmp_path, dataset_writers):
     """seek(n) continues exactly where an uninterrupted layer would be after
     n examples: how training resumes the data order with the iteration."""
-    sbdd_fixture(tmp_path / 'sbdd', n=5)
+    dataset_writers.sbdd(tmp_path / 'sbdd', n=5)
     params = dict(sbdd_dir=str(tmp_path / 'sbdd'), split='train', seed=3, mirror=True)
     net = make_net(tmp_path, 'SBDDSegDataLayer', params, ['data', 'label'])
     full = [step(net) for _ in range(13)]

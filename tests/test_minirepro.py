@@ -80,6 +80,14 @@ def test_figures_and_infer_outputs(run):
         assert np.asarray(label).max() < len(synthetic.CLASSES)
     with Image.open(out / 'infer' / f'{stem}_overlay.png') as overlay:
         assert overlay.size == image.shape[1::-1]
+    # each seed's FCN-8s has the evaluation report of its last scoring
+    results = json.loads((out / 'results.json').read_text())
+    for seed in SEEDS:
+        snapshot = out / f'seed-{seed}' / 'fcn8s' / 'snapshot'
+        report = json.loads((snapshot / 'report.json').read_text())
+        assert report['model'] == 'fcn8s' and (snapshot / 'report.html').is_file()
+        scored = results['per_seed'][SEEDS.index(seed)]['metrics']['fcn8s']
+        assert report['heads']['score']['mean_iu'] == pytest.approx(scored['mean_iu'], rel=1e-12)
 
 
 def test_model_folders_are_real_and_staged(run):

@@ -342,14 +342,16 @@ def test_reference_training_lengths():
 
 
 def test_alexnet_convolutions_keep_caffe_defaults():
-    """The reference FCN-AlexNet declares no `param` on its convolutions; the
-    fixed upsampling still has lr_mult 0."""
+    """The reference FCN-AlexNet declares no `param` on its trunk's
+    convolutions; its score_fr has the learned pair (weights 1/1, biases
+    2/0) and the fixed upsampling lr_mult 0."""
     for file in ('train.prototxt', 'val.prototxt', 'deploy.prototxt'):
         layers = net_param(os.path.join(locations.MODELS_DIR, 'voc-fcn-alexnet', file)).layer
         convs = [l for l in layers if l.type == 'Convolution']
         assert [l.name for l in convs] == ['conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
                                            'score_fr']
-        assert all(len(l.param) == 0 for l in convs), file
+        assert all(len(l.param) == 0 for l in convs[:-1]), file
+        assert [(p.lr_mult, p.decay_mult) for p in convs[-1].param] == [(1, 1), (2, 0)], file
         upscore = next(l for l in layers if l.type == 'Deconvolution')
         assert [p.lr_mult for p in upscore.param] == [0]
     vgg = {l.name: l for l in net_param(os.path.join(locations.MODELS_DIR, 'voc-fcn32s', 'train.prototxt')).layer}
@@ -357,8 +359,11 @@ def test_alexnet_convolutions_keep_caffe_defaults():
 
 
 def test_each_dataset_mean_reaches_its_data_layer():
-    """Every data layer is given its dataset's mean(s) in param_str; the
-    PASCAL-Context one is the reference's own constant, not the VOC mean."""
+    """Each data layer subtracts its dataset's mean(s): VOC's written in
+    param_str, as the reference writes it, the others held by the layer
+    (the PASCAL-Context one is the reference's own constant, not the VOC
+    mean)."""
+    import layers
     means = {}
     for name in ('voc-fcn8s', 'nyud-fcn32s-color-d', 'nyud-fcn32s-color-hha', 'nyud-fcn32s-hha',
                  'siftflow-fcn16s', 'pascalcontext-fcn8s'):
@@ -366,13 +371,12 @@ def test_each_dataset_mean_reaches_its_data_layer():
         for file in (model.source.train_file, model.source.val_file):
             layer = next(l for l in net_param(os.path.join(model.folder, file)).layer if l.type == 'Python')
             params = ast.literal_eval(layer.python_param.param_str)
-            means[name, file] = params.get('mean', params.get('means'))
+            held = getattr(layers, layer.python_param.layer).defaults
+            means[name, file] = params.get('mean', params.get('means', held.get('mean', held.get('means'))))
     assert means['pascalcontext-fcn8s', 'train.prototxt'] == (104.007, 116.669, 122.679)
     assert means['voc-fcn8s', 'val.prototxt'] == (104.00699, 116.66877, 122.67892)
     assert means['siftflow-fcn16s', 'test.prototxt'] == (114.578, 115.294, 108.353)
-    assert means['nyud-fcn32s-color-d', 'trainval.prototxt'] == {
-        'color': (116.190, 97.203, 92.318), 'depth': 7.844}
-    assert means['nyud-fcn32s-color-hha', 'test.prototxt'] == {
-        'color': (116.190, 97.203, 92.318), 'hha': (132.431, 94.076, 118.477)}
-    assert means['nyud-fcn32s-hha', 'test.prototxt'] == {'hha': (132.431, 94.076, 118.477)}
+    for name in ('nyud-fcn32s-color-d', 'nyud-fcn32s-color-hha', 'nyud-fcn32s-hha'):
+        assert means[name, 'test.prototxt'] == {
+            'color': (116.190, 97.203, 92.318), 'hha': (132.431, 94.076, 118.477), 'depth': 7.844}
     assert nets.load('pascalcontext-fcn8s').source.mean == (104.007, 116.669, 122.679)

@@ -18,15 +18,12 @@ from PIL import Image
 import caffe
 from caffe import layers as L
 
+from helpers import write_net
+
 from common import datasets
 import score
 
 caffe.set_mode_cpu()
-
-
-def write_net(spec, path):
-    path.write_text(str(spec.to_proto()))
-    return str(path)
 
 
 def loop_metrics(gt, pred, n):

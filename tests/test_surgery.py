@@ -9,17 +9,14 @@ import pytest
 import caffe
 from caffe import layers as L, params as P
 
+from helpers import write_net
+
 import surgery
 
 caffe.set_mode_cpu()
 
 WINDOW = 18   # classifier input; pool2 output is 3 x 3
 STRIDE = 4    # two 2 x 2 max poolings
-
-
-def write_net(spec, path):
-    path.write_text(str(spec.to_proto()))
-    return str(path)
 
 
 def tiny_ilsvrc(size, fully_connected, fc6_kernel=3):

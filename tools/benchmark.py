@@ -40,10 +40,12 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault('GLOG_minloglevel', '2')
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from common import caffe_setup  # noqa: E402
+
+caffe_setup.quiet_caffe_log([])  # before a measurement imports caffe
 
 DEFAULT_MODELS = ('voc-fcn8s',)
 DEFAULT_SIZES = ('500x500', '1000x750', '2000x1500', '4032x3024')
@@ -198,7 +200,6 @@ def worker(argv):
     parser.add_argument('--iters', type=int)
     parser.add_argument('--gpu', type=int)
     args = parser.parse_args(argv)
-    from common import caffe_setup
     caffe_setup.use_device(args.gpu)
     print('RESULT ' + json.dumps(measure(args.model, args.size, args.mode, args.iters)), flush=True)
 

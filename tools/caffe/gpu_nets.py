@@ -80,8 +80,8 @@ def main(argv):
         src = locations.model_dir(model)
         dst = os.path.join(outdir, model)
         os.makedirs(dst, exist_ok=True)
-        shutil.copyfile(os.path.join(src, 'deploy.prototxt'), os.path.join(dst, 'deploy.prototxt'))
-        with open(os.path.join(src, 'deploy.prototxt')) as f:
+        shutil.copyfile(locations.deploy_prototxt(src), locations.deploy_prototxt(dst))
+        with open(locations.deploy_prototxt(src)) as f:
             shapes = input_shapes(pb2, f.read())
         with open(os.path.join(src, 'train.prototxt')) as f:
             net = without_python_layer(pb2, f.read(), shapes)
