@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 from tqdm import tqdm
@@ -75,6 +76,21 @@ class Interrupted(Exception):
 
 # The process's handling of Ctrl-C and SIGTERM: main() installs it.
 SIGNALS = interrupts.Signals()
+
+
+def load_model(folder):
+    """The Model of a folder's net.py (nets.load), a mistake in net.py as
+    one TrainingError naming the file and line."""
+    path = os.path.join(os.path.abspath(folder), 'net.py')
+    try:
+        return nets.load(folder)
+    except SyntaxError as e:
+        raise TrainingError(f'{e.filename}:{e.lineno}:{e.offset}: {e.msg}') from None
+    except Exception as e:
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+        if not lines:
+            raise
+        raise TrainingError(f'{path}:{lines[-1]}: {type(e).__name__}: {e}') from None
 
 
 # ------------------------------------------------------------------ weights
@@ -788,7 +804,7 @@ def main(folder, argv=None):
     try:
         args = parse_args(argv)
         folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
-        model = nets.load(folder)
+        model = load_model(folder)
         check_prototxts(model)
         param = read_solver(os.path.join(model.folder, 'solver.prototxt'))
         check_snapshot_folders(model, param)

@@ -128,24 +128,25 @@ class Snapshots:
         return entry if entry and entry['iteration'] == iteration else None
 
     def _retire(self, prefix, iteration):
-        """Before Caffe writes <prefix>.caffemodel/.solverstate over an
-        earlier snapshot of the same iteration (a run resumed from an older
-        one): drop its manifest, and point latest.json at the newest
-        complete snapshot before it (or remove it), so that nothing names
-        files while they are rewritten."""
-        manifest = prefix + '.json'
-        pointed = os.path.exists(self.pointer) and self._pointer_iteration() == iteration
-        if not (pointed or os.path.exists(manifest)):
-            return
-        if os.path.exists(manifest):
-            os.remove(manifest)
-        if pointed:
-            older = [e for e in self.complete() if e['iteration'] < iteration]
-            if older:
-                self._point(older[-1])
-            else:
-                os.remove(self.pointer)
-        outputs.fsync(self.folder)
+        """Before Caffe writes <prefix>.caffemodel/.solverstate where files
+        of the same iteration are (a run resumed from an older snapshot, or
+        one killed while writing): point latest.json at the newest complete
+        snapshot before it (or remove it), so that nothing names files while
+        they are rewritten; then remove the manifest and the files (Caffe
+        would abort on one it cannot overwrite)."""
+        try:
+            if os.path.exists(self.pointer) and self._pointer_iteration() == iteration:
+                older = [e for e in self.complete() if e['iteration'] < iteration]
+                if older:
+                    self._point(older[-1])
+                else:
+                    os.remove(self.pointer)
+            for path in (prefix + '.json', prefix + '.caffemodel', prefix + '.solverstate'):
+                if os.path.lexists(path):
+                    os.remove(path)
+        except OSError as e:
+            raise SnapshotError(f'cannot replace the earlier snapshot {prefix}.*: '
+                                f'{e.strerror}') from None
 
     def _pointer_iteration(self):
         try:

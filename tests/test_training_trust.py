@@ -155,6 +155,26 @@ def test_prototxts_older_than_net_py_are_refused_before_any_net(folder, capsys):
     training.check_prototxts(training.nets.load(folder))  # now current: no error
 
 
+NET_PY_CASES = {
+    # case: (text in net.py, its replacement, the line after "<net.py>:")
+    # (the line number, and the line's text)
+    'a syntax error': ("trunk='vgg16'", "trunk='vgg16' stride=16", lambda n, text: (
+        f"{n}:{text.index(chr(39) + 'vgg16') + 1}: invalid syntax. Perhaps you forgot a comma?")),
+    'a value Model refuses': ("trunk='vgg16'", "trunk='vgg16', loss='hinge'", lambda n, text: (
+        f"{n}: ValueError: Model: loss must be 'softmax' or 'sigmoid', got 'hinge'")),
+}
+
+
+@pytest.mark.parametrize('case', NET_PY_CASES)
+def test_net_py_mistakes_are_named_with_file_and_line(folder, capsys, case):
+    old, new, message = NET_PY_CASES[case]
+    path = os.path.join(folder, 'net.py')
+    text = edit(path, old, new)
+    n = line_number(text, 'model = ')
+    assert refused(folder, ['--cpu'], capsys) == \
+        f'solve.py: {path}:{message(n, text.splitlines()[n - 1])}'
+
+
 def test_repository_models_also_name_python_m_nets(tmp_path, monkeypatch, capsys):
     """A model folder of the repository (here a copy, the models directory
     moved): `python -m nets NAME` writes its prototxts too."""
@@ -320,3 +340,26 @@ def test_signals_while_a_snapshot_is_written_name_it(folder):
         proc.out, proc.err = proc.communicate(timeout=120)
         latest = resume_trials.check_interrupted(proc, folder, signal.SIGTERM)
         assert latest['iteration'] in (2, 3)  # that snapshot, or one step later
+
+
+def test_a_snapshot_rewritten_is_never_named_half_written(folder):
+    """Resumed from an older snapshot, training writes the same iteration's
+    files again: latest.json names the older snapshot meanwhile, so a kill
+    -9 in the middle leaves a latest.json whose files are whole."""
+    snapshot = os.path.join(folder, 'snapshot')
+    run = resume_trials.solve(folder, '--max-iter', 4, '--test-interval', 2)
+    assert run.returncode == 0, run.err
+    again = resume_trials.solve(folder, '--max-iter', 4, '--test-interval', 2, '--resume',
+                                os.path.join(snapshot, 'train_iter_2.solverstate'), wait=False)
+    manifest = os.path.join(snapshot, 'train_iter_4.json')
+    deadline = time.time() + 120
+    while os.path.exists(manifest):  # gone: the rewrite of iteration 4 has begun
+        assert again.poll() is None and time.time() < deadline, again.communicate()
+        time.sleep(0.001)
+    again.kill()
+    again.communicate()
+    latest = training.Snapshots(snapshot).latest(full=True)  # whole, or this raises
+    assert latest['iteration'] in (2, 4)
+    after = resume_trials.solve(folder, '--max-iter', 4, '--test-interval', 2, '--resume')
+    assert after.returncode == 0, after.err
+    assert training.Snapshots(snapshot).latest(full=True)['iteration'] == 4
