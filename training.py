@@ -286,21 +286,25 @@ def read_solver(path):
     if not (param.train_net or param.net):
         raise bad('train_net', 'no train_net (or net): the solver names no net to train')
     folder = os.path.dirname(path)
-    named = [('train_net', param.train_net), ('net', param.net)] + \
-        [('test_net', name) for name in param.test_net]
-    for field, net_file in named:
+    named = [('train_net', param.train_net, [caffe_pb2.TRAIN]),
+             ('net', param.net, [caffe_pb2.TRAIN, caffe_pb2.TEST])] + \
+        [('test_net', name, [caffe_pb2.TEST]) for name in param.test_net]
+    for field, net_file, phases in named:
         if not net_file:
             continue
         net_path = os.path.join(folder, net_file)  # Caffe opens them from the model folder
         if not os.path.isfile(net_path):
             raise bad(field, f'{field} "{net_file}": no such file {net_path}')
-        check_layer_types(net_path)
+        check_net(net_path, phases)
+    if not param.snapshot_prefix:  # Caffe would write "_iter_N.caffemodel" in the folder
+        param.snapshot_prefix = f'{SNAPSHOT_DIR}/{locations.SNAPSHOT_PREFIX}'
     return param
 
 
-def check_layer_types(path):
-    """The net prototxt at `path` parses, and each of its layers has a type
-    this Caffe has (Caffe aborts on any other)."""
+def check_net(path, phases):
+    """The net prototxt at `path` parses, each of its layers has a type this
+    Caffe has, and in each phase each layer's inputs (bottoms) are outputs
+    (tops) of a layer before it: Caffe aborts on anything else."""
     net = caffe_pb2.NetParameter()
     read_prototxt(path, net)
     known = set(caffe.layer_type_list())
@@ -308,6 +312,27 @@ def check_layer_types(path):
         if layer.type not in known:
             raise TrainingError(f'{path}: layer "{layer.name}" has type "{layer.type}", which this '
                                 f'Caffe does not have; its layer types are {", ".join(sorted(known))}')
+    for phase in phases:
+        tops = set(net.input)
+        for layer in (layer for layer in net.layer if _in_phase(layer, phase)):
+            for bottom in layer.bottom:
+                if bottom not in tops:
+                    raise TrainingError(
+                        f'{path}: layer "{layer.name}" reads "{bottom}", which no layer before it '
+                        f'writes (in the {caffe_pb2.Phase.Name(phase)} net)')
+            tops.update(layer.top)
+
+
+def _in_phase(layer, phase):
+    """Whether `layer` is in the net of `phase` (Caffe's include/exclude
+    rules, for the solver's default state: level 0, no stages)."""
+    def meets(rule):
+        return (not rule.HasField('phase') or rule.phase == phase) and \
+            rule.min_level <= 0 and (not rule.HasField('max_level') or rule.max_level >= 0) and \
+            not rule.stage
+    if layer.include:
+        return any(meets(rule) for rule in layer.include)
+    return not any(meets(rule) for rule in layer.exclude)
 
 
 def make_solver(model, test_interval, max_iter):
@@ -318,8 +343,6 @@ def make_solver(model, test_interval, max_iter):
     param.snapshot = 0
     param.max_iter = max_iter
     param.random_seed = SEED
-    if not param.snapshot_prefix:
-        param.snapshot_prefix = f'{SNAPSHOT_DIR}/{locations.SNAPSHOT_PREFIX}'
     # Caffe takes a solver from a file only: a folder of its own, outside the
     # model folder, which nothing leaves behind there even if Caffe aborts.
     # The net paths stay relative to the current directory, the model folder.
@@ -444,7 +467,8 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
               leader=True, quiet=False):
     """Step the solver to `max_iter`: every `test_interval` iterations the
     leader scores the val examples, logs and snapshots. Ctrl-C or SIGTERM
-    (interrupts.Signals) snapshots the work done so far, and Interrupted names it."""
+    (interrupts.Signals) snapshots the work done so far, and Interrupted
+    names it."""
     losses = [h.loss for h in model.source.heads]
     t0 = time.time()
     # The bar only on a terminal (None): a log file keeps log.jsonl's records.
@@ -641,8 +665,8 @@ def gpu_ids(parser, text):
                      'this build has none: train on one GPU')
     for gpu in ids:
         # Caffe aborts on a GPU it cannot open: ask in a process of its own.
-        probe = subprocess.run([sys.executable, '-c', f'import caffe; caffe.set_device({gpu}); '
-                                'caffe.set_mode_gpu(); caffe.Net'], capture_output=True)
+        probe = subprocess.run([sys.executable, '-c', f'import caffe; caffe.set_device({gpu})'],
+                               capture_output=True)
         if probe.returncode != 0:
             parser.error(f'--gpu {text}: Caffe cannot open GPU {gpu} (see `nvidia-smi -L` '
                          'for the GPUs of this machine)')
@@ -708,17 +732,19 @@ def one_run(model):
     folder = os.path.join(model.folder, SNAPSHOT_DIR)
     made = not os.path.isdir(folder)
     path = os.path.join(folder, LOCK_NAME)
-    with interrupts.held():
-        fd = _take_lock(model, folder, path)
+    fd = None
     try:
+        with interrupts.held():  # a signal here comes once the lock is taken, and let go below
+            fd = _take_lock(model, folder, path)
         yield
     finally:
-        with interrupts.held(deliver=False):
-            os.unlink(path)  # while still locked: a run waiting on this file tries again
-            os.close(fd)
-            if made:
-                with contextlib.suppress(OSError):
-                    os.rmdir(folder)
+        if fd is not None:
+            with interrupts.held(deliver=False):
+                os.unlink(path)  # while still locked: a run waiting on this file tries again
+                os.close(fd)
+                if made:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(folder)
 
 
 def _take_lock(model, folder, path):
@@ -795,9 +821,10 @@ def check_start(model, weights=None, resume=None, max_iter=None):
 
 def main(folder, argv=None):
     """Entry point of every model folder's solve.py. User errors end in one
-    line (no traceback); Ctrl-C or SIGTERM, once or repeated, end in one
-    line naming the snapshot that keeps the work (interrupts.Signals), exit status
-    130 or 143."""
+    line (no traceback), found before any net is built where they can be;
+    one run per model folder (one_run); Ctrl-C or SIGTERM, once or
+    repeated, end in one line naming the snapshot that keeps the work
+    (interrupts.Signals), exit status 130 or 143."""
     # Ctrl-C and SIGTERM snapshot first; also when started in the background
     # (where the shell leaves SIGINT ignored).
     SIGNALS.install()
