@@ -21,12 +21,17 @@ Outputs mirror the inputs' folder tree under --out. For a photo <dir>/<stem>.<ex
 --json FILE: one entry per image (its outputs, sizes, and class shares, or
 its error). A photo that cannot be read is reported and skipped; the others
 are segmented, and the run ends with a summary and exit status 1.
+Each photo's outputs are written to temporary files and renamed into place
+together when whole. Before any work the run stops if an output would
+overwrite an input (a photo, the weights) or another output, or if --scores
+would not fit on the disk. Ctrl-C or SIGTERM stops it in one line saying
+how many images were done (exit status 130 or 143).
 Default weights: the model's published caffemodel where `python -m fetch
 weights <model>` puts it (<model>/<file>), else its latest training
 snapshot.
 """
-import argparse
 import collections
+import contextlib
 import json
 import os
 import sys
@@ -36,8 +41,10 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from common import caffe_setup
+from common import caffe_setup, cli
 
+if __name__ == '__main__':
+    cli.quit_while_starting('infer.py')  # until main() handles signals
 caffe_setup.quiet_caffe_log()  # before layers imports caffe
 
 import caffe  # noqa: E402
@@ -193,16 +200,18 @@ def probabilities(scores):
     return scores
 
 
-def upsample_labels(probs, size, scores_path=None):
+def upsample_labels(probs, size, scores_file=None):
     """H x W uint8 class indices of C x h x w probabilities upsampled (bilinear)
     to size (H, W), one class at a time so that a large photo holds a few H x W
-    arrays, not C; with scores_path, the upsampled probabilities are written
-    there (.npy, C x H x W, SCORES_DTYPE)."""
+    arrays, not C; with scores_file (a binary file open for writing), the
+    upsampled probabilities are written to it as a .npy (C x H x W,
+    SCORES_DTYPE), a class at a time. Plain writes, not a memory map: a full
+    disk is then an OSError (ENOSPC), not a bus error."""
     height, width = size
-    saved = None
-    if scores_path:
-        saved = np.lib.format.open_memmap(scores_path, mode='w+', dtype=SCORES_DTYPE,
-                                          shape=(len(probs), height, width))
+    if scores_file is not None:
+        np.lib.format.write_array_header_1_0(scores_file, dict(
+            descr=np.lib.format.dtype_to_descr(np.dtype(SCORES_DTYPE)), fortran_order=False,
+            shape=(len(probs), height, width)))
     best = np.full(size, -np.inf, np.float32)
     label = np.zeros(size, np.uint8)
     for c, p in enumerate(probs):
@@ -211,11 +220,8 @@ def upsample_labels(probs, size, scores_path=None):
         better = p > best  # strict: the first of equal classes wins, as argmax
         label[better] = c
         np.maximum(best, p, out=best)
-        if saved is not None:
-            saved[c] = p
-    if saved is not None:
-        saved.flush()
-        del saved
+        if scores_file is not None:
+            p.astype(SCORES_DTYPE).tofile(scores_file)
     return label
 
 
@@ -332,6 +338,65 @@ def summary_line(shares):
     return ', '.join(f'{name} {100 * share:.1f}%' for name, share in shares)
 
 
+# What each photo gets, by kind: the file name suffix and what messages call it.
+OUTPUT_SUFFIXES = {'label': '.png', 'overlay': '_overlay.png', 'scores': '_scores.npy'}
+OUTPUT_KINDS = {'label': 'label PNG', 'overlay': 'overlay', 'scores': 'scores'}
+
+
+def output_paths(out_base, scores=False):
+    """{kind: path} of the files a photo's outputs go to."""
+    return {kind: out_base + suffix for kind, suffix in OUTPUT_SUFFIXES.items()
+            if scores or kind != 'scores'}
+
+
+def output_bytes(photo_size, classes, scores=False):
+    """An upper bound on the bytes a photo's outputs take: the PNGs at most
+    their raw pixels (plus zlib's small overhead), the scores exactly."""
+    pixels = photo_size[0] * photo_size[1]
+    return int(pixels * 4 * 1.01) + 4096 + (classes * pixels * np.dtype(SCORES_DTYPE).itemsize
+                                            if scores else 0)
+
+
+def check_finite_scores(scores, path):
+    """Weights that overflow (finite, but huge) give infinite or NaN
+    scores, which argmax would turn into class 0 everywhere: an InferError."""
+    if not np.isfinite(scores).all():
+        raise InferError(f'{path}: the net\'s scores are not finite (NaN or infinity): '
+                         'the weights overflow; check them (weights of a diverged training run?)')
+
+
+def check_outputs_apart(todo, out, scores=False, json_path=None, reads=()):
+    """Before any work: an InferError if an output would overwrite an input
+    (a photo, `reads`: the weights and the net) or another output (two
+    photos whose outputs share a name), naming both."""
+    writes = [(p, f'the {OUTPUT_KINDS[kind]} of {path}')
+              for path, base in todo for kind, p in output_paths(os.path.join(out, base), scores).items()]
+    if json_path:
+        writes.append((json_path, '--json'))
+    try:
+        outputs.check_apart(writes, [(path, f'the input photo {path}') for path, _ in todo]
+                            + list(reads))
+    except outputs.OutputError as e:
+        raise InferError(f'{e}; choose another --out' if 'input photo' in str(e) else str(e)) from None
+
+
+def scores_space(todo, out, classes):
+    """Before any work with --scores: an InferError if the scores of every
+    readable photo (sizes from the headers, without decoding) cannot fit in
+    --out's free space."""
+    needed = 0
+    for path, _ in todo:
+        try:
+            with Image.open(path) as im:
+                needed += output_bytes(im.size[::-1], classes, scores=True)
+        except Exception:  # noqa: BLE001 -- unreadable: reported (and skipped) when its turn comes
+            continue
+    try:
+        outputs.check_space(out, needed, f'--scores of {len(todo)} images')
+    except outputs.OutputError as e:
+        raise InferError(str(e)) from None
+
+
 # ------------------------------------------------------------------ inputs
 def image_paths(inputs, recursive=False):
     """[(image path, output base)]: files as given, folders expanded to their
@@ -376,8 +441,15 @@ class Segmenter:
         except (FileNotFoundError, TypeError) as e:
             raise InferError(str(e)) from e
         check_rgb_model(self.model)
-        caffe_setup.use_device(gpu)
-        self.net = load_net(self.model, weights or default_weights(self.model))
+        try:
+            caffe_setup.use_device(gpu)
+        except caffe_setup.DeviceError as e:
+            raise InferError(str(e)) from e
+        weights = weights or default_weights(self.model)
+        self.net = load_net(self.model, weights)
+        # What the net was read from: no output may overwrite them.
+        self.inputs = [(weights, f'the weights {weights}'),
+                       (locations.deploy_prototxt(self.model.folder), 'the deploy net')]
         self.head = self.model.source.heads[0]
         self.mean = self.model.source.mean
         self.max_side = max_side
@@ -405,30 +477,48 @@ class Segmenter:
         raise ImageError(f'{path} ({w}x{h}): the net at {size[1]}x{size[0]} needs about '
                          f'{need / GB:.1f} GB, {budget / GB:.1f} GB available; {fits}')
 
-    def __call__(self, path, out_base, scores=False):
-        """Segment one photo and write its outputs (out_base + suffixes)."""
+    def __call__(self, path, out_base, scores=False, written=None):
+        """Segment one photo and write its outputs (out_base + suffixes)
+        through temporary files, renamed into place together when all are
+        whole (outputs.atomic_paths); returns its Result, which is also
+        passed to `written` (if given) as soon as the files are in place,
+        before a signal that came meanwhile interrupts: a caller counting
+        the images done counts every image whose outputs were written."""
         rgb = load_photo(path)
         photo_size = rgb.shape[:2]
         size = net_size(*photo_size, self.max_side)
         self.check_memory(path, photo_size, size)
-        probs = probabilities(net_scores(self.net, resize(rgb, size), self.mean, self.head.score))
+        probs = net_scores(self.net, resize(rgb, size), self.mean, self.head.score)
+        check_finite_scores(probs, path)
+        probs = probabilities(probs)
         if self.memory_model is not None:
             self.held = max(self.held, self.memory_model.blob_bytes(*size))
-        scores_path = out_base + '_scores.npy' if scores else None
-        label_path, overlay_path = out_base + '.png', out_base + '_overlay.png'
-        try:  # a full disk or a read-only --out stops the run: no other photo would fare better
+        paths = output_paths(out_base, scores)
+        # A full disk or a read-only --out stops the run: no other photo would fare better.
+        try:
             os.makedirs(os.path.dirname(out_base) or '.', exist_ok=True)
-            label = upsample_labels(probs, photo_size, scores_path)
-            del probs
-            datasets.save_label_png(label_path, label)
-            write_overlay(rgb, label, overlay_path)
+            outputs.check_space(os.path.dirname(out_base) or '.',
+                                output_bytes(photo_size, len(probs), scores), f'the outputs of {path}')
+            with outputs.atomic_paths(paths, f'the outputs of {path}',
+                                      on_written=lambda: written and written(result)) as tmp:
+                with contextlib.ExitStack() as scores_file:
+                    f = scores_file.enter_context(open(tmp['scores'], 'wb')) if scores else None
+                    label = upsample_labels(probs, photo_size, f)
+                del probs
+                datasets.save_label_png(tmp['label'], label)
+                write_overlay(rgb, label, tmp['overlay'])
+                result = Result(path, paths['label'], paths['overlay'],
+                                tuple(class_shares(label, self.head.classes)), paths.get('scores'),
+                                photo_size[::-1], size[::-1])
         except OSError as e:
             raise InferError(f'{out_base}: cannot write the outputs of {path} ({e.strerror or e})') from e
-        return Result(path, label_path, overlay_path, tuple(class_shares(label, self.head.classes)),
-                      scores_path, photo_size[::-1], size[::-1])
+        except outputs.OutputError as e:
+            raise InferError(str(e)) from e
+        return result
 
 
 def write_json(results, path):
+    """The --json summary, written whole (outputs.write_atomically)."""
     entries = []
     for r in results:
         entry = dict(image=r.path)
@@ -438,45 +528,58 @@ def write_json(results, path):
             entry.update(size=list(r.size), net_size=list(r.net_size), label=r.label,
                          overlay=r.overlay, scores=r.scores, classes=dict(r.shares))
         entries.append(entry)
-    with open(path, 'w') as f:
-        json.dump(entries, f, indent=1)
+    outputs.write_atomically(path, json.dumps(entries, indent=1), 'the --json summary')
 
 
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True,
-        recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None):
+        recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None, json_path=None):
     """Segment every image with one net; returns a Result per image (those
-    that failed carry their error, which is also reported on stderr)."""
+    that failed carry their error, which is also reported on stderr).
+    Checked before any work: --out (and json_path, written by the caller)
+    can be written, and no output would overwrite an input or another
+    output. An interruption (KeyboardInterrupt, cli.Interrupted) propagates
+    with `done` and `total` set on it: the images finished, and all."""
     try:
         outputs.writable_dir(out, '--out')
+        if json_path:
+            outputs.writable_file(json_path, '--json')
     except outputs.OutputError as e:
         raise InferError(str(e)) from e
     todo = image_paths(inputs, recursive)
     segmenter = Segmenter(model, weights, gpu, max_side, memory)
+    check_outputs_apart(todo, out, scores, json_path, segmenter.inputs)
+    if scores:
+        scores_space(todo, out, len(segmenter.head.classes))
     results = []
-    bar = tqdm(todo, desc=segmenter.model.name, unit='image', disable=not progress or len(todo) < 2)
-    for path, base in bar:
-        try:
-            results.append(segmenter(path, os.path.join(out, base), scores))
-        except ImageError as e:
-            results.append(Result(path, error=str(e)))
-            bar.write(f'infer.py: skipped {e}', file=sys.stderr)
-            continue
-        bar.write(f'{path}: {summary_line(results[-1].shares)}')
+    bar = tqdm(todo, desc=segmenter.model.name, unit='image',
+               disable=None if progress and len(todo) > 1 else True)  # None: on a terminal only
+    try:
+        for path, base in bar:
+            try:
+                segmenter(path, os.path.join(out, base), scores, written=results.append)
+            except ImageError as e:
+                results.append(Result(path, error=str(e)))
+                bar.write(f'infer.py: skipped {e}', file=sys.stderr)
+                continue
+            bar.write(f'{path}: {summary_line(results[-1].shares)}')
+    except KeyboardInterrupt as e:
+        e.done, e.total = sum(1 for r in results if not r.error), len(todo)
+        raise
     return results
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(prog='infer.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('images', nargs='+', help='image files or folders of images')
     parser.add_argument('--model', default=DEFAULT_MODEL,
                         help=f'a model (e.g. voc-fcn8s) or a path to a model folder '
                              f'(default {DEFAULT_MODEL})')
     parser.add_argument('--weights', help="caffemodel (default: the model's published weights, "
                                           'else its latest snapshot)')
-    parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
+    parser.add_argument('--gpu', type=cli.gpu_id, help='GPU id (default: CPU)')
     parser.add_argument('--out', default=os.path.join('out', 'infer'), help='output folder')
     parser.add_argument('--recursive', action='store_true', help="also segment folders' subfolders")
-    parser.add_argument('--max-side', type=int, default=DEFAULT_MAX_SIDE,
+    parser.add_argument('--max-side', type=cli.number(int, minimum=0), default=DEFAULT_MAX_SIDE,
                         help='run the net on photos resized to at most this many pixels on their '
                              f'longer side; outputs keep the photo size (default {DEFAULT_MAX_SIDE}, '
                              '0: full size)')
@@ -484,30 +587,37 @@ def main(argv=None):
                         help='also save the class probabilities (<stem>_scores.npy)')
     parser.add_argument('--json', help='write a summary per image to this file')
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
-    parser.add_argument('--memory', type=float,
+    parser.add_argument('--memory', type=cli.number(float, above=0),
                         help='GB one photo may take (default: what the system has available)')
     args = parser.parse_args(argv)
-    if args.max_side < 0:
-        parser.error(f'--max-side must be 0 or more, got {args.max_side}')
-    if args.memory is not None and not args.memory > 0:
-        parser.error(f'--memory must be positive, got {args.memory}')
-    try:
-        results = run(args.images, args.model, args.weights, args.out, args.gpu,
-                      recursive=args.recursive, max_side=args.max_side, scores=args.scores,
-                      memory=None if args.memory is None else args.memory * GB)
-    except InferError as e:
-        sys.exit(f'infer.py: error: {e}')
-    if args.json:
+    with cli.stop_on_signals():
         try:
-            write_json(results, args.json)
-        except OSError as e:
-            sys.exit(f'infer.py: error: --json {args.json}: {e.strerror or e}')
+            results = run(args.images, args.model, args.weights, args.out, args.gpu,
+                          recursive=args.recursive, max_side=args.max_side, scores=args.scores,
+                          memory=None if args.memory is None else args.memory * GB,
+                          json_path=args.json)
+            if args.json:
+                write_json(results, args.json)
+        except (InferError, outputs.OutputError) as e:  # OutputError: writing --json
+            sys.exit(f'infer.py: error: {e}')
+        except KeyboardInterrupt as e:
+            cli.exit_interrupted('infer.py', e, interrupted_summary(e, args.out))
     failed = [r for r in results if r.error]
     done = len(results) - len(failed)
     print(f'segmented {done} of {len(results)} images into {args.out}')
     if failed:
         shown = '; '.join(r.error for r in failed[:5]) + (f'; and {len(failed) - 5} more' if len(failed) > 5 else '')
         sys.exit(f'infer.py: error: {len(failed)} of {len(results)} images failed: {shown}')
+
+
+def interrupted_summary(interrupted, out):
+    """What an interrupted run did: how many images it finished (their
+    outputs whole in `out`), and that nothing else was left."""
+    done = getattr(interrupted, 'done', None)
+    if done is None:
+        return 'stopped before segmenting any image; nothing was written'
+    return (f'{done} of {interrupted.total} images segmented, their outputs in {out}; '
+            'no partial file left')
 
 
 if __name__ == '__main__':

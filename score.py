@@ -11,7 +11,10 @@ The command evaluates a model folder's val/test net on a split:
 
 It scores the images the net's data layer (layers.py) lists for the split,
 in file order (--limit: the first N), every head the net has (SIFT Flow:
-semantic and geometric), and prints the paper's table.
+semantic and geometric), and prints the paper's table. A score or loss that
+is not finite (NaN weights are refused before that) stops it with an error
+naming the image, not a table; predictions and --json are written whole and
+never over a file the net reads; Ctrl-C or SIGTERM stops it in one line.
 
     python score.py --model voc-fcn8s --upper-bound 8 16 32 [--split S] [--limit N]
 
@@ -19,7 +22,6 @@ scores no net but the ground truth itself, coarsened to each output stride
 (metrics.coarsen): the upper bounds on the metrics that the stride allows
 (the PAMI paper's ablation; no weights needed).
 """
-import argparse
 import contextlib
 import json
 import math
@@ -31,8 +33,10 @@ from datetime import datetime
 import numpy as np
 from tqdm import tqdm
 
-from common import caffe_setup
+from common import caffe_setup, cli
 
+if __name__ == '__main__':
+    cli.quit_while_starting('score.py')  # until main() handles signals
 caffe_setup.quiet_caffe_log()  # before layers imports caffe
 
 import caffe  # noqa: E402
@@ -48,41 +52,75 @@ from fetch.install import fetch_hint  # noqa: E402
 from nets.sources import source_of_data_layer  # noqa: E402
 
 
-def compute_hists(net, dataset, outputs, on_image=None):
-    """Run net.forward() once per id in `dataset`, scoring every output, a
+class NonFiniteError(ValueError):
+    """The net's scores or loss are NaN or infinite: its metrics would be
+    garbage (argmax of NaN is class 0)."""
+
+
+def check_finite(net, idx, layer, loss):
+    """A NonFiniteError naming the blob, the image and the value if the
+    score blob `layer` or the loss blob `loss` (where the net has it) holds
+    a NaN or an infinity after a forward pass."""
+    if loss in net.blobs and not math.isfinite(net.blobs[loss].data.flat[0]):
+        raise NonFiniteError(f'the loss ({loss}) is {net.blobs[loss].data.flat[0]} at image {idx}')
+    if not np.isfinite(net.blobs[layer].data[0]).all():
+        raise NonFiniteError(f'the scores ({layer}) are not finite at image {idx}')
+
+
+def save_prediction(path, pred):
+    """A prediction PNG, written whole (through a temporary file)."""
+    with outputs.atomic_path(path, 'the prediction') as tmp:
+        datasets.save_label_png(tmp, pred)
+
+
+def compute_hists(net, dataset, heads, on_image=None, finite=False):
+    """Run net.forward() once per id in `dataset`, scoring every head, a
     (score blob, ground-truth blob, loss blob, prediction folder or None).
 
-    Returns [(hist, mean loss)] in the order of `outputs` (mean loss nan
+    Returns [(hist, mean loss)] in the order of `heads` (mean loss nan
     where the net has no such loss blob). Predictions are argmax over
     channels of image 0, saved as `<folder>/<id>.png` where one is given.
-    `on_image(net, id, [(label, prediction, the image's hist)] per output)`,
+    `on_image(net, id, [(label, prediction, the image's hist)] per head)`,
     if given, sees every image (report.py's Collector); the label is the
-    blob's, overwritten by the next forward.
+    blob's, overwritten by the next forward. With `finite`, a score or loss that is not finite stops the scoring
+    (check_finite). An interruption (KeyboardInterrupt, cli.Interrupted)
+    propagates with `done` set on it: the images scored.
     """
     hists = []
-    for layer, _, _, save_dir in outputs:
+    for layer, _, _, save_dir in heads:
         n_cl = net.blobs[layer].channels
         hists.append(np.zeros((n_cl, n_cl), dtype=np.int64))
         if save_dir:
             os.makedirs(save_dir, exist_ok=True)
-    losses = np.zeros(len(outputs))
+    losses = np.zeros(len(heads))
     count = 0
-    for idx in dataset:
-        net.forward()
-        per_image = []
-        for (layer, gt, _, save_dir), hist in zip(outputs, hists):
-            pred = net.blobs[layer].data[0].argmax(axis=0)
-            label = net.blobs[gt].data[0, 0]
-            per_image.append((label, pred, fast_hist(label, pred, hist.shape[0])))
-            hist += per_image[-1][2]
-            if save_dir:
-                datasets.save_label_png(os.path.join(save_dir, f'{idx}.png'), pred)
-        if on_image:
-            on_image(net, idx, per_image)
-        losses += [net.blobs[loss].data.flat[0] if loss in net.blobs else math.nan
-                   for _, _, loss, _ in outputs]
-        count += 1
-    losses = losses / count if count else np.full(len(outputs), math.nan)
+    try:
+        for idx in dataset:
+            net.forward()
+            if finite:
+                for layer, _, loss, _ in heads:
+                    check_finite(net, idx, layer, loss)
+            per_image = []
+            for layer, gt, _, _ in heads:
+                pred = net.blobs[layer].data[0].argmax(axis=0)
+                label = net.blobs[gt].data[0, 0]
+                per_image.append((label, pred, fast_hist(label, pred, net.blobs[layer].channels)))
+            if on_image:
+                on_image(net, idx, per_image)
+            # An image counts whole: its predictions (of every head) saved
+            # and counted together, a signal held back meanwhile.
+            with cli.signals_deferred():
+                for (_, _, _, save_dir), hist, (_, pred, image_hist) in zip(heads, hists, per_image):
+                    hist += image_hist
+                    if save_dir:
+                        save_prediction(os.path.join(save_dir, f'{idx}.png'), pred)
+                losses += [net.blobs[loss].data.flat[0] if loss in net.blobs else math.nan
+                           for _, _, loss, _ in heads]
+                count += 1
+    except KeyboardInterrupt as e:
+        e.done = count
+        raise
+    losses = losses / count if count else np.full(len(heads), math.nan)
     return [(hist, float(loss)) for hist, loss in zip(hists, losses)]
 
 
@@ -216,13 +254,14 @@ def eval_net(net_param, model_dir, weights=None, name=''):
 
 
 def progress_bar(ids, model_dir, params, progress):
+    """`ids`, with a progress bar on a terminal (tqdm's disable=None)."""
     if not progress:
         return ids
-    return tqdm(ids, desc=f'{os.path.basename(model_dir)} {params.get("split", "")}')
+    return tqdm(ids, desc=f'{os.path.basename(model_dir)} {params.get("split", "")}', disable=None)
 
 
 def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True,
-             on_image=None):
+             on_image=None, writes=()):
     """Score `weights` with a model folder's evaluation net on `split`.
 
     The data layer's params are rewritten (split, EVAL_PARAMS) in a temporary
@@ -232,6 +271,11 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     Returns {'model', 'weights', 'split', 'images', 'heads': {score blob:
     metrics + 'loss', 'hist', 'excluded'}}, heads in compute_hists' order
     (`on_image` as it takes it). Caffe's mode is the caller's.
+    Before the first image: no prediction (nor any of `writes`, (path,
+    description) pairs of the caller's outputs) may overwrite a file the
+    net reads or another output (outputs.OutputError). A score or loss that
+    is not finite is a NonFiniteError naming the image, not metrics.
+    An interruption propagates with `done` and `total` set on it.
     """
     model_dir, proto, net_param, layer, params = eval_net_param(model, split)
     weights = os.path.abspath(weights)
@@ -250,9 +294,20 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
                              f'{[(h.score, h.label) for h in all_heads]}')
         save_dirs = [save_dir if len(heads) == 1 else os.path.join(save_dir, h.score)
                      for h in heads] if save_dir else [None] * len(heads)
-        results = compute_hists(net, progress_bar(ids, model_dir, params, progress),
-                                [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)],
-                                on_image)
+        predictions = [(os.path.join(d, f'{i}.png'), f'the prediction of {i}')
+                       for d in save_dirs if d for i in ids]
+        outputs.check_apart(predictions + list(writes),
+                            net_inputs(net.layer_dict[layer.name], ids, proto, weights))
+        try:
+            results = compute_hists(net, progress_bar(ids, model_dir, params, progress),
+                                    [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)],
+                                    on_image, finite=True)
+        except NonFiniteError as e:
+            raise NonFiniteError(f'{e} (weights {weights}): weights of a diverged training run, '
+                                 'or inputs the net overflows on; no metrics') from None
+        except KeyboardInterrupt as e:
+            e.total = len(ids)
+            raise
 
     split = params.get('split')
     report = {'model': os.path.basename(os.path.normpath(model_dir)), 'weights': weights,
@@ -262,6 +317,20 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         result['loss'] = mean_loss
         report['heads'][head.score] = result
     return report
+
+
+def net_inputs(data_layer, ids, proto, weights=None):
+    """(path, description) of the files scoring reads: the prototxt, the
+    weights, the data layer's split file or lists, and each of the first
+    len(ids) examples' files (the data layer's paths are relative to the
+    current directory)."""
+    reads = [(proto, f'the net {proto}')] + ([(weights, f'the weights {weights}')] if weights else [])
+    reads += [(os.path.abspath(path), f'the data layer\'s input {os.path.abspath(path)}')
+              for path in data_layer.input_paths(data_layer.params)]
+    for example in data_layer.examples[:len(ids)]:
+        reads += [(os.path.abspath(path), f'the {top} file {os.path.abspath(path)}')
+                  for top, path in data_layer.example_files(example).items()]
+    return reads
 
 
 def head_metrics(hist, head, split):
@@ -279,7 +348,7 @@ def head_metrics(hist, head, split):
 
 # --- upper bounds from the output stride (PAMI ablation) --------------------
 
-def upper_bounds(model, factors, split=None, limit=None, progress=True):
+def upper_bounds(model, factors, split=None, limit=None, progress=True, writes=()):
     """Mean IU etc. of coarsen()-ed ground truth for each output stride in
     `factors`, over the images a model folder's evaluation net lists for
     `split` (only its data layer runs: no weights), classes as the model's
@@ -300,11 +369,18 @@ def upper_bounds(model, factors, split=None, limit=None, progress=True):
     hists = {(f, gt): np.zeros((classes[gt],) * 2, np.int64) for f in factors for gt in heads}
     with eval_net(labels_net, model_dir) as net:
         ids = [layers.example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
-        for _ in progress_bar(ids, model_dir, params, progress):
-            net.forward()
-            for (factor, gt), hist in hists.items():
-                label = net.blobs[gt].data[0, 0].astype(np.int64)
-                hist += fast_hist(label, coarsen(label, factor, classes[gt]), classes[gt])
+        outputs.check_apart(writes, net_inputs(net.layer_dict[layer.name], ids, proto))
+        done = 0
+        try:
+            for _ in progress_bar(ids, model_dir, params, progress):
+                net.forward()
+                for (factor, gt), hist in hists.items():
+                    label = net.blobs[gt].data[0, 0].astype(np.int64)
+                    hist += fast_hist(label, coarsen(label, factor, classes[gt]), classes[gt])
+                done += 1
+        except KeyboardInterrupt as e:
+            e.done, e.total = done, len(ids)
+            raise
     report = {'model': os.path.basename(os.path.normpath(model_dir)), 'split': split,
               'images': len(ids), 'factors': {}}
     for (factor, gt), hist in hists.items():
@@ -347,24 +423,26 @@ def format_report(report):
 
 def main(argv=None):
     caffe_setup.quiet_caffe_log(argv)
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
+        prog='score.py',
         description='Score a model folder\'s evaluation net on a dataset split '
                     '(pixel acc., mean acc., mean IU, f.w. IU).')
     parser.add_argument('--model', required=True,
                         help='a model (e.g. voc-fcn8s) or a path to a model folder')
     parser.add_argument('--weights', help='caffemodel to score')
-    parser.add_argument('--upper-bound', type=int, nargs='+', metavar='FACTOR',
+    parser.add_argument('--upper-bound', type=cli.number(int, minimum=1), nargs='+', metavar='FACTOR',
                         help='score ground truth coarsened to these output strides instead '
                              'of a net (upper bounds; no --weights)')
     parser.add_argument('--split', help="split to score (default: the prototxt's)")
-    parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
+    parser.add_argument('--gpu', type=cli.gpu_id, help='GPU id (default: CPU)')
     parser.add_argument('--save-dir', help='write predictions as palette PNGs here')
     parser.add_argument('--json', help='write the metrics (fractions) here')
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
-    parser.add_argument('--limit', type=int, help='score only the first N images')
+    parser.add_argument('--limit', type=cli.number(int, minimum=1),
+                        help='score only the first N images')
     parser.add_argument('--report', metavar='DIR',
                         help='write report.html (self-contained), report.json and figures here')
-    parser.add_argument('--report-images', type=int, metavar='N',
+    parser.add_argument('--report-images', type=cli.number(int, minimum=0), metavar='N',
                         help='the report shows the N worst and N best images (default 8)')
     args = parser.parse_args(argv)
     if (args.weights is None) == (args.upper_bound is None):
@@ -373,40 +451,57 @@ def main(argv=None):
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
     if args.upper_bound and args.report:
         parser.error('--report reports on a net\'s predictions: not with --upper-bound')
-    if args.report_images is not None and args.report_images < 0:
-        parser.error(f'--report-images {args.report_images}: expected 0 or more')
+
+    with cli.stop_on_signals():
+        try:
+            run(args)
+        except (OSError, ValueError) as e:
+            sys.exit(f'score.py: error: {e}')
+        except KeyboardInterrupt as e:
+            cli.exit_interrupted('score.py', e, interrupted_summary(e, args.save_dir))
+
+
+def run(args):
+    """The command's work for parsed arguments: check the outputs, score
+    (a net, or the upper bounds), print the table, write --json and
+    --report."""
+    caffe_setup.use_device(args.gpu)
     collector = None
     if args.report:
         collector = report.Collector(report.DEFAULT_IMAGES if args.report_images is None
                                      else args.report_images)
-
-    caffe_setup.use_device(args.gpu)
-    try:
-        for path, option, check in ((args.json, '--json', outputs.writable_file),
-                                    (args.save_dir, '--save-dir', outputs.writable_dir),
-                                    (args.report, '--report', outputs.writable_dir)):
-            if path:
-                check(path, option)
-        if args.upper_bound:
-            scores = upper_bounds(args.model, args.upper_bound, args.split, args.limit)
-        else:
-            scores = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit,
-                              on_image=collector)
-    except (OSError, ValueError) as e:
-        sys.exit(f'score.py: error: {e}')
+    for path, option, check in ((args.json, '--json', outputs.writable_file),
+                                (args.save_dir, '--save-dir', outputs.writable_dir),
+                                (args.report, '--report', outputs.writable_dir)):
+        if path:
+            check(path, option)
+    writes = [(args.json, '--json')] if args.json else []
+    if args.upper_bound:
+        scores = upper_bounds(args.model, args.upper_bound, args.split, args.limit, writes=writes)
+    else:
+        scores = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit,
+                          on_image=collector, writes=writes)
     print(format_upper_bounds(scores) if args.upper_bound else format_report(scores))
     if args.json:
-        try:
-            with open(args.json, 'w') as f:
-                json.dump(outputs.jsonable(scores), f, indent=1, allow_nan=False)
-        except OSError as e:
-            sys.exit(f'score.py: error: --json {args.json}: {e.strerror or e}')
+        outputs.write_atomically(args.json, json.dumps(outputs.jsonable(scores), indent=1,
+                                                       allow_nan=False), 'the --json report')
     if collector is not None:
         try:
             path = report.write(args.report, scores, dict(zip(scores['heads'], collector.outputs)))
         except OSError as e:
-            sys.exit(f'score.py: error: --report {args.report}: {e.strerror or e}')
+            raise OSError(f'--report {args.report}: {e.strerror or e}') from None
         print(f'report: {path}')
+
+
+def interrupted_summary(interrupted, save_dir):
+    """What an interrupted scoring did: images scored of all, where their
+    predictions are; no table, no --json."""
+    done = getattr(interrupted, 'done', None)
+    if done is None:
+        return 'stopped before scoring any image; nothing was written'
+    saved = f', their predictions in {save_dir}' if save_dir and done else ''
+    return (f'{done} of {interrupted.total} images scored{saved}; no metrics printed or '
+            'written, no partial file')
 
 
 if __name__ == '__main__':

@@ -15,15 +15,17 @@ model folders start from:
 
 All functions take pycaffe nets; only the command imports caffe itself.
 """
-import argparse
 import os
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from common import caffe_setup, locations, weightfiles
+from common import caffe_setup, cli, locations, outputs, weightfiles
 from common.catalog import ILSVRC_CONVERTED
+
+if __name__ == '__main__':
+    cli.quit_while_starting('surgery.py')  # until main() handles signals
 
 
 @dataclass
@@ -172,38 +174,47 @@ def init_early_fusion(new_net, net, rgb_layer='conv1_1',
         new_blob.data[...] = old_blob.data
 
 
-def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False):
+def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False, verbose=True):
     """Transplant a classifier's weights into its fully convolutional twin.
 
-    Writes `out` (a caffemodel) and returns the TransplantReport. Checked
-    first, because Caffe aborts the process on them: every input exists,
-    `out` does not (unless force), and `weights` fits the classifier
-    (weightfiles.check_weights: every parameter layer, in its shapes; Caffe
-    would otherwise keep filler values silently).
+    Writes `out` (a caffemodel, through a temporary file renamed when whole)
+    and returns the TransplantReport (printed blob by blob when verbose).
+    Checked first, because Caffe aborts the process on them: every input
+    exists, `out` is none of them and does not exist (unless force), and
+    `weights` fits the classifier (weightfiles.check_weights: every
+    parameter layer, in its shapes, all values finite; Caffe would
+    otherwise keep filler values silently).
     """
-    for what, path in (('weights', weights), ('classifier prototxt', classifier_proto),
-                       ('FCN prototxt', fcn_proto)):
+    inputs = (('weights', weights), ('classifier prototxt', classifier_proto),
+              ('FCN prototxt', fcn_proto))
+    for what, path in inputs:
         if not os.path.isfile(path):
             raise FileNotFoundError(f'{what} not found: {path}')
+    outputs.check_apart([(out, f'--out {out}')], [(path, f'the {what} {path}') for what, path in inputs])
     if os.path.exists(out) and not force:
         raise FileExistsError(f'{out} exists (use --force to overwrite)')
+    if os.path.isdir(out):
+        raise outputs.OutputError(f'--out {out}: a folder, not a file')
+    outputs.writable_dir(os.path.dirname(os.path.abspath(out)), f'--out {out}: its folder')
 
     import caffe
     caffe_setup.use_device(None)  # a one-off conversion: the CPU will do
     classifier = caffe.Net(classifier_proto, caffe.TEST)
     weightfiles.load_weights(classifier, weights, net_name=classifier_proto)
     fcn = caffe.Net(fcn_proto, caffe.TEST)
-    report = transplant(fcn, classifier)
+    report = transplant(fcn, classifier, verbose=verbose)
     if not report.copied and not report.coerced:
         raise ValueError(f'{classifier_proto} and {fcn_proto} share no parameter layers')
     if os.path.dirname(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
-    fcn.save(out)
+    with outputs.atomic_path(out, 'the caffemodel') as tmp:
+        fcn.save(tmp)
     return report
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    caffe_setup.quiet_caffe_log(argv)  # before convolutionalize imports caffe
+    parser = cli.ArgumentParser(prog='surgery.py', description=__doc__.split('\n\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
     convert = commands.add_parser(
         'convert', help='convolutionalize an ILSVRC classifier caffemodel')
@@ -215,6 +226,8 @@ def main(argv=None):
     convert.add_argument('--classifier-proto', help='override the classifier prototxt')
     convert.add_argument('--fcn-proto', help='override the fully convolutional prototxt')
     convert.add_argument('--force', action='store_true', help='overwrite --out')
+    convert.add_argument('--verbose', action='store_true',
+                         help="show Caffe's own log and each blob transplanted")
     args = parser.parse_args(argv)
 
     protos = {}
@@ -225,11 +238,17 @@ def main(argv=None):
             protos[key] = locations.ilsvrc_prototxt(args.net, key)
         else:
             parser.error(f'give --net or --{key}-proto')
-    try:
-        report = convolutionalize(args.weights, protos['classifier'], protos['fcn'],
-                                  args.out, force=args.force)
-    except (OSError, ValueError) as e:
-        sys.exit(f'surgery.py convert: error: {e}')
+    before = outputs.file_key(args.out)  # a new file gets a new inode: written or not
+    with cli.stop_on_signals():
+        try:
+            report = convolutionalize(args.weights, protos['classifier'], protos['fcn'],
+                                      args.out, force=args.force, verbose=args.verbose)
+        except (OSError, ValueError) as e:
+            sys.exit(f'surgery.py convert: error: {e}')
+        except KeyboardInterrupt as e:
+            written = outputs.file_key(args.out) != before
+            cli.exit_interrupted('surgery.py convert', e, f'{args.out} ' + (
+                'was written whole just before' if written else 'not written; no partial file left'))
     print(f'wrote {args.out}: {len(report.copied)} copied, {len(report.coerced)} '
           f'coerced, {len(report.dropped)} dropped, {len(report.kept)} kept as initialised')
 

@@ -27,6 +27,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,7 @@ import nets  # noqa: E402
 import report  # noqa: E402
 import score  # noqa: E402
 import surgery  # noqa: E402
-from common import interrupts, locations, outputs, weightfiles  # noqa: E402
+from common import cli, locations, outputs, weightfiles  # noqa: E402
 from common.catalog import ILSVRC_NETS  # noqa: E402
 from common.locations import SNAPSHOT_DIR  # noqa: E402
 from common.metrics import METRICS  # noqa: E402
@@ -66,16 +67,18 @@ class Diverged(TrainingError):
 
 
 class Interrupted(Exception):
-    """Training stopped by Ctrl-C (or SIGTERM) after snapshotting `entry`."""
+    """Training stopped by a stop signal (Ctrl-C, SIGTERM, SIGHUP: number
+    `signum`) after snapshotting `entry`."""
 
-    def __init__(self, entry):
-        super().__init__(f'interrupted at iteration {entry["iteration"]}: snapshot '
-                         f'{entry["solverstate"]}; continue with --resume')
-        self.entry = entry
+    def __init__(self, entry, signum):
+        self.entry, self.signum = entry, signum
+        self.what = kept(entry)
+        super().__init__(self.what)
 
 
-# The process's handling of Ctrl-C and SIGTERM: main() installs it.
-SIGNALS = interrupts.Signals()
+def kept(entry):
+    """What an interrupted run says it kept: the snapshot `entry`."""
+    return f'at iteration {entry["iteration"]}: snapshot {entry["solverstate"]}; continue with --resume'
 
 
 def load_model(folder):
@@ -466,9 +469,10 @@ def start(solver, param, model, snapshots, weights=None, resume=None):
 def step_loop(solver, param, model, snapshots, progress, examples, max_iter, test_interval,
               leader=True, quiet=False):
     """Step the solver to `max_iter`: every `test_interval` iterations the
-    leader scores the val examples, logs and snapshots. Ctrl-C or SIGTERM
-    (interrupts.Signals) snapshots the work done so far, and Interrupted
-    names it."""
+    leader scores the val examples, logs and snapshots. A stop signal
+    (cli.stop_on_signals; plain Ctrl-C alike) snapshots the work done so
+    far, and Interrupted names it; while a snapshot and its log are being
+    written a signal waits (cli.signals_deferred)."""
     losses = [h.loss for h in model.source.heads]
     t0 = time.time()
     # The bar only on a terminal (None): a log file keeps log.jsonl's records.
@@ -492,7 +496,7 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
                 bar.update(1)
                 bar.set_postfix(loss=f'{loss:.4g}')
                 if param.display and solver.iter % param.display == 0:
-                    with interrupts.held():
+                    with cli.signals_deferred():
                         progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
                                           seconds=round(time.time() - t0, 3)))
                     window = []
@@ -502,7 +506,7 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
             # previous snapshot and drops this record with the work.
             details = {}
             metrics = evaluate(solver, model, examples, details) if examples else {}
-            with interrupts.held():  # the snapshot, its log and report whole, then a signal
+            with cli.signals_deferred():  # the snapshot, its log and report whole, then a signal
                 progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
                                   metrics=metrics, seconds=round(time.time() - t0, 3)))
                 entry = snapshots.save(solver, param.type)
@@ -510,17 +514,15 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
                 progress.plot(model.name)
                 if details:
                     write_report(model, entry, details, len(examples), progress)
-                if solver.iter >= max_iter:
-                    SIGNALS.finish()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # cli.Interrupted too
         if not leader:
             raise
-        # Keep the work done so far, once, whatever signal comes next: the
-        # snapshot of this iteration if it is whole already, else a new one.
-        with interrupts.held(deliver=False):
-            bar.close()
-            entry = snapshots.current(solver.iter) or snapshots.save(solver, param.type)
-        raise Interrupted(entry) from None
+        # Keep the work done so far (under stop_on_signals later signals are
+        # ignored meanwhile): this iteration's snapshot if it is whole
+        # already, else a new one.
+        bar.close()
+        entry = snapshots.current(solver.iter) or snapshots.save(solver, param.type)
+        raise Interrupted(entry, getattr(e, 'signum', signal.SIGINT)) from None
     finally:
         bar.close()
 
@@ -562,18 +564,17 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
 
 
 def _parallel_worker(folder, gpus, rank, uid, args):
-    SIGNALS.install()
-    try:
-        train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
-              resume=args.resume, gpu=gpus[rank], val_limit=args.val_limit,
-              nccl=(uid, rank, len(gpus)))
-    except TrainingError as e:
-        sys.exit(f'solve.py (GPU {gpus[rank]}): {e}')
-    except Interrupted as e:
-        print(f'\nsolve.py: {e}', file=sys.stderr)
-        sys.exit(SIGNALS.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(SIGNALS.exit_code)
+    with cli.stop_on_signals():
+        try:
+            train(folder, weights=args.weights, max_iter=args.max_iter,
+                  test_interval=args.test_interval, resume=args.resume, gpu=gpus[rank],
+                  val_limit=args.val_limit, nccl=(uid, rank, len(gpus)))
+        except TrainingError as e:
+            sys.exit(f'solve.py (GPU {gpus[rank]}): {e}')
+        except Interrupted as e:
+            cli.exit_interrupted('solve.py', e, e.what)
+        except KeyboardInterrupt as e:
+            sys.exit(128 + getattr(e, 'signum', signal.SIGINT))
 
 
 def train_parallel(folder, gpus, args):
@@ -592,13 +593,14 @@ def train_parallel(folder, gpus, args):
     try:
         for p in procs:
             p.join()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # cli.Interrupted too
+        signum = getattr(e, 'signum', signal.SIGINT)
         for p in procs:
             if p.is_alive():
-                os.kill(p.pid, SIGNALS.received)
+                os.kill(p.pid, signum)
         for p in procs:
             p.join()
-        raise SystemExit(SIGNALS.exit_code) from None
+        raise SystemExit(128 + signum) from None
     failed = [gpus[i] for i, p in enumerate(procs) if p.exitcode]
     if failed:
         raise TrainingError(f'training failed on GPU(s) {failed}')
@@ -608,68 +610,49 @@ def train_parallel(folder, gpus, args):
 MAX_ITERATIONS = 2**31 - 1
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors in one line (`solve.py: error: ...`), exit status 2."""
-
-    def error(self, message):
-        print(f'{self.prog}: error: {message}', file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv):
-    parser = _OneLineParser(prog='solve.py',
-                            description='Train this model folder (FCN reference settings).')
+    parser = cli.ArgumentParser(prog='solve.py',
+                                description='Train this model folder (FCN reference settings).')
     device = parser.add_mutually_exclusive_group()
-    device.add_argument('--gpu', help='GPU id(s), e.g. 0 or 0,1 (several: NCCL data parallelism)')
+    device.add_argument('--gpu', type=gpu_ids,
+                        help='GPU id(s), e.g. 0 or 0,1 (several: NCCL data parallelism)')
     device.add_argument('--cpu', action='store_true', help='train on the CPU (default without --gpu)')
     parser.add_argument('--weights', help='start weights (default: the reference start for this model)')
-    parser.add_argument('--max-iter', type=int, help='stop at this iteration (default: solver max_iter)')
-    parser.add_argument('--test-interval', type=int,
+    iterations = cli.number(int, minimum=1, maximum=MAX_ITERATIONS)
+    parser.add_argument('--max-iter', type=iterations,
+                        help='stop at this iteration (default: solver max_iter)')
+    parser.add_argument('--test-interval', type=iterations,
                         help='iterations between scoring and snapshots (default: dataset reference)')
     parser.add_argument('--resume', nargs='?', const=True, metavar='SOLVERSTATE',
                         help='continue from the latest complete snapshot (or the one given)')
-    parser.add_argument('--val-limit', type=int, help='score only the first N val images')
+    parser.add_argument('--val-limit', type=cli.number(int, minimum=1),
+                        help='score only the first N val images')
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     args = parser.parse_args(argv)
-    for name in ('max_iter', 'test_interval', 'val_limit'):
-        value = getattr(args, name)
-        if value is not None and not 1 <= value <= MAX_ITERATIONS:
-            parser.error(f'--{name.replace("_", "-")} {value}: must be a whole number from 1 to '
-                         f'{MAX_ITERATIONS}')
     if args.weights and args.resume:
-        parser.error('--weights and --resume: a resumed run continues with its snapshot\'s '
+        parser.error("--weights and --resume: a resumed run continues with its snapshot's "
                      'weights; give one of them')
-    args.gpus = gpu_ids(parser, args.gpu)
+    args.gpus = args.gpu or []
     return args  # paths stay as typed: train() reads them from the current directory
 
 
-def gpu_ids(parser, text):
-    """The GPU ids of `--gpu` ([] without it), checked before Caffe sees
-    them: whole numbers, each once, on a Caffe built with CUDA (a CPU-only
-    Caffe aborts when asked for a GPU) that can open each of them."""
-    if text is None:
-        return []
-    try:
-        ids = [int(g) for g in text.split(',')]
-    except ValueError:
-        ids = [-1]
-    if min(ids) < 0:
-        parser.error(f'--gpu {text}: expected GPU ids (whole numbers from 0), such as 0 or 0,1')
+def gpu_ids(text):
+    """An argparse type for --gpu: GPU ids (0 or more), each once, on a
+    Caffe with CUDA (cli.gpu_id), several only with NCCL, each one Caffe can
+    open (it aborts on one it cannot: asked in a process of its own)."""
+    ids = [cli.number(int, minimum=0)(g) for g in text.split(',')]
     if len(set(ids)) < len(ids):
-        parser.error(f'--gpu {text}: a GPU named twice; give each id once')
-    if not caffe_setup.cuda_available():
-        parser.error(f'--gpu {text}: this Caffe is built without CUDA (CPU only); '
-                     'train with --cpu, or build Caffe with `make caffe CAFFE_BUILD_FLAGS=--cuda`')
+        raise argparse.ArgumentTypeError(f'{text}: a GPU named twice; give each id once')
+    cli.gpu_id(str(ids[0]))  # the build has CUDA
     if len(ids) > 1 and not caffe.has_nccl():
-        parser.error(f'--gpu {text}: several GPUs need a Caffe built with NCCL (USE_NCCL=ON); '
-                     'this build has none: train on one GPU')
+        raise argparse.ArgumentTypeError(f'{text}: several GPUs need a Caffe built with NCCL '
+                                         '(USE_NCCL=ON); this build has none: train on one GPU')
     for gpu in ids:
-        # Caffe aborts on a GPU it cannot open: ask in a process of its own.
         probe = subprocess.run([sys.executable, '-c', f'import caffe; caffe.set_device({gpu})'],
                                capture_output=True)
         if probe.returncode != 0:
-            parser.error(f'--gpu {text}: Caffe cannot open GPU {gpu} (see `nvidia-smi -L` '
-                         'for the GPUs of this machine)')
+            raise argparse.ArgumentTypeError(f'Caffe cannot open GPU {gpu} (`nvidia-smi -L` lists '
+                                             'the GPUs of this machine)')
     return ids
 
 
@@ -734,12 +717,12 @@ def one_run(model):
     path = os.path.join(folder, LOCK_NAME)
     fd = None
     try:
-        with interrupts.held():  # a signal here comes once the lock is taken, and let go below
+        with cli.signals_deferred():  # a signal here comes once the lock is taken, and let go below
             fd = _take_lock(model, folder, path)
         yield
     finally:
         if fd is not None:
-            with interrupts.held(deliver=False):
+            with cli.signals_deferred():
                 os.unlink(path)  # while still locked: a run waiting on this file tries again
                 os.close(fd)
                 if made:
@@ -822,35 +805,46 @@ def check_start(model, weights=None, resume=None, max_iter=None):
 def main(folder, argv=None):
     """Entry point of every model folder's solve.py. User errors end in one
     line (no traceback), found before any net is built where they can be;
-    one run per model folder (one_run); Ctrl-C or SIGTERM, once or
-    repeated, end in one line naming the snapshot that keeps the work
-    (interrupts.Signals), exit status 130 or 143."""
-    # Ctrl-C and SIGTERM snapshot first; also when started in the background
-    # (where the shell leaves SIGINT ignored).
-    SIGNALS.install()
+    one run per model folder (one_run); Ctrl-C, SIGTERM or SIGHUP, once or
+    repeated, end in one line naming the snapshot that keeps the work, exit
+    status 128 + the signal (130, 143, 129)."""
+    with cli.stop_on_signals():
+        written = None  # latest.json as this run found it
+        try:
+            args = parse_args(argv)
+            folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
+            model = load_model(folder)
+            check_prototxts(model)
+            param = read_solver(os.path.join(model.folder, 'solver.prototxt'))
+            check_snapshot_folders(model, param)
+            with one_run(model):
+                written = _pointer_stamp(model)
+                check_start(model, args.weights, args.resume, args.max_iter)
+                if len(args.gpus) > 1:
+                    train_parallel(folder, args.gpus, args)
+                else:
+                    train(folder, weights=args.weights, max_iter=args.max_iter,
+                          test_interval=args.test_interval, resume=args.resume,
+                          gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
+        except (TrainingError, SnapshotError, outputs.OutputError, FileNotFoundError, TypeError,
+                layers.DataError, layers.ParamError) as e:
+            sys.exit(f'solve.py: {e}')  # data errors name the file, value and class count
+        except Interrupted as e:
+            cli.exit_interrupted('solve.py', e, e.what)
+        except KeyboardInterrupt as e:  # cli.Interrupted too: outside the steps
+            if written is not None and _pointer_stamp(model) != written:
+                # after a snapshot this run wrote (a signal as training ended)
+                latest = Snapshots(os.path.join(model.folder, SNAPSHOT_DIR)).latest()
+                if latest:
+                    cli.exit_interrupted('solve.py', e, kept(latest))
+            cli.exit_interrupted('solve.py', e, 'before training began; nothing was written')
+
+
+def _pointer_stamp(model):
+    """What tells whether latest.json was written since (it is replaced, so
+    its inode changes): (inode, modification time), or () without one."""
     try:
-        args = parse_args(argv)
-        folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
-        model = load_model(folder)
-        check_prototxts(model)
-        param = read_solver(os.path.join(model.folder, 'solver.prototxt'))
-        check_snapshot_folders(model, param)
-        with one_run(model):
-            check_start(model, args.weights, args.resume, args.max_iter)
-            if len(args.gpus) > 1:
-                train_parallel(folder, args.gpus, args)
-            else:
-                train(folder, weights=args.weights, max_iter=args.max_iter,
-                      test_interval=args.test_interval, resume=args.resume,
-                      gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
-    except (TrainingError, SnapshotError, outputs.OutputError, FileNotFoundError, TypeError,
-            layers.DataError, layers.ParamError) as e:
-        sys.exit(f'solve.py: {e}')  # data errors name the file, value and class count
-    except Interrupted as e:
-        print(f'\nsolve.py: {e}', file=sys.stderr)
-        sys.exit(SIGNALS.exit_code)
-    except KeyboardInterrupt:  # before the first step: nothing to keep
-        print('\nsolve.py: interrupted before training began; nothing was written', file=sys.stderr)
-        sys.exit(SIGNALS.exit_code)
-    finally:
-        SIGNALS.restore()
+        stat = os.stat(os.path.join(model.folder, SNAPSHOT_DIR, 'latest.json'))
+    except OSError:
+        return ()
+    return stat.st_ino, stat.st_mtime_ns

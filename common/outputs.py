@@ -2,11 +2,16 @@
 leave either the whole new file or the previous state (a temporary file in
 the same folder, renamed into place), never half a file.
 """
+import contextlib
 import math
 import os
+import shutil
+import stat
 import tempfile
 
 import numpy as np
+
+from common import cli
 
 
 class OutputError(ValueError):
@@ -53,25 +58,138 @@ def fsync(path):
         os.close(fd)
 
 
-def write_atomically(path, data, what='file', mode='w'):
-    """Write `data` (text or, with mode 'wb', bytes) to `path` through a temp
-    file in the same folder, replaced into place; on an I/O error (disk full)
-    the temp file is removed, `path` keeps its previous content, and a
-    OutputError names the folder and the cause."""
-    folder = os.path.dirname(path) or '.'
-    tmp = None
+def _new_file_mode(path):
+    """The permissions `path` should get: those of the file it replaces, else
+    what a plain open() would give (0666 less the umask); a temporary file
+    from mkstemp has 0600."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _write_error(paths, what, error):
+    """An OutputError for a failed write of `paths` (one file, or files of
+    one folder), naming them, the folder and the cause."""
+    folder = os.path.dirname(os.path.abspath(paths[0]))
+    names = ', '.join(os.path.basename(p) for p in paths)
+    return OutputError(f'{folder}: cannot write {what} ({names}): {error.strerror or error}')
+
+
+def _temp_beside(path):
+    """A new empty temporary file in `path`'s folder, hidden, with `path`'s
+    extension (writers such as Pillow and np.save go by it)."""
+    name = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f'.{name}.',
+                               suffix=os.path.splitext(name)[1])
+    os.close(fd)
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(paths, what='the files', on_written=None):
+    """Temporary paths ({key: temp path} for `paths`, {key: path}) beside
+    their final ones, for the block to write whole files to; when the block
+    ends, each is synced to disk and renamed into place, all of them with
+    stop signals held back (cli.signals_deferred), so that files that belong
+    together (one image's outputs) appear together. On any error or
+    interruption the temporary files are removed and every path keeps its
+    previous state. An OSError (disk full, read-only folder) becomes an
+    OutputError naming the files, the folder and the cause. `on_written`
+    (if given) is called once all are in place, before a signal held back
+    meanwhile is raised: what the caller records of the write is then
+    never lost to an interruption."""
+    tmps = {}
+    try:
+        for key, path in paths.items():
+            tmps[key] = _temp_beside(path)
+        yield dict(tmps)
+        for key, path in paths.items():
+            os.chmod(tmps[key], _new_file_mode(path))
+            fsync(tmps[key])
+        with cli.signals_deferred():
+            for key, path in paths.items():
+                os.replace(tmps[key], path)
+                del tmps[key]
+            if on_written:
+                on_written()
     except OSError as e:
-        if tmp and os.path.exists(tmp):
-            os.remove(tmp)
-        raise OutputError(f'cannot write the {what} {os.path.basename(path)} into '
-                            f'{os.path.abspath(folder)}: {e.strerror or e}') from None
+        raise _write_error(list(paths.values()), what, e) from None
+    finally:
+        for tmp in tmps.values():
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path, what='the file'):
+    """atomic_paths for one file: yields its temporary path."""
+    with atomic_paths({path: path}, what) as tmps:
+        yield tmps[path]
+
+
+def write_atomically(path, data, what='the file', mode='w'):
+    """Write `data` (text or, with mode 'wb', bytes) to `path` through
+    atomic_path: on an I/O error (disk full) `path` keeps its previous
+    content and an OutputError names the folder and the cause."""
+    with atomic_path(path, what) as tmp, open(tmp, mode) as f:
+        f.write(data)
+
+
+def check_space(folder, needed, what):
+    """Before writing about `needed` bytes into `folder` (or the nearest
+    folder of it that exists): an OutputError if its file system has less
+    free, naming the folder and both figures. Where the free space cannot
+    be read, the writes themselves will say."""
+    existing = _nearest_existing(folder)
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return
+    if needed > free:
+        raise OutputError(f'{os.path.abspath(folder)}: not enough free space for {what}: about '
+                          f'{_size(needed)} needed, {_size(free)} free')
+
+
+def _size(n):
+    for unit in ('bytes', 'kB', 'MB', 'GB'):
+        if n < 1000 or unit == 'GB':
+            return f'{n:.0f} {unit}' if unit == 'bytes' else f'{n:.1f} {unit}'
+        n /= 1000
+
+
+def file_key(path):
+    """What makes two paths the same file: device and inode where it exists
+    (hard links, symlinks), else its resolved path. A file replaced by
+    atomic_paths gets a new key."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return real
+    return st.st_dev, st.st_ino
+
+
+def check_apart(writes, reads=()):
+    """Before any work: an OutputError if an output would overwrite an input
+    or two outputs are the same file. `writes` and `reads` are (path,
+    description) pairs, e.g. ('out/a.png', 'the label PNG of photos/a.jpg');
+    the message names both parties and the path."""
+    inputs = {}
+    for path, what in reads:
+        inputs.setdefault(file_key(path), (path, what))
+    planned = {}
+    for path, what in writes:
+        key = file_key(path)
+        if key in inputs:
+            read_path, read_what = inputs[key]
+            same = os.path.abspath(path) == os.path.abspath(read_path)
+            raise OutputError(f'{what} would overwrite {read_what}' + ('' if same else f' (as {path})'))
+        if key in planned:
+            raise OutputError(f'{planned[key]} and {what} would both be {path}')
+        planned[key] = what
 
 
 def jsonable(x):

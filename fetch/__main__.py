@@ -1,15 +1,19 @@
 """python -m fetch {data,weights,classes,splits,score-all,sources} ... (see --help)."""
-import argparse
 import os
 import sys
 
-from common import caffe_setup
-from common.catalog import DOWNLOADS, MODELS
+from common import caffe_setup, cli
 
-from . import DATA_ROOT, MODELS_ROOT, REPO, FetchError
-from .install import DATASETS, fetch_dataset, fetch_weights, weight_names
-from .scoreall import score_all
-from .splits import write_class_lists, write_derived_splits
+if __name__ == '__main__':
+    cli.quit_while_starting('fetch')  # until main() handles signals
+
+from common import outputs  # noqa: E402
+from common.catalog import DOWNLOADS, MODELS  # noqa: E402
+
+from . import DATA_ROOT, MODELS_ROOT, REPO, FetchError  # noqa: E402
+from .install import DATASETS, fetch_dataset, fetch_weights, weight_names  # noqa: E402
+from .scoreall import score_all  # noqa: E402
+from .splits import write_class_lists, write_derived_splits  # noqa: E402
 
 
 def _overrides(values, sources, option):
@@ -40,7 +44,16 @@ def _download_args(args):
     return dict(retries=args.retries, progress=not args.quiet)
 
 
+def _writable_dest(dest):
+    """--dest checked before any download: a folder that exists or can be made."""
+    try:
+        outputs.writable_dir(str(dest), '--dest')
+    except outputs.OutputError as e:
+        raise FetchError(str(e)) from None
+
+
 def cmd_data(args):
+    _writable_dest(args.dest)
     names = list(DATASETS) if 'all' in args.names else args.names
     sources = [step.source for n in names for step in DATASETS[n].steps]
     urls = _overrides(args.url, sources, '--url')
@@ -51,6 +64,7 @@ def cmd_data(args):
 
 
 def cmd_weights(args):
+    _writable_dest(args.dest)
     names = ([m.folder for m in MODELS.values() if m.weights]
              if 'published' in args.names else args.names)
     urls = _overrides(args.url, names, '--url')
@@ -61,11 +75,13 @@ def cmd_weights(args):
 
 
 def cmd_classes(args):
+    _writable_dest(args.dest)
     for path in write_class_lists(args.dest):
         print(f'wrote {path}')
 
 
 def cmd_splits(args):
+    _writable_dest(args.dest)
     written = write_derived_splits(args.dest)
     for path in written:
         print(f'wrote {path}')
@@ -85,7 +101,7 @@ def cmd_sources(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog='python -m fetch', description=__doc__)
+    parser = cli.ArgumentParser(prog='python -m fetch', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
 
     def downloading(p):
@@ -95,7 +111,7 @@ def build_parser():
                        help='use this local file instead of downloading it (it is verified)')
         p.add_argument('--force', action='store_true',
                        help='redo unpacking/conversion even if the result is present')
-        p.add_argument('--retries', type=int, default=3,
+        p.add_argument('--retries', type=cli.number(int, minimum=0), default=3,
                        help='resume attempts after a network failure (default 3)')
         p.add_argument('--quiet', action='store_true', help='no progress bars')
         p.add_argument('--verbose', action='store_true', help="show Caffe's own log (surgery)")
@@ -132,8 +148,9 @@ def build_parser():
 
     p = sub.add_parser('score-all', help='score every downloaded published model and '
                                          'print the results next to the published figures')
-    p.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
-    p.add_argument('--limit', type=int, help='score only the first N images of each split')
+    p.add_argument('--gpu', type=cli.gpu_id, help='GPU id (default: CPU)')
+    p.add_argument('--limit', type=cli.number(int, minimum=1),
+                   help='score only the first N images of each split')
     p.add_argument('--verbose', action='store_true', help="show Caffe's own log (score.py)")
     p.add_argument('--models', nargs='+', choices=list(MODELS), metavar='MODEL',
                    help='only these model folders')
@@ -150,14 +167,19 @@ def build_parser():
 def main(argv=None):
     caffe_setup.quiet_caffe_log(argv)
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args) or 0
-    except FetchError as e:
-        print(f'fetch: error: {e}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print('\nfetch: interrupted; run the same command again to resume', file=sys.stderr)
-        return 130
+    with cli.stop_on_signals():
+        try:
+            return args.run(args) or 0
+        except FetchError as e:
+            print(f'fetch: error: {e}', file=sys.stderr)
+            return 1
+        except OSError as e:  # the disk's: full, read-only, a file where a folder goes
+            where = f'{e.filename}: ' if e.filename else ''
+            print(f'fetch: error: {where}{e.strerror or e}', file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as e:
+            return cli.report_interrupted('fetch', e, 'run the same command again to resume '
+                                          '(downloads go on from where they stopped)')
 
 
 if __name__ == '__main__':

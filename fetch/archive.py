@@ -34,6 +34,9 @@ class ArchiveReadError(FetchError):
 # corrupt archive (other OSErrors are the disk's, and say so themselves).
 READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError,
                gzip.BadGzipFile)
+# What zipfile raises for members it cannot extract at all: encrypted
+# (RuntimeError) or compressed with a method it lacks (NotImplementedError).
+UNSUPPORTED_ERRORS = (RuntimeError, NotImplementedError)
 
 
 def _clean_name(name):
@@ -111,17 +114,21 @@ def unpack_folder(archive_path, dest, marker, root_name=None, force=False, progr
     land in `dest` (which may already hold other files, e.g. classes.txt).
 
     Entries already in `dest` are kept unless `force`. The entry holding the
-    marker is moved in last, so the marker's presence means "complete".
+    marker is moved in last, so the marker's presence means "complete"; an
+    error or an interruption leaves no staging folder behind.
     """
     dest = Path(dest)
     staging = dest.parent / f'.{dest.name}.unpacking'
     try:
         _unpack(archive_path, dest, marker, root_name, staging, progress)
+        _move_in(staging, dest, first_part=marker.split('/')[0], force=force)
     except READ_ERRORS as e:
-        shutil.rmtree(staging, ignore_errors=True)
         raise ArchiveReadError(f'{archive_path}: truncated or corrupt archive '
                                f'({e or type(e).__name__})') from e
-    _move_in(staging, dest, first_part=marker.split('/')[0], force=force)
+    except UNSUPPORTED_ERRORS as e:
+        raise ArchiveLayoutError(f'{archive_path}: cannot unpack it ({e})') from e
+    finally:  # on an error or an interruption, nothing half-unpacked stays
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _unpack(archive_path, dest, marker, root_name, staging, progress):
@@ -162,4 +169,3 @@ def _move_in(staging, dest, first_part, force):
             else:
                 target.unlink()
         os.replace(child, target)
-    shutil.rmtree(staging)

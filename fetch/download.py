@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -138,6 +139,20 @@ def _checked(key, path, check):
             raise VerificationError(f'{key}: {e}') from e
 
 
+def check_url(key, url):
+    """A FetchError naming `url` if urllib cannot even make a request of it
+    (no scheme, an unknown one, a malformed host); urllib says so with a
+    ValueError."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        urllib.request.Request(url)
+    except ValueError as e:
+        raise FetchError(f'{key}: {url}: not a URL urllib can fetch ({e})') from None
+    if parts.scheme not in ('http', 'https', 'ftp', 'file'):
+        raise FetchError(f'{key}: {url}: not a URL urllib can fetch (scheme {parts.scheme!r}; '
+                         'http, https, ftp or file expected)')
+
+
 def download(key, source, dest, url=None, retries=3, backoff=5.0, timeout=60, progress=True,
              check=None):
     """Download `source` (from `url`, e.g. a mirror, if given) to `dest`.
@@ -159,9 +174,10 @@ def download(key, source, dest, url=None, retries=3, backoff=5.0, timeout=60, pr
         else:
             print(f'{key}: {dest} already present')
             return dest
+    url = url or source.url
+    check_url(key, url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
-    url = url or source.url
     print(f'{key}: {url} -> {dest}')
     for attempt in range(retries + 1):
         try:

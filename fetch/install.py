@@ -160,12 +160,29 @@ def convert_ilsvrc(net, weights, out, force=False):
     cmd = [sys.executable, str(SURGERY), 'convert', '--net', net,
            '--weights', str(weights), '--out', str(part)]
     print('$ ' + subprocess.list2cmdline(cmd))
-    if subprocess.run(cmd, cwd=REPO).returncode != 0 or not part.exists():
+    status, err = run_quietly(cmd)
+    if status != 0 or not part.exists():
         part.unlink(missing_ok=True)
-        raise FetchError(f'{net}: surgery.py convert failed')
+        last = err.strip().splitlines()[-1:] or [f'exit status {status}']
+        raise FetchError(f'{net}: surgery.py convert failed: {last[0]}')
     os.replace(part, out)
     print(f'{net}: wrote {out}')
     return out
+
+
+def run_quietly(cmd):
+    """Run a command of the repository, its stdout passed on and its stderr
+    kept: (exit status, stderr), so that its error becomes part of fetch's
+    one line. Interrupted, it is asked to stop (SIGTERM: it removes its
+    temporary files) and waited for before the interruption goes on."""
+    with subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            _, err = proc.communicate()
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.communicate()
+            raise
+    return proc.returncode, err
 
 
 def reference_net(name, models_root):

@@ -1,8 +1,9 @@
 """Class lists and the split files derived from the datasets' own splits."""
-import os
 from pathlib import Path
 
-from common import datasets
+from common import datasets, outputs
+
+from . import FetchError
 
 # Relative to the data root; one name per line in model output order.
 CLASS_LISTS = {
@@ -25,9 +26,10 @@ def write_lines(path, lines):
     """Write one item a line, atomically (readers never see half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(''.join(f'{line}\n' for line in lines))
-    os.replace(tmp, path)
+    try:
+        outputs.write_atomically(str(path), ''.join(f'{line}\n' for line in lines), 'the list')
+    except outputs.OutputError as e:
+        raise FetchError(str(e)) from None
 
 
 def write_class_lists(data_root):

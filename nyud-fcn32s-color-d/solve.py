@@ -1,7 +1,7 @@
 """Train this model with the reference settings: python solve.py --help"""
-from common import interrupts
+from common import cli
 
-interrupts.stop_while_loading()  # Ctrl-C or SIGTERM before training takes over: one line
+cli.quit_while_starting('solve.py')  # until training.main() handles signals
 
 import training  # noqa: E402
 

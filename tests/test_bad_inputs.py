@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ import scipy.io
 import caffe
 from caffe.proto import caffe_pb2
 
-from common import weightfiles
+from common import caffe_setup, weightfiles
 from common import datasets
 import layers
 from common import locations
@@ -68,7 +69,22 @@ def repo(tmp_path_factory):
         paths[name], paths[name + '.caffemodel'] = folder, str(weights)
     text = root / 'weights' / 'notes.txt'
     text.write_text('not weights\n')
+    # Photos whose outputs would share a name: x_overlay.png is both.
+    (root / 'clash').mkdir()
+    for name in ('x.jpg', 'x_overlay.jpg'):
+        shutil.copy(voc / 'JPEGImages' / 'val_0000.jpg', root / 'clash' / name)
     paths['text'] = str(text)
+    # Weights no net can give right answers with: a NaN in one blob (as a
+    # diverged run saves), and finite values so large the scores overflow.
+    net = caffe.Net(os.path.join(paths['fcn8'], 'deploy.prototxt'), caffe.TEST,
+                    weights=paths['fcn8.caffemodel'])
+    net.params['score_fr'][0].data[1, 2] = np.nan
+    paths['nan.caffemodel'] = str(root / 'weights' / 'nan.caffemodel')
+    net.save(paths['nan.caffemodel'])
+    net.params['score_fr'][0].data[...] = 1e38
+    net.params['fc7'][0].data[...] = 1e30
+    paths['huge.caffemodel'] = str(root / 'weights' / 'huge.caffemodel')
+    net.save(paths['huge.caffemodel'])
     return paths
 
 
@@ -166,6 +182,24 @@ SCORE_CASES = {
         lambda r: score_argv(r, 'fcn8', 'fcn8.caffemodel', '--json',
                              r['root'] / 'missing' / 'out.json'),
         lambda r: ['--json', r['root'] / 'missing', 'no folder']),
+    'weights holding a NaN': (
+        lambda r: score_argv(r, 'fcn8', 'nan.caffemodel'),
+        lambda r: [r['nan.caffemodel'], 'layer score_fr blob 0', 'non-finite', 'NaN']),
+    'weights whose scores overflow': (
+        lambda r: score_argv(r, 'fcn8', 'huge.caffemodel'),
+        lambda r: ['the loss (loss) is nan at image val_0000', r['huge.caffemodel'], 'no metrics']),
+    '--save-dir onto the ground truth': (
+        lambda r: score_argv(r, 'fcn8', 'fcn8.caffemodel', '--save-dir',
+                             r['voc'] / 'SegmentationClass'),
+        lambda r: ['the prediction of val_0000 would overwrite the label file',
+                   r['voc'] / 'SegmentationClass' / 'val_0000.png']),
+    '--json onto the split file': (
+        lambda r: score_argv(r, 'fcn8', 'fcn8.caffemodel', '--json',
+                             r['voc'] / 'ImageSets' / 'Segmentation' / 'val.txt'),
+        lambda r: ['--json would overwrite', r['voc'] / 'ImageSets' / 'Segmentation' / 'val.txt']),
+    '--json onto the weights': (
+        lambda r: score_argv(r, 'fcn8', 'fcn8.caffemodel', '--json', r['fcn8.caffemodel']),
+        lambda r: ['--json would overwrite the weights', r['fcn8.caffemodel']]),
 }
 
 
@@ -203,10 +237,81 @@ INFER_CASES = {
         lambda r: infer_argv(r, 'fcn8.caffemodel', '--out', r['root'] / 'infer-out',
                              image=r['root'] / 'none.jpg'),
         lambda r: ['image not found', 'none.jpg']),
+    'weights holding a NaN': (
+        lambda r: infer_argv(r, 'nan.caffemodel', '--out', r['root'] / 'infer-out'),
+        lambda r: [r['nan.caffemodel'], 'layer score_fr blob 0', 'NaN']),
+    'weights whose scores overflow': (
+        lambda r: infer_argv(r, 'huge.caffemodel', '--out', r['root'] / 'infer-out'),
+        lambda r: ['val_0000.jpg', "the net's scores are not finite"]),
+    '--out is the folder of PNG photos': (
+        lambda r: infer_argv(r, 'fcn8.caffemodel', '--out', r['voc'] / 'SegmentationClass',
+                             image=r['voc'] / 'SegmentationClass'),
+        lambda r: ['the label PNG of', 'would overwrite the input photo',
+                   r['voc'] / 'SegmentationClass' / sorted(os.listdir(r['voc'] / 'SegmentationClass'))[0],
+                   'choose another --out']),
+    "one photo's label PNG is another's overlay": (
+        lambda r: infer_argv(r, 'fcn8.caffemodel', '--out', r['root'] / 'infer-out',
+                             image=r['root'] / 'clash'),
+        lambda r: ['the overlay of', 'x.jpg and the label PNG of', 'x_overlay.jpg',
+                   'would both be', r['root'] / 'infer-out' / 'x_overlay.png']),
+    '--json onto the weights': (
+        lambda r: infer_argv(r, 'fcn8.caffemodel', '--out', r['root'] / 'infer-out',
+                             '--json', r['fcn8.caffemodel']),
+        lambda r: ['--json would overwrite the weights', r['fcn8.caffemodel']]),
 }
 
 
 COMMAND_CASES = {'score.py': SCORE_CASES, 'infer.py': INFER_CASES}
+
+CPU_ONLY = not caffe_setup.cuda_available()
+OPTION_CASES = {
+    # case: (argv from the fixture, culprits): argparse's one line, exit status 2
+    'infer.py --gpu 0 on a CPU-only build': (
+        lambda r: infer_argv(r, 'fcn8.caffemodel', '--gpu', 0),
+        lambda r: ['argument --gpu', 'built for the CPU only', 'leave out --gpu']),
+    'infer.py --gpu -1': (lambda r: infer_argv(r, 'fcn8.caffemodel', '--gpu=-1'),
+                          lambda r: ['argument --gpu', 'must be 0 or more, got -1']),
+    'infer.py --max-side -1': (lambda r: infer_argv(r, 'fcn8.caffemodel', '--max-side=-1'),
+                               lambda r: ['argument --max-side', 'must be 0 or more, got -1']),
+    'infer.py --memory 0': (lambda r: infer_argv(r, 'fcn8.caffemodel', '--memory', 0),
+                            lambda r: ['argument --memory', 'must be more than 0, got 0']),
+    'infer.py --memory nan': (lambda r: infer_argv(r, 'fcn8.caffemodel', '--memory', 'nan'),
+                              lambda r: ['argument --memory', "a finite number expected, got 'nan'"]),
+    'score.py --gpu 0 on a CPU-only build': (
+        lambda r: score_argv(r, 'fcn8', 'fcn8.caffemodel', '--gpu', 0),
+        lambda r: ['argument --gpu', 'built for the CPU only']),
+    'score.py --limit 0': (lambda r: score_argv(r, 'fcn8', 'fcn8.caffemodel', '--limit', 0),
+                           lambda r: ['argument --limit', 'must be 1 or more, got 0']),
+    'score.py --limit 2.5': (lambda r: score_argv(r, 'fcn8', 'fcn8.caffemodel', '--limit', 2.5),
+                             lambda r: ['argument --limit', "an integer expected, got '2.5'"]),
+    'score.py --upper-bound 8 0': (
+        lambda r: ['score.py', '--model', r['fcn8'], '--upper-bound', 8, 0],
+        lambda r: ['argument --upper-bound', 'must be 1 or more, got 0']),
+    'fetch --retries -1': (
+        lambda r: ['-m', 'fetch', 'weights', 'vgg16', '--retries=-1'],
+        lambda r: ['argument --retries', 'must be 0 or more, got -1']),
+    'fetch score-all --limit 0': (
+        lambda r: ['-m', 'fetch', 'score-all', '--limit', 0],
+        lambda r: ['argument --limit', 'must be 1 or more, got 0']),
+    'fetch score-all --gpu 0 on a CPU-only build': (
+        lambda r: ['-m', 'fetch', 'score-all', '--gpu', 0],
+        lambda r: ['argument --gpu', 'built for the CPU only']),
+}
+
+
+@pytest.mark.parametrize('case', OPTION_CASES)
+def test_option_out_of_range(repo, case, capfd):
+    """Refused as argparse reads it: before Caffe (which aborts on a GPU
+    it lacks), before any work."""
+    if 'CPU-only' in case and not CPU_ONLY:
+        pytest.skip('this Caffe is built with CUDA')
+    argv, culprits = OPTION_CASES[case]
+    before = tree(repo['root'])
+    out = run(*argv(repo), capfd=capfd)
+    command = 'python -m fetch' if argv(repo)[0] == '-m' else argv(repo)[0]
+    line = assert_one_line_error(out, *culprits(repo), rc=2)
+    assert line.startswith(command) and ': error: argument ' in line
+    assert tree(repo['root']) == before
 
 
 @pytest.mark.parametrize('command, case', [(c, case) for c, cases in COMMAND_CASES.items()
@@ -499,6 +604,20 @@ def installed(models_root):
     return models_root / 'voc-fcn8s' / 'fcn8s-heavy-pascal.caffemodel'
 
 
+def encrypted_zip(tmp_path):
+    """A zip of a NYUD-like folder whose members are marked encrypted
+    (general purpose flag bit 0), as a password-protected zip is."""
+    path = tmp_path / 'nyud.zip'
+    with zipfile.ZipFile(path, 'w') as zf:
+        zf.writestr('nyud/segmentation/img_0.mat', b'0' * 100)
+    data = bytearray(path.read_bytes())
+    for signature, flag_offset in ((b'PK\x03\x04', 6), (b'PK\x01\x02', 8)):
+        at = data.index(signature)
+        data[at + flag_offset] |= 1
+    path.write_bytes(bytes(data))
+    return path
+
+
 def cut_archive(tmp_path):
     """A .tar.gz of a NYUD-like folder, cut to half its bytes."""
     buf = io.BytesIO()
@@ -538,6 +657,25 @@ FETCH_CASES = {
     'truncated .tar.gz given with --file': (
         lambda r, m, d: ['data', 'nyud', '--dest', d / 'data', '--file', cut_archive(d)],
         lambda r, m, d: [d / 'nyud.tar.gz', 'truncated or corrupt archive']),
+    'an encrypted zip given with --file': (
+        lambda r, m, d: ['data', 'nyud', '--dest', d / 'data', '--file', encrypted_zip(d)],
+        lambda r, m, d: [d / 'nyud.zip', 'cannot unpack it', 'encrypted']),
+    '--dest is a file': (
+        lambda r, m, d: ['weights', 'voc-fcn8s', '--dest', r['text'], '--file', r['fcn8.caffemodel']],
+        lambda r, m, d: ['--dest', r['text'], 'a file, not a folder']),
+    '--dest below a file': (
+        lambda r, m, d: ['data', 'nyud', '--dest', os.path.join(r['text'], 'data'), '--file',
+                         cut_archive(d)],
+        lambda r, m, d: ['--dest', r['text'], 'is a file, not a folder']),
+    '--url with a malformed host': (
+        lambda r, m, d: ['weights', 'vgg16', '--dest', m, '--url', 'http://[bad/x.caffemodel'],
+        lambda r, m, d: ['vgg16: http://[bad/x.caffemodel', 'not a URL urllib can fetch']),
+    '--url without a scheme': (
+        lambda r, m, d: ['weights', 'vgg16', '--dest', m, '--url', 'mirror/x.caffemodel'],
+        lambda r, m, d: ['vgg16: mirror/x.caffemodel', 'not a URL urllib can fetch']),
+    '--url of a scheme urllib lacks': (
+        lambda r, m, d: ['weights', 'vgg16', '--dest', m, '--url', 'gopher://host/x'],
+        lambda r, m, d: ['gopher://host/x', "scheme 'gopher'"]),
     'truncated .tar.gz downloaded': (
         lambda r, m, d: ['data', 'nyud', '--dest', d / 'data', '--url',
                          'file://' + str(cut_archive(d))],

@@ -74,7 +74,7 @@ def test_ctrl_c_snapshots_and_ends_in_one_line(workspace):
     last = [line for line in err.splitlines() if line.strip()][-1]
     latest = training.Snapshots(os.path.join(folder, 'snapshot')).latest(full=True)
     assert latest['iteration'] >= 20
-    assert last == (f'solve.py: interrupted at iteration {latest["iteration"]}: snapshot '
+    assert last == (f'solve.py: interrupted (SIGINT): at iteration {latest["iteration"]}: snapshot '
                     f'{latest["solverstate"]}; continue with --resume')
 
 

@@ -429,5 +429,6 @@ def test_upper_bound_command_scores_coarsened_ground_truth(siftflow_model, tmp_p
     assert 'upper bounds' in printed and len([l for l in printed.splitlines() if l[:1] in '123']) == 6
     with pytest.raises(SystemExit):
         score.main(['--model', str(siftflow_model)])  # neither --weights nor --upper-bound
-    with pytest.raises(SystemExit, match='positive'):
+    with pytest.raises(SystemExit, match='2'):
         score.main(['--model', str(siftflow_model), '--upper-bound', '0'])
+    assert 'argument --upper-bound: must be 1 or more, got 0' in capsys.readouterr().err

@@ -229,5 +229,5 @@ def test_several_gpus_need_an_nccl_build(workspace, capsys):
     with pytest.raises(SystemExit):
         training.main(folder, ['--gpu', '0,1'])
     # A CPU-only Caffe has neither: the missing CUDA is named first.
-    missing = 'NCCL' if caffe_setup.cuda_available() else 'this Caffe is built without CUDA'
+    missing = 'NCCL' if caffe_setup.cuda_available() else 'this Caffe is built for the CPU only'
     assert missing in capsys.readouterr().err

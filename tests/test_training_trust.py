@@ -217,32 +217,31 @@ def test_a_read_only_snapshot_folder_is_refused(folder, capsys):
 
 
 OPTION_CASES = {
-    '--gpu -1': 'solve.py: error: --gpu -1: expected GPU ids (whole numbers from 0), such as 0 or 0,1',
-    '--gpu one': 'solve.py: error: --gpu one: expected GPU ids (whole numbers from 0), such as 0 or 0,1',
-    '--gpu 0,0': 'solve.py: error: --gpu 0,0: a GPU named twice; give each id once',
-    '--max-iter 0': 'solve.py: error: --max-iter 0: must be a whole number from 1 to 2147483647',
-    '--test-interval -4': 'solve.py: error: --test-interval -4: must be a whole number from 1 to '
-                          '2147483647',
-    '--val-limit 0': 'solve.py: error: --val-limit 0: must be a whole number from 1 to 2147483647',
-    '--max-iter 4294967296': 'solve.py: error: --max-iter 4294967296: must be a whole number from 1 '
-                             'to 2147483647',
-    '--max-iter 1.5': "solve.py: error: argument --max-iter: invalid int value: '1.5'",
-    '--weights w.caffemodel --resume': "solve.py: error: --weights and --resume: a resumed run "
-                                       "continues with its snapshot's weights; give one of them",
+    '--gpu -1': 'argument --gpu: must be 0 or more, got -1',
+    '--gpu one': "argument --gpu: an integer expected, got 'one'",
+    '--gpu 0,0': 'argument --gpu: 0,0: a GPU named twice; give each id once',
+    '--max-iter 0': 'argument --max-iter: must be 1 or more, got 0',
+    '--test-interval -4': 'argument --test-interval: must be 1 or more, got -4',
+    '--val-limit 0': 'argument --val-limit: must be 1 or more, got 0',
+    '--max-iter 4294967296': 'argument --max-iter: must be 2147483647 or less, got 4294967296',
+    '--max-iter 1.5': "argument --max-iter: an integer expected, got '1.5'",
+    '--weights w.caffemodel --resume': "--weights and --resume: a resumed run continues with its "
+                                       "snapshot's weights; give one of them",
 }
 
 
 @pytest.mark.parametrize('case', OPTION_CASES)
 def test_options_out_of_range_are_one_line(folder, capsys, case):
-    assert refused(folder, case.split(), capsys, code=2) == OPTION_CASES[case]
+    assert refused(folder, case.split(), capsys, code=2) == \
+        f'solve.py: error: {OPTION_CASES[case]} (see --help)'
 
 
 def test_gpu_on_a_caffe_without_cuda_is_one_line(folder, capsys):
     if caffe_setup.cuda_available():
         pytest.skip('this Caffe has CUDA')
     assert refused(folder, ['--gpu', '0'], capsys, code=2) == (
-        'solve.py: error: --gpu 0: this Caffe is built without CUDA (CPU only); train with --cpu, '
-        'or build Caffe with `make caffe CAFFE_BUILD_FLAGS=--cuda`')
+        'solve.py: error: argument --gpu: GPU 0: this Caffe is built for the CPU only (no CUDA); '
+        'leave out --gpu to run on the CPU (see --help)')
 
 
 # ----------------------------------------------------------- runs and signals

@@ -120,28 +120,26 @@ def interrupt(kind, folder, common, window, rng):
         check_interrupted(proc, folder, first)
 
 
-# What solve.py says when a signal came before any iteration ran.
-NOTHING_WRITTEN = ('solve.py: interrupted while loading; nothing was written',
-                   'solve.py: interrupted before training began; nothing was written')
-
-
 def check_interrupted(proc, folder, first):
     """How a solve.py that got signal `first` (then maybe more) ended: exit
     status 128 + `first`, one line and no traceback, and either nothing
-    written, or the snapshot the line names is latest.json's, whole, and
-    the newest there is (none left unnamed), with no temporary or lock
-    file left. Returns that snapshot's entry (None: nothing written)."""
+    written (a signal before any iteration ran), or the snapshot the line
+    names is latest.json's, whole, and the newest there is (none left
+    unnamed), with no temporary or lock file left. Returns that snapshot's
+    entry (None: nothing written)."""
     assert proc.returncode == 128 + first, (proc.returncode, proc.err)
     assert 'Traceback' not in proc.err, proc.err
     lines = [line for line in proc.err.splitlines() if line.strip()]
     assert len(lines) == 1, proc.err
+    name = signal.Signals(first).name
     snapshot = os.path.join(folder, 'snapshot')
-    if lines[0] in NOTHING_WRITTEN:
+    if lines[0] in (f'solve.py: interrupted ({name}) while starting; nothing was written',
+                    f'solve.py: interrupted ({name}): before training began; nothing was written'):
         assert not os.path.exists(snapshot), os.listdir(snapshot)
         return None
     latest = Snapshots(snapshot).latest(full=True)
-    assert lines[0] == (f'solve.py: interrupted at iteration {latest["iteration"]}: snapshot '
-                        f'{latest["solverstate"]}; continue with --resume'), (lines, latest)
+    assert lines[0] == (f'solve.py: interrupted ({name}): at iteration {latest["iteration"]}: '
+                        f'snapshot {latest["solverstate"]}; continue with --resume'), (lines, latest)
     written = [int(name.rsplit('_iter_', 1)[1].split('.')[0]) for name in os.listdir(snapshot)
                if name.endswith(('.caffemodel', '.solverstate'))]
     assert max(written) == latest['iteration'], (sorted(written), latest)

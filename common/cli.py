@@ -1,0 +1,178 @@
+"""What the commands (infer.py, score.py, surgery.py, python -m fetch) share
+on their command lines: option types that check a number's range as
+argparse reads it, and how a signal stops a command.
+
+Signals: Python turns SIGINT (Ctrl-C) into KeyboardInterrupt, which a
+command can clean up after, but SIGTERM (what process managers, schedulers
+and `kill` send) and SIGHUP end the process at once, leaving its temporary
+files behind. Within `stop_on_signals()` all three raise Interrupted, so the
+same cleanup runs (temporary outputs removed, every output file whole or
+absent) and the command ends with one line and the shell's status for that
+signal (128 + its number: 130 for SIGINT, 143 for SIGTERM).
+"""
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+import threading
+
+from common import caffe_setup
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+# ------------------------------------------------------------------ option types
+def number(kind=int, minimum=None, maximum=None, above=None):
+    """An argparse type: a `kind` (int or float) number, finite, at least
+    `minimum` / above `above` / at most `maximum` where given. A value out of
+    range is argparse's one-line error naming the option, the range and the
+    value."""
+    noun = 'an integer' if kind is int else 'a number'
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{noun} expected, got {text!r}') from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f'a finite number expected, got {text!r}')
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f'must be {minimum} or more, got {text}')
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f'must be more than {above}, got {text}')
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f'must be {maximum} or less, got {text}')
+        return value
+    return parse
+
+
+def gpu_id(text):
+    """An argparse type for --gpu: a device id (0 or more) on a Caffe built
+    with CUDA; on a CPU-only build Caffe would abort the process at
+    set_mode_gpu, so the option is refused here, naming the way out."""
+    gpu = number(int, minimum=0)(text)
+    try:
+        caffe_setup.check_device(gpu)
+    except caffe_setup.DeviceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return gpu
+
+
+# ------------------------------------------------------------------ signals
+class Interrupted(KeyboardInterrupt):
+    """A signal asked the command to stop. A KeyboardInterrupt, so that code
+    catching Ctrl-C catches SIGTERM alike and `except Exception` does not."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_status(self):
+        """What a shell reports for a process ended by this signal."""
+        return 128 + self.signum
+
+
+def _handled_signals():
+    """The stop signals this process may handle: those not ignored (under
+    nohup, or a shell's background job, a signal stays ignored)."""
+    return [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+
+
+def quit_while_starting(prog):
+    """Until stop_on_signals() takes over: a stop signal ends the process at
+    once with one line. For a command's start (importing Caffe takes
+    seconds), before it has written anything; Ctrl-C there would otherwise
+    print the traceback of whatever import it cut."""
+    def handler(signum, frame):
+        os.write(2, f'{prog}: interrupted ({signal.Signals(signum).name}) while starting; '
+                    'nothing was written\n'.encode())
+        os._exit(128 + signum)
+    handler.while_starting = True  # stop_on_signals() does not put it back
+    if threading.current_thread() is threading.main_thread():
+        for s in _handled_signals():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Within: the first stop signal raises Interrupted in the main thread;
+    later ones are ignored while the command cleans up, reports and exits,
+    so that a second Ctrl-C, or a process manager's repeated SIGTERM, cannot
+    cut the cleanup short (SIGKILL still ends a cleanup that hangs). The
+    previous handlers come back on leaving, unless a signal came (the
+    process is then ending) or they were quit_while_starting()'s: the work
+    is done then, and the signals are ignored while the process exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    received = []
+
+    def handler(signum, frame):
+        if not received:
+            received.append(signum)
+            # Ignored by the kernel from now on, not by a Python handler:
+            # the interpreter's shutdown resets Python handlers to the
+            # default (which would kill the process with a second signal
+            # after its one line), but keeps ignored signals ignored.
+            for s in previous:
+                signal.signal(s, signal.SIG_IGN)
+            if _deferral['depth']:
+                _deferral['held'] = signum  # raised where signals_deferred() ends
+                return
+            raise Interrupted(signum)
+    previous = {s: signal.signal(s, handler) for s in _handled_signals()}
+    try:
+        yield
+    finally:
+        if not received:
+            for s, old in previous.items():
+                signal.signal(s, signal.SIG_IGN if getattr(old, 'while_starting', False) else old)
+
+
+_deferral = {'depth': 0, 'held': None}  # signals_deferred()'s state (the main thread's)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Within: a stop signal (under stop_on_signals) waits, and is raised as
+    Interrupted when the outermost such block ends. For a few quick steps
+    that must happen together or not at all, e.g. renaming one image's
+    outputs into place."""
+    _deferral['depth'] += 1
+    try:
+        yield
+    finally:
+        _deferral['depth'] -= 1
+    if not _deferral['depth'] and _deferral['held'] is not None:
+        signum, _deferral['held'] = _deferral['held'], None
+        raise Interrupted(signum)
+
+
+def report_interrupted(prog, interrupted, what):
+    """One line `prog: interrupted (SIGNAL): what` on stderr for
+    `interrupted` (an Interrupted or a plain KeyboardInterrupt); returns the
+    signal's exit status."""
+    signum = getattr(interrupted, 'signum', signal.SIGINT)
+    print(f'{prog}: interrupted ({signal.Signals(signum).name}): {what}', file=sys.stderr)
+    return 128 + signum
+
+
+def exit_interrupted(prog, interrupted, what):
+    """report_interrupted, then exit with the signal's status."""
+    sys.exit(report_interrupted(prog, interrupted, what))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with usage errors in one line (`prog: error:
+    what`, exit status 2) like every other error of the commands; the usage
+    is one --help away."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
