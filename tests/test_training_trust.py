@@ -418,3 +418,17 @@ def test_folders_a_user_cannot_write_are_refused_before_training(user_folder):
     assert run.returncode == 1 and run.stderr.splitlines() == [
         f'solve.py: cannot write into the snapshot folder {snapshot}: Permission denied ({folder})']
     assert tree(folder) == before
+
+
+def test_two_different_signals_at_once_end_in_one_line(folder):
+    """Ctrl-C and SIGTERM together (both pending when Python looks): the
+    first one's line only, no report of the second. Two tries."""
+    snapshot = os.path.join(folder, 'snapshot')
+    for _ in range(2):
+        shutil.rmtree(snapshot, ignore_errors=True)
+        proc = resume_trials.solve(folder, '--max-iter', 100000, '--test-interval', 2, wait=False)
+        wait_for(os.path.join(snapshot, 'train_iter_2.json'), proc)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        proc.out, proc.err = proc.communicate(timeout=120)
+        resume_trials.check_interrupted(proc, folder, signal.SIGINT)
