@@ -19,15 +19,20 @@ snapshot/curves.png (loss and mean IU against iteration).
 """
 import argparse
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import math
 import multiprocessing
 import os
+import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 from tqdm import tqdm
@@ -45,11 +50,11 @@ import nets  # noqa: E402
 import report  # noqa: E402
 import score  # noqa: E402
 import surgery  # noqa: E402
-from common import locations, outputs, weightfiles  # noqa: E402
+from common import cli, locations, outputs, weightfiles  # noqa: E402
 from common.catalog import ILSVRC_NETS  # noqa: E402
 from common.locations import SNAPSHOT_DIR  # noqa: E402
 from common.metrics import METRICS  # noqa: E402
-from common.snapshots import Snapshots, SnapshotError  # noqa: E402
+from common.snapshots import HISTORY_PER_PARAM, Snapshots, SnapshotError  # noqa: E402
 from nets import SEED  # noqa: E402
 
 
@@ -62,26 +67,33 @@ class Diverged(TrainingError):
 
 
 class Interrupted(Exception):
-    """Training stopped by Ctrl-C (or SIGTERM) after snapshotting `entry`."""
+    """Training stopped by a stop signal (Ctrl-C, SIGTERM, SIGHUP: number
+    `signum`) after snapshotting `entry`."""
 
-    def __init__(self, entry):
-        super().__init__(f'interrupted at iteration {entry["iteration"]}: snapshot '
-                         f'{entry["solverstate"]}; continue with --resume')
-        self.entry = entry
+    def __init__(self, entry, signum):
+        self.entry, self.signum = entry, signum
+        self.what = kept(entry)
+        super().__init__(self.what)
 
 
-@contextlib.contextmanager
-def ignoring_interrupts():
-    """Let a snapshot being written finish even if Ctrl-C comes again."""
+def kept(entry):
+    """What an interrupted run says it kept: the snapshot `entry`."""
+    return f'at iteration {entry["iteration"]}: snapshot {entry["solverstate"]}; continue with --resume'
+
+
+def load_model(folder):
+    """The Model of a folder's net.py (nets.load), a mistake in net.py as
+    one TrainingError naming the file and line."""
+    path = os.path.join(os.path.abspath(folder), 'net.py')
     try:
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: signals go elsewhere
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
+        return nets.load(folder)
+    except SyntaxError as e:
+        raise TrainingError(f'{e.filename}:{e.lineno}:{e.offset}: {e.msg}') from None
+    except Exception as e:
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+        if not lines:
+            raise
+        raise TrainingError(f'{path}:{lines[-1]}: {type(e).__name__}: {e}') from None
 
 
 # ------------------------------------------------------------------ weights
@@ -215,23 +227,133 @@ class Progress:
 
 
 # ------------------------------------------------------------------ solver
+# Caffe's learning rate policies (sgd_solver.cpp); its solver types are
+# HISTORY_PER_PARAM's keys.
+LR_POLICIES = ('fixed', 'step', 'exp', 'inv', 'multistep', 'poly', 'sigmoid')
+
+
+def _line_of(text, field):
+    """The line number of `field`'s last setting in a prototxt's text, for
+    messages (0 if it is not set there)."""
+    found = [i for i, line in enumerate(text.splitlines(), 1)
+             if re.match(rf'\s*{field}\s*:', line)]
+    return found[-1] if found else 0
+
+
+def read_prototxt(path, message):
+    """Parse the prototxt at `path` into `message` the way Caffe does (a
+    field set twice is an error); a typo is one TrainingError naming the
+    file, line and column. Returns the text."""
+    try:
+        with open(path) as f:
+            text = f.read()
+        text_format.Parse(text, message)
+    except OSError as e:
+        raise TrainingError(f'{path}: {e.strerror}') from None
+    except text_format.ParseError as e:
+        where = f'{e.GetLine()}:{e.GetColumn()}:' if e.GetLine() else ''
+        problem = re.sub(r'^\d+:\d+ : ', '', str(e))
+        raise TrainingError(f'{path}:{where} {problem}') from None
+    return text
+
+
+def read_solver(path):
+    """The SolverParameter of a solver.prototxt, checked before Caffe sees it
+    (Caffe aborts on what it cannot use): a known solver type and learning
+    rate policy, rates that make sense, net files that exist and parse.
+    Raises TrainingError naming the file, line and what is expected."""
+    param = caffe_pb2.SolverParameter()
+    text = read_prototxt(path, param)
+
+    def bad(field, problem):
+        line = _line_of(text, field)
+        return TrainingError(f'{path}:{f"{line}:" if line else ""} {problem}')
+
+    if param.type not in HISTORY_PER_PARAM:
+        raise bad('type', f'type "{param.type}" is not a Caffe solver; the solvers are '
+                  f'{", ".join(HISTORY_PER_PARAM)}')
+    if param.lr_policy not in LR_POLICIES:
+        raise bad('lr_policy', f'lr_policy "{param.lr_policy}" is not a Caffe learning rate policy; '
+                  f'the policies are {", ".join(LR_POLICIES)}')
+    for field, ok, expected in (
+            ('base_lr', lambda v: v > 0, 'a positive number'),
+            ('momentum', lambda v: 0 <= v <= 1, 'between 0 and 1'),
+            ('weight_decay', lambda v: v >= 0, '0 or more'),
+            ('iter_size', lambda v: v >= 1, '1 or more'),
+            ('power', lambda v: v >= 0, '0 or more')):
+        value = getattr(param, field)
+        if not (math.isfinite(value) and ok(value)):
+            raise bad(field, f'{field}: {value:g} must be {expected}')
+    if param.lr_policy == 'step' and param.stepsize <= 0:
+        raise bad('stepsize', f'lr_policy "step" needs a positive stepsize (it is {param.stepsize})')
+    if not (param.train_net or param.net):
+        raise bad('train_net', 'no train_net (or net): the solver names no net to train')
+    folder = os.path.dirname(path)
+    named = [('train_net', param.train_net, [caffe_pb2.TRAIN]),
+             ('net', param.net, [caffe_pb2.TRAIN, caffe_pb2.TEST])] + \
+        [('test_net', name, [caffe_pb2.TEST]) for name in param.test_net]
+    for field, net_file, phases in named:
+        if not net_file:
+            continue
+        net_path = os.path.join(folder, net_file)  # Caffe opens them from the model folder
+        if not os.path.isfile(net_path):
+            raise bad(field, f'{field} "{net_file}": no such file {net_path}')
+        check_net(net_path, phases)
+    if not param.snapshot_prefix:  # Caffe would write "_iter_N.caffemodel" in the folder
+        param.snapshot_prefix = f'{SNAPSHOT_DIR}/{locations.SNAPSHOT_PREFIX}'
+    return param
+
+
+def check_net(path, phases):
+    """The net prototxt at `path` parses, each of its layers has a type this
+    Caffe has, and in each phase each layer's inputs (bottoms) are outputs
+    (tops) of a layer before it: Caffe aborts on anything else."""
+    net = caffe_pb2.NetParameter()
+    read_prototxt(path, net)
+    known = set(caffe.layer_type_list())
+    for layer in net.layer:
+        if layer.type not in known:
+            raise TrainingError(f'{path}: layer "{layer.name}" has type "{layer.type}", which this '
+                                f'Caffe does not have; its layer types are {", ".join(sorted(known))}')
+    for phase in phases:
+        tops = set(net.input)
+        for layer in (layer for layer in net.layer if _in_phase(layer, phase)):
+            for bottom in layer.bottom:
+                if bottom not in tops:
+                    raise TrainingError(
+                        f'{path}: layer "{layer.name}" reads "{bottom}", which no layer before it '
+                        f'writes (in the {caffe_pb2.Phase.Name(phase)} net)')
+            tops.update(layer.top)
+
+
+def _in_phase(layer, phase):
+    """Whether `layer` is in the net of `phase` (Caffe's include/exclude
+    rules, for the solver's default state: level 0, no stages)."""
+    def meets(rule):
+        return (not rule.HasField('phase') or rule.phase == phase) and \
+            rule.min_level <= 0 and (not rule.HasField('max_level') or rule.max_level >= 0) and \
+            not rule.stage
+    if layer.include:
+        return any(meets(rule) for rule in layer.include)
+    return not any(meets(rule) for rule in layer.exclude)
+
+
 def make_solver(model, test_interval, max_iter):
     """The solver of the folder's solver.prototxt (SGD unless it names
-    another type); Caffe's own snapshots are turned off because this loop
-    writes them (atomically)."""
-    param = caffe_pb2.SolverParameter()
-    with open('solver.prototxt') as f:
-        text_format.Merge(f.read(), param)
+    another type), checked first (read_solver); Caffe's own snapshots are
+    turned off because this loop writes them (atomically)."""
+    param = read_solver(os.path.abspath('solver.prototxt'))
     param.snapshot = 0
     param.max_iter = max_iter
     param.random_seed = SEED
-    fd, path = tempfile.mkstemp(dir='.', prefix='.solver-', suffix='.prototxt')
-    with os.fdopen(fd, 'w') as f:
-        f.write(text_format.MessageToString(param))
-    try:
+    # Caffe takes a solver from a file only: a folder of its own, outside the
+    # model folder, which nothing leaves behind there even if Caffe aborts.
+    # The net paths stay relative to the current directory, the model folder.
+    with tempfile.TemporaryDirectory(prefix='fcn-solver-') as tmp:
+        path = os.path.join(tmp, 'solver.prototxt')
+        with open(path, 'w') as f:
+            f.write(text_format.MessageToString(param))
         solver = caffe.get_solver(path)
-    finally:
-        os.remove(path)
     return solver, param  # pycaffe exposes few of the solver's settings
 
 
@@ -335,7 +457,7 @@ def start(solver, param, model, snapshots, weights=None, resume=None):
     if resume:
         state = resume_point(snapshots, resume)
         try:
-            weightfiles.check_solverstate(state, solver.net, model.solver_type)
+            weightfiles.check_solverstate(state, solver.net, param.type)
         except weightfiles.CheckError as e:
             raise TrainingError(f'cannot resume: {e}') from e
         solver.restore(state)
@@ -347,8 +469,10 @@ def start(solver, param, model, snapshots, weights=None, resume=None):
 def step_loop(solver, param, model, snapshots, progress, examples, max_iter, test_interval,
               leader=True, quiet=False):
     """Step the solver to `max_iter`: every `test_interval` iterations the
-    leader scores the val examples, logs and snapshots. Ctrl-C snapshots the
-    work done so far before the KeyboardInterrupt goes on."""
+    leader scores the val examples, logs and snapshots. A stop signal
+    (cli.stop_on_signals; plain Ctrl-C alike) snapshots the work done so
+    far, and Interrupted names it; while a snapshot and its log are being
+    written a signal waits (cli.signals_deferred)."""
     losses = [h.loss for h in model.source.heads]
     t0 = time.time()
     # The bar only on a terminal (None): a log file keeps log.jsonl's records.
@@ -372,8 +496,9 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
                 bar.update(1)
                 bar.set_postfix(loss=f'{loss:.4g}')
                 if param.display and solver.iter % param.display == 0:
-                    progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
-                                      seconds=round(time.time() - t0, 3)))
+                    with cli.signals_deferred():
+                        progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
+                                          seconds=round(time.time() - t0, 3)))
                     window = []
             if not leader:
                 continue
@@ -381,20 +506,23 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
             # previous snapshot and drops this record with the work.
             details = {}
             metrics = evaluate(solver, model, examples, details) if examples else {}
-            progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
-                              metrics=metrics, seconds=round(time.time() - t0, 3)))
-            entry = snapshots.save(solver, param.type)
-            window = []
-            progress.plot(model.name)
-            if details:
-                write_report(model, entry, details, len(examples), progress)
-    except KeyboardInterrupt:
+            with cli.signals_deferred():  # the snapshot, its log and report whole, then a signal
+                progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
+                                  metrics=metrics, seconds=round(time.time() - t0, 3)))
+                entry = snapshots.save(solver, param.type)
+                window = []
+                progress.plot(model.name)
+                if details:
+                    write_report(model, entry, details, len(examples), progress)
+    except KeyboardInterrupt as e:  # cli.Interrupted too
         if not leader:
             raise
-        # Interrupted between iterations: keep the work done so far, once.
-        with ignoring_interrupts():
-            bar.close()
-            raise Interrupted(snapshots.save(solver, param.type)) from None
+        # Keep the work done so far (under stop_on_signals later signals are
+        # ignored meanwhile): this iteration's snapshot if it is whole
+        # already, else a new one.
+        bar.close()
+        entry = snapshots.current(solver.iter) or snapshots.save(solver, param.type)
+        raise Interrupted(entry, getattr(e, 'signum', signal.SIGINT)) from None
     finally:
         bar.close()
 
@@ -420,6 +548,9 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
         solver, param = make_solver(model, test_interval, max_iter)
         snapshots = Snapshots(SNAPSHOT_DIR, param.snapshot_prefix)
         start(solver, param, model, snapshots, weights, resume)
+        if solver.iter > max_iter:
+            raise TrainingError(f'--max-iter {max_iter}: training resumes at iteration {solver.iter}, '
+                                'past it; give a larger --max-iter')
         if nccl is not None:  # Caffe's data parallelism: share weights, sum gradients
             reducer = caffe.NCCL(solver, nccl[0])
             reducer.bcast()
@@ -433,66 +564,222 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
 
 
 def _parallel_worker(folder, gpus, rank, uid, args):
-    try:
-        train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
-              resume=args.resume, gpu=gpus[rank], val_limit=args.val_limit,
-              nccl=(uid, rank, len(gpus)))
-    except TrainingError as e:
-        sys.exit(f'solve.py (GPU {gpus[rank]}): {e}')
-    except Interrupted as e:
-        sys.exit(f'solve.py: {e}')
-    except KeyboardInterrupt:
-        sys.exit(130)
+    with cli.stop_on_signals():
+        try:
+            train(folder, weights=args.weights, max_iter=args.max_iter,
+                  test_interval=args.test_interval, resume=args.resume, gpu=gpus[rank],
+                  val_limit=args.val_limit, nccl=(uid, rank, len(gpus)))
+        except TrainingError as e:
+            sys.exit(f'solve.py (GPU {gpus[rank]}): {e}')
+        except Interrupted as e:
+            cli.exit_interrupted('solve.py', e, e.what)
+        except KeyboardInterrupt as e:
+            sys.exit(128 + getattr(e, 'signum', signal.SIGINT))
 
 
 def train_parallel(folder, gpus, args):
     """Caffe's own multi-GPU training (as its python/train.py): one process
     per GPU, NCCL summing gradients; each Python data layer reads its share
-    of the sequence (layers.py: every solver_count-th example)."""
-    if not caffe.has_nccl():
-        raise TrainingError('several --gpu ids need a Caffe built with NCCL (USE_NCCL=ON); '
-                            'this build has none: train on one GPU')
+    of the sequence (layers.py: every solver_count-th example). A signal to
+    this process goes on to the workers (a terminal's Ctrl-C reaches them
+    all; a scheduler's SIGTERM only this one); the first one's snapshot
+    line is the message, and this process exits as it did."""
     uid = caffe.NCCL.new_uid()
     context = multiprocessing.get_context('spawn')  # a fresh CUDA context per process
     procs = [context.Process(target=_parallel_worker, args=(folder, gpus, rank, uid, args))
              for rank in range(len(gpus))]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt as e:  # cli.Interrupted too
+        signum = getattr(e, 'signum', signal.SIGINT)
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+        for p in procs:
+            p.join()
+        raise SystemExit(128 + signum) from None
     failed = [gpus[i] for i, p in enumerate(procs) if p.exitcode]
     if failed:
         raise TrainingError(f'training failed on GPU(s) {failed}')
 
 
+# Caffe counts iterations in 32-bit integers.
+MAX_ITERATIONS = 2**31 - 1
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description='Train this model folder (FCN reference settings).')
+    parser = cli.ArgumentParser(prog='solve.py',
+                                description='Train this model folder (FCN reference settings).')
     device = parser.add_mutually_exclusive_group()
-    device.add_argument('--gpu', help='GPU id(s), e.g. 0 or 0,1 (several: NCCL data parallelism)')
+    device.add_argument('--gpu', type=gpu_ids,
+                        help='GPU id(s), e.g. 0 or 0,1 (several: NCCL data parallelism)')
     device.add_argument('--cpu', action='store_true', help='train on the CPU (default without --gpu)')
     parser.add_argument('--weights', help='start weights (default: the reference start for this model)')
-    parser.add_argument('--max-iter', type=int, help='stop at this iteration (default: solver max_iter)')
-    parser.add_argument('--test-interval', type=int,
+    iterations = cli.number(int, minimum=1, maximum=MAX_ITERATIONS)
+    parser.add_argument('--max-iter', type=iterations,
+                        help='stop at this iteration (default: solver max_iter)')
+    parser.add_argument('--test-interval', type=iterations,
                         help='iterations between scoring and snapshots (default: dataset reference)')
     parser.add_argument('--resume', nargs='?', const=True, metavar='SOLVERSTATE',
                         help='continue from the latest complete snapshot (or the one given)')
-    parser.add_argument('--val-limit', type=int, help='score only the first N val images')
+    parser.add_argument('--val-limit', type=cli.number(int, minimum=1),
+                        help='score only the first N val images')
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     args = parser.parse_args(argv)
-    try:
-        args.gpus = [int(g) for g in args.gpu.split(',')] if args.gpu else []
-    except ValueError:
-        parser.error(f'--gpu {args.gpu}: expected GPU ids such as 0 or 0,1')
-    for name in ('max_iter', 'test_interval', 'val_limit'):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f'--{name.replace("_", "-")} must be a positive number')
+    if args.weights and args.resume:
+        parser.error("--weights and --resume: a resumed run continues with its snapshot's "
+                     'weights; give one of them')
+    args.gpus = args.gpu or []
     return args  # paths stay as typed: train() reads them from the current directory
 
 
-def check_start(model, weights=None, resume=None):
+def gpu_ids(text):
+    """An argparse type for --gpu: GPU ids (0 or more), each once, on a
+    Caffe with CUDA (cli.gpu_id), several only with NCCL, each one Caffe can
+    open (it aborts on one it cannot: asked in a process of its own)."""
+    ids = [cli.number(int, minimum=0)(g) for g in text.split(',')]
+    if len(set(ids)) < len(ids):
+        raise argparse.ArgumentTypeError(f'{text}: a GPU named twice; give each id once')
+    cli.gpu_id(str(ids[0]))  # the build has CUDA
+    if len(ids) > 1 and not caffe.has_nccl():
+        raise argparse.ArgumentTypeError(f'{text}: several GPUs need a Caffe built with NCCL '
+                                         '(USE_NCCL=ON); this build has none: train on one GPU')
+    for gpu in ids:
+        probe = subprocess.run([sys.executable, '-c', f'import caffe; caffe.set_device({gpu})'],
+                               capture_output=True)
+        if probe.returncode != 0:
+            raise argparse.ArgumentTypeError(f'Caffe cannot open GPU {gpu} (`nvidia-smi -L` lists '
+                                             'the GPUs of this machine)')
+    return ids
+
+
+def check_prototxts(model):
+    """Before any net is built: the folder's net prototxts are what its
+    net.py defines (not older than an edit of it). solver.prototxt is left
+    out: users edit it by hand (base_lr after a divergence)."""
+    generated = {os.path.join(model.folder, name): text for name, text in model.prototxts().items()
+                 if name in model.net_files().values()}
+    for path in nets.stale(generated):
+        problem = 'is missing' if not os.path.exists(path) else \
+            'differs from what net.py defines (net.py edited since it was written?)'
+        again = f' (or `python -m nets {model.name}`)' \
+            if os.path.abspath(locations.model_dir(model.name)) == model.folder else ''
+        raise TrainingError(f'{path} {problem}: regenerate the prototxts with `python net.py` in '
+                            f'{model.folder}{again}')
+
+
+def check_snapshot_folders(model, param):
+    """Before training: where snapshots go (the snapshot folder, and the
+    folder of the solver's snapshot_prefix) is a folder, or can be one,
+    that this process can write. Writes nothing: an existing folder is
+    probed with a file that has no name (O_TMPFILE), which works for root
+    and read-only mounts alike, where permission bits do not tell."""
+    folders = [os.path.join(model.folder, SNAPSHOT_DIR)]
+    prefix_folder = os.path.dirname(os.path.join(model.folder, param.snapshot_prefix))
+    if os.path.abspath(prefix_folder) != os.path.abspath(folders[0]):
+        folders.append(prefix_folder)
+    for folder in folders:
+        what = 'the snapshot folder' if folder == folders[0] else \
+            f'the folder of snapshot_prefix "{param.snapshot_prefix}" (solver.prototxt)'
+        if os.path.islink(folder) and not os.path.exists(folder):
+            raise TrainingError(f'{what} {folder} is a link to {os.readlink(folder)}, which does '
+                                'not exist')
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise TrainingError(f'{what} {folder} is a file, not a folder: move it away (snapshots, '
+                                'latest.json and the training log go there)')
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as e:
+            raise TrainingError(f'cannot write into {what} {folder}: {e.strerror} '
+                                f'({existing})') from None
+
+
+LOCK_NAME = 'solve.lock'
+
+
+@contextlib.contextmanager
+def one_run(model):
+    """Hold the model folder for this run: an OS lock (flock, let go by the
+    OS whatever way the process ends) on snapshot/solve.lock, which holds
+    this process's id. A second solve.py in the folder gets TrainingError
+    naming the first one's process id, and writes nothing. The lock file
+    (and the snapshot folder, if this run made it and left it empty) goes
+    when the run ends."""
+    folder = os.path.join(model.folder, SNAPSHOT_DIR)
+    made = not os.path.isdir(folder)
+    path = os.path.join(folder, LOCK_NAME)
+    fd = None
+    try:
+        with cli.signals_deferred():  # a signal here comes once the lock is taken, and let go below
+            fd = _take_lock(model, folder, path)
+        yield
+    finally:
+        if fd is not None:
+            with cli.signals_deferred():
+                os.unlink(path)  # while still locked: a run waiting on this file tries again
+                os.close(fd)
+                if made:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(folder)
+
+
+def _take_lock(model, folder, path):
+    """The descriptor of the locked lock file, this process's id in it."""
+    for _ in range(10):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise TrainingError(f'cannot write into the snapshot folder {folder}: {e.strerror}') from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise TrainingError(f'cannot lock {path}: {e.strerror}') from None
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise TrainingError(f'another solve.py (process {holder}) is training in {model.folder}: '
+                                f'wait for it to end, or stop it (kill {holder}) and --resume') from None
+        try:  # the file locked is the one on disk (not one a finished run just removed)
+            current = os.stat(path)
+            locked = os.fstat(fd)
+            if (current.st_dev, current.st_ino) == (locked.st_dev, locked.st_ino):
+                os.ftruncate(fd, 0)
+                os.write(fd, f'{os.getpid()}\n'.encode())
+                return fd
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            os.close(fd)
+            raise TrainingError(f'cannot write {path}: {e.strerror}') from None
+        os.close(fd)
+    raise TrainingError(f'cannot lock {path}: it keeps being replaced')
+
+
+def _lock_holder(fd):
+    """The process id in a lock file another run holds (written just after
+    it took the lock: wait a moment for it)."""
+    for _ in range(50):
+        text = os.pread(fd, 64, 0).decode(errors='replace').strip()
+        if text:
+            return text
+        time.sleep(0.02)
+    return 'unknown'
+
+
+def check_start(model, weights=None, resume=None, max_iter=None):
     """Before any net is built: the data each of the model's nets reads,
-    and where training starts (start weights or snapshot). Raises
-    TrainingError naming what is missing and the command that gets it."""
+    and where training starts (start weights or snapshot, not past
+    `max_iter`). Raises TrainingError naming what is missing and the
+    command that gets it."""
     for file in (model.source.train_file, model.source.val_file):
         net_param = caffe_pb2.NetParameter()
         try:
@@ -503,7 +790,11 @@ def check_start(model, weights=None, resume=None):
         except (OSError, ValueError, text_format.ParseError) as e:
             raise TrainingError(str(e)) from None
     if resume:
-        resume_point(Snapshots(os.path.join(model.folder, SNAPSHOT_DIR)), resume)
+        snapshots = Snapshots(os.path.join(model.folder, SNAPSHOT_DIR))
+        entry = snapshots.for_solverstate(resume_point(snapshots, resume))
+        if entry and max_iter and entry['iteration'] > max_iter:
+            raise TrainingError(f'--max-iter {max_iter}: training resumes at iteration '
+                                f'{entry["iteration"]}, past it; give a larger --max-iter')
     elif weights:
         if not os.path.isfile(weights):
             raise TrainingError(f'--weights {weights}: no such file')
@@ -513,26 +804,47 @@ def check_start(model, weights=None, resume=None):
 
 def main(folder, argv=None):
     """Entry point of every model folder's solve.py. User errors end in one
-    line (no traceback); Ctrl-C or SIGTERM snapshot, then end in one line."""
-    args = parse_args(argv)
-    folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
-    # Ctrl-C and SIGTERM snapshot first; also when started in the background
-    # (where the shell leaves SIGINT ignored).
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.default_int_handler)
+    line (no traceback), found before any net is built where they can be;
+    one run per model folder (one_run); Ctrl-C, SIGTERM or SIGHUP, once or
+    repeated, end in one line naming the snapshot that keeps the work, exit
+    status 128 + the signal (130, 143, 129)."""
+    with cli.stop_on_signals():
+        written = None  # latest.json as this run found it
+        try:
+            args = parse_args(argv)
+            folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
+            model = load_model(folder)
+            check_prototxts(model)
+            param = read_solver(os.path.join(model.folder, 'solver.prototxt'))
+            check_snapshot_folders(model, param)
+            with one_run(model):
+                written = _pointer_stamp(model)
+                check_start(model, args.weights, args.resume, args.max_iter)
+                if len(args.gpus) > 1:
+                    train_parallel(folder, args.gpus, args)
+                else:
+                    train(folder, weights=args.weights, max_iter=args.max_iter,
+                          test_interval=args.test_interval, resume=args.resume,
+                          gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
+        except (TrainingError, SnapshotError, outputs.OutputError, FileNotFoundError, TypeError,
+                layers.DataError, layers.ParamError) as e:
+            sys.exit(f'solve.py: {e}')  # data errors name the file, value and class count
+        except Interrupted as e:
+            cli.exit_interrupted('solve.py', e, e.what)
+        except KeyboardInterrupt as e:  # cli.Interrupted too: outside the steps
+            if written is not None and _pointer_stamp(model) != written:
+                # after a snapshot this run wrote (a signal as training ended)
+                latest = Snapshots(os.path.join(model.folder, SNAPSHOT_DIR)).latest()
+                if latest:
+                    cli.exit_interrupted('solve.py', e, kept(latest))
+            cli.exit_interrupted('solve.py', e, 'before training began; nothing was written')
+
+
+def _pointer_stamp(model):
+    """What tells whether latest.json was written since (it is replaced, so
+    its inode changes): (inode, modification time), or () without one."""
     try:
-        model = nets.load(folder)
-        check_start(model, args.weights, args.resume)
-        if len(args.gpus) > 1:
-            train_parallel(folder, args.gpus, args)
-        else:
-            train(folder, weights=args.weights, max_iter=args.max_iter, test_interval=args.test_interval,
-                  resume=args.resume, gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
-    except (TrainingError, SnapshotError, outputs.OutputError, FileNotFoundError, TypeError,
-            layers.DataError, layers.ParamError) as e:
-        sys.exit(f'solve.py: {e}')  # data errors name the file, value and class count
-    except Interrupted as e:
-        print(f'\nsolve.py: {e}', file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:  # before training began: nothing to keep
-        sys.exit('\nsolve.py: interrupted before training began; nothing was written')
+        stat = os.stat(os.path.join(model.folder, SNAPSHOT_DIR, 'latest.json'))
+    except OSError:
+        return ()
+    return stat.st_ino, stat.st_mtime_ns

@@ -117,12 +117,12 @@ def stop_on_signals():
     def handler(signum, frame):
         if not received:
             received.append(signum)
-            # Ignored by the kernel from now on, not by a Python handler:
-            # the interpreter's shutdown resets Python handlers to the
-            # default (which would kill the process with a second signal
-            # after its one line), but keeps ignored signals ignored.
+            # Later ones do nothing. A Python handler for now: another
+            # signal may be pending already (SIGTERM right after Ctrl-C),
+            # and CPython reports one whose handler became SIG_IGN in the
+            # meantime ("ignored due to race condition") with a traceback.
             for s in previous:
-                signal.signal(s, signal.SIG_IGN)
+                signal.signal(s, _ignore)
             if _deferral['depth']:
                 _deferral['held'] = signum  # raised where signals_deferred() ends
                 return
@@ -131,9 +131,19 @@ def stop_on_signals():
     try:
         yield
     finally:
-        if not received:
-            for s, old in previous.items():
-                signal.signal(s, signal.SIG_IGN if getattr(old, 'while_starting', False) else old)
+        for s, old in previous.items():
+            if received or getattr(old, 'while_starting', False):
+                # Ignored by the kernel while the process ends: the
+                # interpreter's shutdown resets Python handlers to the
+                # default (which would kill the process with a second signal
+                # after its one line), but keeps ignored signals ignored.
+                signal.signal(s, signal.SIG_IGN)
+            else:
+                signal.signal(s, old)
+
+
+def _ignore(signum, frame):
+    """A stop signal after the first: the command is stopping already."""
 
 
 _deferral = {'depth': 0, 'held': None}  # signals_deferred()'s state (the main thread's)

@@ -117,6 +117,50 @@ class Snapshots:
         return 'other complete snapshots: ' + ', '.join(older[::-1]) + \
             ' (resume one with --resume FILE)'
 
+    def current(self, iteration):
+        """The entry latest.json holds if it is the snapshot of `iteration`
+        with its files whole (sizes), else None: what an interrupted run
+        names instead of writing the same snapshot again."""
+        try:
+            entry = self.latest()
+        except SnapshotError:
+            return None
+        return entry if entry and entry['iteration'] == iteration else None
+
+    def _retire(self, prefix, iteration):
+        """Before Caffe writes <prefix>.caffemodel/.solverstate where files
+        of the same iteration are (a run resumed from an older snapshot, or
+        one killed while writing): point latest.json at the newest complete
+        snapshot before it (or remove it), so that nothing names files while
+        they are rewritten; then remove the manifest and the files (Caffe
+        would abort on one it cannot overwrite)."""
+        try:
+            if os.path.exists(self.pointer) and self._pointer_iteration() == iteration:
+                older = [e for e in self.complete() if e['iteration'] < iteration]
+                if older:
+                    self._point(older[-1])
+                else:
+                    os.remove(self.pointer)
+            for path in (prefix + '.json', prefix + '.caffemodel', prefix + '.solverstate'):
+                if os.path.lexists(path):
+                    os.remove(path)
+        except OSError as e:
+            raise SnapshotError(f'cannot replace the earlier snapshot {prefix}.*: '
+                                f'{e.strerror}') from None
+
+    def _pointer_iteration(self):
+        try:
+            with open(self.pointer) as f:
+                return int(json.load(f)['iteration'])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _point(self, entry):
+        """Replace latest.json by `entry` (absolute paths as read)."""
+        relative = {**entry, **{key: os.path.relpath(entry[key], self.folder)
+                                for key, _ in self.FILES}}
+        outputs.write_atomically(self.pointer, json.dumps(relative), what='snapshot manifest')
+
     def needed_bytes(self, net, solver_type):
         """About what a snapshot of `net` takes on disk: the weights, and the
         solver's history (HISTORY_PER_PARAM blobs per parameter)."""
@@ -128,7 +172,8 @@ class Snapshots:
         Checks the free space first: Caffe aborts on a failed write."""
         try:
             os.makedirs(self.folder, exist_ok=True)
-            free = shutil.disk_usage(self.folder).free
+            os.makedirs(os.path.dirname(self.prefix), exist_ok=True)  # Caffe writes there
+            free = shutil.disk_usage(os.path.dirname(self.prefix)).free
         except OSError as e:
             raise SnapshotError(f'cannot write snapshots into {self.folder}: '
                                 f'{e.strerror}') from None
@@ -138,8 +183,9 @@ class Snapshots:
                 f'cannot snapshot iteration {solver.iter} into {self.folder}: '
                 f'{free / 2**20:.1f} MiB free, a snapshot needs about {needed / 2**20:.1f} MiB '
                 '(disk full?); free some space and --resume')
-        solver.snapshot()
         prefix = f'{self.prefix}_iter_{solver.iter}'
+        self._retire(prefix, solver.iter)
+        solver.snapshot()
         entry = {'iteration': solver.iter}
         for key, ext in self.FILES:
             path = prefix + ext

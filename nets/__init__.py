@@ -10,11 +10,11 @@ import importlib.util
 import os
 
 from common import locations
-from nets.model import Model, solver_text, write_net_py
+from nets.model import Model, solver_text, stale, write_net_py
 from nets.sources import LMDB, NYUD, SEED, VOC, Context, Head, SIFTFlow, Source
 
 __all__ = ['Model', 'Source', 'Head', 'VOC', 'NYUD', 'SIFTFlow', 'Context', 'LMDB', 'SEED',
-           'model_names', 'load', 'solver_text', 'write_net_py']
+           'model_names', 'load', 'solver_text', 'stale', 'write_net_py']
 
 
 def model_names():

@@ -8,7 +8,7 @@ import os
 import sys
 
 import nets
-from nets import ilsvrc
+from nets import ilsvrc, stale
 
 
 def generated():
@@ -18,20 +18,6 @@ def generated():
         model = nets.load(name)
         files.update({os.path.join(model.folder, k): v for k, v in model.prototxts().items()})
     return files
-
-
-def stale(files):
-    """Paths whose committed content differs from `files`."""
-    out = []
-    for path, text in files.items():
-        try:
-            with open(path) as f:
-                if f.read() == text:
-                    continue
-        except FileNotFoundError:
-            pass
-        out.append(path)
-    return out
 
 
 def main(argv=None):

@@ -136,6 +136,21 @@ def solver_text(entries):
     return ''.join(f'# {v}\n' if k == '#' else f'{k}: {value(v)}\n' for k, v in entries)
 
 
+def stale(files):
+    """Paths of `files` ({path: generated text}) whose content on disk
+    differs (or which are missing): prototxts older than their net.py."""
+    out = []
+    for path, text in files.items():
+        try:
+            with open(path) as f:
+                if f.read() == text:
+                    continue
+        except FileNotFoundError:
+            pass
+        out.append(path)
+    return out
+
+
 def source_code(value):
     """Python that rebuilds `value` with the names nets exports: a dataclass
     (Model, a Source, Head) as a call of its class giving the fields that

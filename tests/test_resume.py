@@ -49,12 +49,14 @@ def trained(trained_once, tmp_path):
 
 def test_every_kind_of_interruption_resumes_to_identical_weights(workspace):
     """Early stop inside an interval, Ctrl-C and kill -9 at random moments,
-    with two images a step (loss sampling) and dropout: bit for bit."""
+    SIGTERM and Ctrl-C sent two or three times, with two images a step
+    (loss sampling) and dropout: bit for bit."""
     root, _ = workspace
-    results = resume_trials.run(3, steps=16, interval=8, seed=3, root=os.path.join(root, 'trials'),
-                                out=lambda line: None)
-    assert [kind for kind, _, _ in results] == list(resume_trials.KINDS)
-    assert [diff for _, _, diff in results] == [0.0, 0.0, 0.0]
+    kinds = resume_trials.KINDS
+    results = resume_trials.run(len(kinds), steps=16, interval=8, seed=3,
+                                root=os.path.join(root, 'trials'), out=lambda line: None)
+    assert [kind for kind, _, _ in results] == list(kinds)
+    assert [diff for _, _, diff in results] == [0.0] * len(kinds)
 
 
 def test_ctrl_c_snapshots_and_ends_in_one_line(workspace):
@@ -72,7 +74,7 @@ def test_ctrl_c_snapshots_and_ends_in_one_line(workspace):
     last = [line for line in err.splitlines() if line.strip()][-1]
     latest = training.Snapshots(os.path.join(folder, 'snapshot')).latest(full=True)
     assert latest['iteration'] >= 20
-    assert last == (f'solve.py: interrupted at iteration {latest["iteration"]}: snapshot '
+    assert last == (f'solve.py: interrupted (SIGINT): at iteration {latest["iteration"]}: snapshot '
                     f'{latest["solverstate"]}; continue with --resume')
 
 

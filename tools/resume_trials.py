@@ -5,10 +5,13 @@ exactly the weights of an uninterrupted run (prints a row per trial).
         [--seed 0] [--folder DIR]
 
 Each trial trains a copy of a small model folder with the real `solve.py
---cpu`, stops it one of three ways, then runs `solve.py --resume` to the end:
-  stop    --max-iter at a random iteration (inside a test interval or on one)
-  sigint  Ctrl-C (SIGINT) at a random moment: solve.py snapshots, then exits
-  sigkill kill -9 at a random moment: the latest complete snapshot survives
+--cpu`, stops it one of five ways, then runs `solve.py --resume` to the end:
+  stop              --max-iter at a random iteration (inside a test interval or on one)
+  sigint            Ctrl-C (SIGINT) at a random moment: solve.py snapshots, then exits
+  sigkill           kill -9 at a random moment: the latest complete snapshot survives
+  sigterm-repeated  SIGTERM two or three times, a random 0-0.3 s apart, from a random
+                    moment (as process managers and schedulers send it)
+  sigint-repeated   the same with Ctrl-C
 and compares every weight with the uninterrupted run's, bit for bit. The
 model (a narrow VGG16 FCN-32s on generated VOC-layout scenes, loss sampling
 at p = 0.5, so two images a step, and dropout) exercises every source of
@@ -42,7 +45,8 @@ import synthetic  # noqa: E402
 from common import datasets, locations  # noqa: E402
 from common.snapshots import Snapshots  # noqa: E402
 
-KINDS = ('stop', 'sigint', 'sigkill')
+KINDS = ('stop', 'sigint', 'sigkill', 'sigterm-repeated', 'sigint-repeated')
+SIGNALS = {'sigint': signal.SIGINT, 'sigkill': signal.SIGKILL, 'sigterm': signal.SIGTERM}
 
 
 def make_workspace(root):
@@ -83,26 +87,65 @@ def fresh_copy(template, root, name):
     return folder
 
 
+def signals_for(kind, rng):
+    """[(signal, seconds to wait before it)] a kind of interruption sends."""
+    name, _, repeated = kind.partition('-')
+    count = rng.randint(2, 3) if repeated else 1
+    return [(SIGNALS[name], 0 if i == 0 else rng.uniform(0, 0.3)) for i in range(count)]
+
+
 def interrupt(kind, folder, common, window, rng):
-    """Start training and send the signal at a random moment of `window`
-    (seconds: start-up over, training not yet done); a run that ended first
-    is started again with an earlier moment."""
+    """Start training and send the kind's signals from a random moment of
+    `window` (seconds: start-up over, training not yet done); a run that
+    ended first is started again with an earlier moment. Checks how it
+    ended: one line, exit status 128 + the signal, and the snapshot named
+    is the latest one, whole."""
     for _ in range(5):
         shutil.rmtree(os.path.join(folder, 'snapshot'), ignore_errors=True)
         proc = solve(folder, *common, wait=False)
         time.sleep(rng.uniform(*window))
-        proc.send_signal(signal.SIGINT if kind == 'sigint' else signal.SIGKILL)
+        sent = signals_for(kind, rng)
+        for signum, pause in sent:
+            time.sleep(pause)
+            if proc.poll() is None:
+                proc.send_signal(signum)
         proc.out, proc.err = proc.communicate()
         if proc.returncode != 0:
             break
         window = (window[0] * 0.8, window[0])
-    # 130: Ctrl-C while training; 1 or -SIGINT: before training began (nothing written)
-    expected = (130, 1, -signal.SIGINT) if kind == 'sigint' else (-signal.SIGKILL,)
-    assert proc.returncode in expected, (proc.returncode, proc.err)
-    if proc.returncode == 130:  # interrupted while training: one line naming the snapshot
-        lines = [line for line in proc.err.splitlines() if line.strip()]
-        assert lines[-1].startswith('solve.py: interrupted at iteration'), proc.err
-        assert 'Traceback' not in proc.err, proc.err
+    first = sent[0][0]
+    if first == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.err)
+    else:
+        check_interrupted(proc, folder, first)
+
+
+def check_interrupted(proc, folder, first):
+    """How a solve.py that got signal `first` (then maybe more) ended: exit
+    status 128 + `first`, one line and no traceback, and either nothing
+    written (a signal before any iteration ran), or the snapshot the line
+    names is latest.json's, whole, and the newest there is (none left
+    unnamed), with no temporary or lock file left. Returns that snapshot's
+    entry (None: nothing written)."""
+    assert proc.returncode == 128 + first, (proc.returncode, proc.err)
+    assert 'Traceback' not in proc.err, proc.err
+    lines = [line for line in proc.err.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.err
+    name = signal.Signals(first).name
+    snapshot = os.path.join(folder, 'snapshot')
+    if lines[0] in (f'solve.py: interrupted ({name}) while starting; nothing was written',
+                    f'solve.py: interrupted ({name}): before training began; nothing was written'):
+        assert not os.path.exists(snapshot), os.listdir(snapshot)
+        return None
+    latest = Snapshots(snapshot).latest(full=True)
+    assert lines[0] == (f'solve.py: interrupted ({name}): at iteration {latest["iteration"]}: '
+                        f'snapshot {latest["solverstate"]}; continue with --resume'), (lines, latest)
+    written = [int(name.rsplit('_iter_', 1)[1].split('.')[0]) for name in os.listdir(snapshot)
+               if name.endswith(('.caffemodel', '.solverstate'))]
+    assert max(written) == latest['iteration'], (sorted(written), latest)
+    leftovers = [n for n in os.listdir(snapshot) if n.startswith('.') or n.endswith('.lock')]
+    assert not leftovers, leftovers
+    return latest
 
 
 def trial(kind, template, root, name, steps, interval, window, rng):
@@ -149,12 +192,12 @@ def run(trials, steps=24, interval=8, seed=0, root=None, kinds=KINDS, out=print)
     expected, _ = final_weights(os.path.join(root, 'uninterrupted'))
     rng = random.Random(seed)
     results = []
-    out(f'{"trial":>5}  {"kind":<8}{"stopped at":>11}{"max |diff|":>12}')
+    out(f'{"trial":>5}  {"kind":<17}{"stopped at":>11}{"max |diff|":>12}')
     for i in range(trials):
         kind = kinds[i % len(kinds)]
         stopped, weights = trial(kind, template, root, f'trial-{i}', steps, interval, window, rng)
         results.append((kind, stopped, compare(expected, weights)))
-        out(f'{i:>5}  {kind:<8}{stopped:>11}{results[-1][2]:>12.3g}')
+        out(f'{i:>5}  {kind:<17}{stopped:>11}{results[-1][2]:>12.3g}')
     identical = sum(diff == 0 for _, _, diff in results)
     out(f'{identical} of {trials} resumed runs ended with identical weights '
         f'({steps} steps, test interval {interval}, uninterrupted run {duration:.1f} s)')
