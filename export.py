@@ -17,7 +17,6 @@ net in Caffe on the same random input, and the file is refused (removed) if
 any output differs by more than 1e-4 of that output's range.
 """
 import argparse
-import os
 import sys
 
 from common import caffe_setup

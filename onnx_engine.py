@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 import onnxruntime as ort
 
-from common import locations, outputs, weightfiles
+from common import locations, outputs, prototxts, weightfiles
 from common.snapshots import file_sha256
 
 CHECK_SIZE = (67, 83)    # (height, width) of the check's random input
@@ -80,18 +80,12 @@ class OnnxNet:
 
 # ------------------------------------------------------------------ exporting
 def read_deploy(deploy):
-    """The NetParameter of a deploy prototxt, its layer types checked
-    against Caffe's before Caffe reads it (Caffe aborts on an unknown one)."""
-    import caffe  # deferred: running a cached export needs only ONNX Runtime
+    """The NetParameter of a deploy prototxt, checked before Caffe reads it
+    (prototxts.check_net: Caffe aborts on an unknown layer type)."""
     try:
-        net_param = weightfiles.read_prototxt(deploy)
-    except weightfiles.CheckError as e:
+        return prototxts.check_net(deploy)
+    except prototxts.PrototxtError as e:
         raise ExportError(str(e)) from None
-    known = set(caffe.layer_type_list())
-    for lp in net_param.layer:
-        if lp.type not in known:
-            raise ExportError(f'{deploy}: layer {lp.name} has type {lp.type}, which Caffe does not know')
-    return net_param
 
 
 def caffe_net(deploy, weights):

@@ -51,7 +51,7 @@ import layers  # noqa: E402
 import nets  # noqa: E402
 import onnx_engine  # noqa: E402
 import report  # noqa: E402
-from common import datasets, locations, outputs, weightfiles  # noqa: E402
+from common import datasets, locations, outputs, prototxts, weightfiles  # noqa: E402
 from common.metrics import METRICS, class_note, coarsen, fast_hist, metrics  # noqa: E402,F401 (the release's score.fast_hist)
 from fetch.install import fetch_hint  # noqa: E402
 from nets.sources import source_of_data_layer  # noqa: E402
@@ -233,9 +233,7 @@ def eval_net_param(model, split=None):
     folder, prototxt path, NetParameter with the data layer's params
     rewritten (split, EVAL_PARAMS), that data layer, its params)."""
     model_dir, proto = model_net(model)
-    net_param = caffe_pb2.NetParameter()
-    with open(proto) as f:
-        text_format.Merge(f.read(), net_param)
+    net_param = prototxts.read_net(proto)
     layer = data_layer(net_param)
     params = eval_params(layer, split)
     check_inputs(model_dir, layer, params)

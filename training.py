@@ -26,7 +26,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -42,7 +41,6 @@ from common import caffe_setup
 caffe_setup.quiet_caffe_log()  # before nets imports caffe
 
 import caffe  # noqa: E402
-from caffe.proto import caffe_pb2  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 import layers  # noqa: E402
@@ -50,11 +48,11 @@ import nets  # noqa: E402
 import report  # noqa: E402
 import score  # noqa: E402
 import surgery  # noqa: E402
-from common import cli, locations, outputs, weightfiles  # noqa: E402
+from common import cli, locations, outputs, prototxts, weightfiles  # noqa: E402
 from common.catalog import ILSVRC_NETS  # noqa: E402
 from common.locations import SNAPSHOT_DIR  # noqa: E402
 from common.metrics import METRICS  # noqa: E402
-from common.snapshots import HISTORY_PER_PARAM, Snapshots, SnapshotError  # noqa: E402
+from common.snapshots import Snapshots, SnapshotError  # noqa: E402
 from nets import SEED  # noqa: E402
 
 
@@ -173,7 +171,7 @@ def _fresh_layers(net, source_proto, upsampling):
     definition is unknown, every layer (only the shapes are checked)."""
     if not (source_proto and os.path.isfile(source_proto)):
         return set(net.params)
-    start = weightfiles.layer_names(source_proto)
+    start = prototxts.layer_names(source_proto)
     return set(upsampling) | {k for k in net.params if k not in start}
 
 
@@ -227,122 +225,11 @@ class Progress:
 
 
 # ------------------------------------------------------------------ solver
-# Caffe's learning rate policies (sgd_solver.cpp); its solver types are
-# HISTORY_PER_PARAM's keys.
-LR_POLICIES = ('fixed', 'step', 'exp', 'inv', 'multistep', 'poly', 'sigmoid')
-
-
-def _line_of(text, field):
-    """The line number of `field`'s last setting in a prototxt's text, for
-    messages (0 if it is not set there)."""
-    found = [i for i, line in enumerate(text.splitlines(), 1)
-             if re.match(rf'\s*{field}\s*:', line)]
-    return found[-1] if found else 0
-
-
-def read_prototxt(path, message):
-    """Parse the prototxt at `path` into `message` the way Caffe does (a
-    field set twice is an error); a typo is one TrainingError naming the
-    file, line and column. Returns the text."""
-    try:
-        with open(path) as f:
-            text = f.read()
-        text_format.Parse(text, message)
-    except OSError as e:
-        raise TrainingError(f'{path}: {e.strerror}') from None
-    except text_format.ParseError as e:
-        where = f'{e.GetLine()}:{e.GetColumn()}:' if e.GetLine() else ''
-        problem = re.sub(r'^\d+:\d+ : ', '', str(e))
-        raise TrainingError(f'{path}:{where} {problem}') from None
-    return text
-
-
-def read_solver(path):
-    """The SolverParameter of a solver.prototxt, checked before Caffe sees it
-    (Caffe aborts on what it cannot use): a known solver type and learning
-    rate policy, rates that make sense, net files that exist and parse.
-    Raises TrainingError naming the file, line and what is expected."""
-    param = caffe_pb2.SolverParameter()
-    text = read_prototxt(path, param)
-
-    def bad(field, problem):
-        line = _line_of(text, field)
-        return TrainingError(f'{path}:{f"{line}:" if line else ""} {problem}')
-
-    if param.type not in HISTORY_PER_PARAM:
-        raise bad('type', f'type "{param.type}" is not a Caffe solver; the solvers are '
-                  f'{", ".join(HISTORY_PER_PARAM)}')
-    if param.lr_policy not in LR_POLICIES:
-        raise bad('lr_policy', f'lr_policy "{param.lr_policy}" is not a Caffe learning rate policy; '
-                  f'the policies are {", ".join(LR_POLICIES)}')
-    for field, ok, expected in (
-            ('base_lr', lambda v: v > 0, 'a positive number'),
-            ('momentum', lambda v: 0 <= v <= 1, 'between 0 and 1'),
-            ('weight_decay', lambda v: v >= 0, '0 or more'),
-            ('iter_size', lambda v: v >= 1, '1 or more'),
-            ('power', lambda v: v >= 0, '0 or more')):
-        value = getattr(param, field)
-        if not (math.isfinite(value) and ok(value)):
-            raise bad(field, f'{field}: {value:g} must be {expected}')
-    if param.lr_policy == 'step' and param.stepsize <= 0:
-        raise bad('stepsize', f'lr_policy "step" needs a positive stepsize (it is {param.stepsize})')
-    if not (param.train_net or param.net):
-        raise bad('train_net', 'no train_net (or net): the solver names no net to train')
-    folder = os.path.dirname(path)
-    named = [('train_net', param.train_net, [caffe_pb2.TRAIN]),
-             ('net', param.net, [caffe_pb2.TRAIN, caffe_pb2.TEST])] + \
-        [('test_net', name, [caffe_pb2.TEST]) for name in param.test_net]
-    for field, net_file, phases in named:
-        if not net_file:
-            continue
-        net_path = os.path.join(folder, net_file)  # Caffe opens them from the model folder
-        if not os.path.isfile(net_path):
-            raise bad(field, f'{field} "{net_file}": no such file {net_path}')
-        check_net(net_path, phases)
-    if not param.snapshot_prefix:  # Caffe would write "_iter_N.caffemodel" in the folder
-        param.snapshot_prefix = f'{SNAPSHOT_DIR}/{locations.SNAPSHOT_PREFIX}'
-    return param
-
-
-def check_net(path, phases):
-    """The net prototxt at `path` parses, each of its layers has a type this
-    Caffe has, and in each phase each layer's inputs (bottoms) are outputs
-    (tops) of a layer before it: Caffe aborts on anything else."""
-    net = caffe_pb2.NetParameter()
-    read_prototxt(path, net)
-    known = set(caffe.layer_type_list())
-    for layer in net.layer:
-        if layer.type not in known:
-            raise TrainingError(f'{path}: layer "{layer.name}" has type "{layer.type}", which this '
-                                f'Caffe does not have; its layer types are {", ".join(sorted(known))}')
-    for phase in phases:
-        tops = set(net.input)
-        for layer in (layer for layer in net.layer if _in_phase(layer, phase)):
-            for bottom in layer.bottom:
-                if bottom not in tops:
-                    raise TrainingError(
-                        f'{path}: layer "{layer.name}" reads "{bottom}", which no layer before it '
-                        f'writes (in the {caffe_pb2.Phase.Name(phase)} net)')
-            tops.update(layer.top)
-
-
-def _in_phase(layer, phase):
-    """Whether `layer` is in the net of `phase` (Caffe's include/exclude
-    rules, for the solver's default state: level 0, no stages)."""
-    def meets(rule):
-        return (not rule.HasField('phase') or rule.phase == phase) and \
-            rule.min_level <= 0 and (not rule.HasField('max_level') or rule.max_level >= 0) and \
-            not rule.stage
-    if layer.include:
-        return any(meets(rule) for rule in layer.include)
-    return not any(meets(rule) for rule in layer.exclude)
-
-
 def make_solver(model, test_interval, max_iter):
     """The solver of the folder's solver.prototxt (SGD unless it names
-    another type), checked first (read_solver); Caffe's own snapshots are
+    another type), checked first (prototxts.read_solver); Caffe's own snapshots are
     turned off because this loop writes them (atomically)."""
-    param = read_solver(os.path.abspath('solver.prototxt'))
+    param = prototxts.read_solver(os.path.abspath('solver.prototxt'))
     param.snapshot = 0
     param.max_iter = max_iter
     param.random_seed = SEED
@@ -781,13 +668,10 @@ def check_start(model, weights=None, resume=None, max_iter=None):
     `max_iter`). Raises TrainingError naming what is missing and the
     command that gets it."""
     for file in (model.source.train_file, model.source.val_file):
-        net_param = caffe_pb2.NetParameter()
         try:
-            with open(os.path.join(model.folder, file)) as f:
-                text_format.Merge(f.read(), net_param)
-            layer = score.data_layer(net_param)
+            layer = score.data_layer(prototxts.read_net(os.path.join(model.folder, file)))
             score.check_inputs(model.folder, layer, score.eval_params(layer))
-        except (OSError, ValueError, text_format.ParseError) as e:
+        except (OSError, ValueError) as e:
             raise TrainingError(str(e)) from None
     if resume:
         snapshots = Snapshots(os.path.join(model.folder, SNAPSHOT_DIR))
@@ -815,7 +699,7 @@ def main(folder, argv=None):
             folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
             model = load_model(folder)
             check_prototxts(model)
-            param = read_solver(os.path.join(model.folder, 'solver.prototxt'))
+            param = prototxts.read_solver(os.path.join(model.folder, 'solver.prototxt'))
             check_snapshot_folders(model, param)
             with one_run(model):
                 written = _pointer_stamp(model)
@@ -826,8 +710,8 @@ def main(folder, argv=None):
                     train(folder, weights=args.weights, max_iter=args.max_iter,
                           test_interval=args.test_interval, resume=args.resume,
                           gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
-        except (TrainingError, SnapshotError, outputs.OutputError, FileNotFoundError, TypeError,
-                layers.DataError, layers.ParamError) as e:
+        except (TrainingError, SnapshotError, prototxts.PrototxtError, outputs.OutputError,
+                FileNotFoundError, TypeError, layers.DataError, layers.ParamError) as e:
             sys.exit(f'solve.py: {e}')  # data errors name the file, value and class count
         except Interrupted as e:
             cli.exit_interrupted('solve.py', e, e.what)

@@ -185,24 +185,6 @@ def net_with_weights(prototxt, weights):
     return net
 
 
-def read_prototxt(prototxt):
-    """The NetParameter of a prototxt (text); CheckError if it is not one."""
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-    net_param = caffe_pb2.NetParameter()
-    try:
-        with open(prototxt) as f:
-            text_format.Merge(f.read(), net_param)
-    except (OSError, text_format.ParseError) as e:
-        raise CheckError(f'{prototxt}: cannot read it as a net definition ({e})') from e
-    return net_param
-
-
-def layer_names(prototxt):
-    """The layer names of a prototxt (text NetParameter), current and V1 format."""
-    return {name for name, _ in _weight_layers(read_prototxt(prototxt))}
-
-
 def _learnable(net):
     """[(layer, index, shape)] of the net's learnable parameter blobs in
     Caffe's order; a blob shared by several layers counts once."""

@@ -183,3 +183,4 @@ def write_context(root, voc_dir, label_map, splits=('val',)):
                    random_rgb(np.random.default_rng(2), *label_map.shape))
     scipy.io.savemat(os.path.join(root, 'trainval', '2008_000002.mat'), {'LabelMap': label_map})
     return rgb
+

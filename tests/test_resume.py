@@ -1,7 +1,6 @@
 """Training that fails safe: exact resume from any interruption, snapshots
 that are verified before use, disk full, Ctrl-C, and a first run without
 data. Runs the real solve.py of a small model folder in subprocesses."""
-import json
 import os
 import shutil
 import signal

@@ -317,6 +317,7 @@ def test_repeated_signals_at_random_moments_keep_the_work(folder):
     for _ in range(3):
         shutil.rmtree(snapshot, ignore_errors=True)
         proc = resume_trials.solve(folder, '--max-iter', 100000, '--test-interval', 2, wait=False)
+        resume_trials.wait_until_it_handles_signals(proc)
         time.sleep(rng.uniform(0, 6))
         signals = [rng.choice([signal.SIGINT, signal.SIGTERM]) for _ in range(rng.randint(2, 3))]
         send(proc, signals, rng)

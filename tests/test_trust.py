@@ -34,6 +34,9 @@ import surgery
 from common import caffe_setup, cli, datasets, locations, outputs, weightfiles
 from helpers import write_model, write_voc
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools'))
+import resume_trials  # noqa: E402  (tools/ is not a package)
+
 REPO = locations.REPO_DIR
 CLASSES = datasets.VOC_CLASSES
 PHOTO_SIZE = (300, 400)  # (height, width): a few tenths of a second each
@@ -87,14 +90,7 @@ def start(*argv):
     to report; Linux shows a process's caught signals in /proc)."""
     proc = subprocess.Popen([sys.executable, *map(str, argv)], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
-    status = f'/proc/{proc.pid}/status'
-    end = time.monotonic() + 30
-    while os.path.exists(status) and proc.poll() is None and time.monotonic() < end:
-        with open(status) as f:
-            caught = int(re.search(r'SigCgt:\s*([0-9a-f]+)', f.read()).group(1), 16)
-        if caught & (1 << (signal.SIGTERM - 1)):  # Python alone catches SIGINT only
-            break
-        time.sleep(0.005)
+    resume_trials.wait_until_it_handles_signals(proc)
     return proc
 
 

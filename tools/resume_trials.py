@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -87,6 +88,20 @@ def fresh_copy(template, root, name):
     return folder
 
 
+def wait_until_it_handles_signals(proc, timeout=30):
+    """Return once the process `proc` catches SIGTERM itself (its command's
+    code has installed its handlers): before that, Python is still starting
+    and a signal is Python's to report. Linux shows caught signals in /proc."""
+    status = f'/proc/{proc.pid}/status'
+    end = time.monotonic() + timeout
+    while os.path.exists(status) and proc.poll() is None and time.monotonic() < end:
+        with open(status) as f:
+            caught = int(re.search(r'SigCgt:\s*([0-9a-f]+)', f.read()).group(1), 16)
+        if caught & (1 << (signal.SIGTERM - 1)):  # Python alone catches SIGINT only
+            return
+        time.sleep(0.005)
+
+
 def signals_for(kind, rng):
     """[(signal, seconds to wait before it)] a kind of interruption sends."""
     name, _, repeated = kind.partition('-')
@@ -103,6 +118,7 @@ def interrupt(kind, folder, common, window, rng):
     for _ in range(5):
         shutil.rmtree(os.path.join(folder, 'snapshot'), ignore_errors=True)
         proc = solve(folder, *common, wait=False)
+        wait_until_it_handles_signals(proc)
         time.sleep(rng.uniform(*window))
         sent = signals_for(kind, rng)
         for signum, pause in sent:
