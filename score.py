@@ -214,7 +214,7 @@ def check_inputs(model_dir, layer, params):
 def model_net(model):
     """A model folder's (directory, evaluation prototxt); `model` is a
     model's name (e.g. voc-fcn8s) or a path to its folder."""
-    model_dir = model if os.path.isdir(model) else locations.model_dir(model)
+    model_dir = locations.model_folder(model)
     return model_dir, locations.eval_prototxt(model_dir)
 
 

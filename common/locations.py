@@ -42,6 +42,11 @@ def model_dir(name):
     return os.path.join(MODELS_DIR, name)
 
 
+def model_folder(name_or_path):
+    """What commands take as a model: a folder's path, else a model's name."""
+    return name_or_path if os.path.isdir(name_or_path) else model_dir(name_or_path)
+
+
 def ilsvrc_prototxt(trunk, kind, root=None):
     """nets/ilsvrc-nets/<trunk>-<kind>.prototxt, kind 'classifier' or 'fcn'
     (under the models root `root`, default the repository's)."""

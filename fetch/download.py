@@ -66,7 +66,7 @@ def verify(path, source):
 def _report(key, source, size, sha256):
     if source.sha256 is None:
         print(f"{key}: {size} bytes, sha256 {sha256}\n"
-              f"  (record in fetch/catalog.py DOWNLOADS[{key!r}]: size={size}, sha256='{sha256}')")
+              f"  (record in common/catalog.py DOWNLOADS[{key!r}]: size={size}, sha256='{sha256}')")
 
 
 def _content_range(header):

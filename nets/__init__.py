@@ -26,7 +26,7 @@ def model_names():
 def load(name_or_folder):
     """The Model defined by a model folder's net.py (a model's name, or a
     path to any folder holding a net.py)."""
-    folder = name_or_folder if os.path.isdir(name_or_folder) else locations.model_dir(name_or_folder)
+    folder = locations.model_folder(name_or_folder)
     folder = os.path.abspath(folder)
     path = os.path.join(folder, 'net.py')
     if not os.path.isfile(path):
