@@ -367,6 +367,51 @@ def head_metrics(hist, head, split):
     return result
 
 
+# --- scoring spread over workers (cluster.py) -------------------------------
+
+class ImageScorer:
+    """One worker's share of an evaluation (a cluster.Pool factory:
+    functools.partial(ImageScorer, model, weights, ...)): the model folder's
+    evaluation net on `engine`, built once, called with an image's position
+    in the split's list. The data layer does not prefetch: each call seeks
+    its own image. `save_dirs`: per head, where its predictions go (None:
+    not saved), as evaluate() plans them."""
+
+    def __init__(self, model, weights, split=None, engine='caffe', save_dirs=None):
+        model_dir, proto, net_param, layer, params = eval_net_param(model, split)
+        layer.python_param.param_str = repr({**params, 'prefetch': False})
+        self._net = contextlib.ExitStack()
+        self.net = self._net.enter_context(
+            engine_net(engine, net_param, model_dir, os.path.abspath(weights), proto, layer))
+        self.data = self.net.layer_dict[layer.name]
+        heads = [h for h in model_heads(model_dir, layer)
+                 if h.score in self.net.blobs and h.label in self.net.blobs]
+        save_dirs = save_dirs or [None] * len(heads)
+        self.heads = [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)]
+
+    def __call__(self, position):
+        """[(the image's confusion matrix, its loss or nan)] per head, for the
+        image at `position`; its predictions saved where planned. A score
+        or loss that is not finite is a NonFiniteError naming the image."""
+        self.data.seek(position)
+        return compute_hists(self.net, [layers.example_id(self.data.examples[position])],
+                             self.heads, finite=True)
+
+
+def sum_image_hists(per_image):
+    """[(hist, mean loss)] per head of ImageScorer results, given in image
+    order: compute_hists' answer for the whole list (the same sums, in the
+    same order)."""
+    summed = []
+    for head in zip(*per_image):
+        hist, loss = np.zeros_like(head[0][0]), 0.0
+        for image_hist, image_loss in head:  # in order, as compute_hists adds them
+            hist += image_hist
+            loss += image_loss
+        summed.append((hist, loss / len(head)))
+    return summed
+
+
 # --- upper bounds from the output stride (PAMI ablation) --------------------
 
 def upper_bounds(model, factors, split=None, limit=None, progress=True, writes=()):

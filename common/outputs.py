@@ -3,6 +3,7 @@ leave either the whole new file or the previous state (a temporary file in
 the same folder, renamed into place), never half a file.
 """
 import contextlib
+import glob
 import math
 import os
 import shutil
@@ -86,6 +87,15 @@ def _temp_beside(path):
                                suffix=os.path.splitext(name)[1])
     os.close(fd)
     return tmp
+
+
+def temporaries(path):
+    """The temporary files _temp_beside made for `path` that are still
+    there: what a writer killed before its rename (SIGKILL, a lost node)
+    leaves behind."""
+    name = os.path.basename(path)
+    pattern = f'.{glob.escape(name)}.*{glob.escape(os.path.splitext(name)[1])}'
+    return glob.glob(os.path.join(glob.escape(os.path.dirname(os.path.abspath(path))), pattern))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,79 @@
+"""Counting a long command's finished items so a person can follow it: on a
+terminal, tqdm's bar (disable=None: a bar only where stderr is a terminal);
+off a terminal (a log file, a batch job), a line every EVERY_S seconds
+saying how many are done, how fast, and about how long is left, and a
+closing line. Both go to stderr; results stay on stdout.
+"""
+import sys
+import time
+
+from tqdm import tqdm
+
+EVERY_S = 30.0  # off a terminal: one progress line this often
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f'{seconds} s'
+    if seconds < 3600:
+        return f'{seconds // 60} min {seconds % 60:02d} s'
+    return f'{seconds // 3600} h {seconds // 60 % 60:02d} min'
+
+
+class Progress:
+    """Finished items of `total`, named `desc` (e.g. 'voc-fcn8s') and counted
+    in `unit`s. `enabled=False` shows nothing (a caller's --quiet)."""
+
+    def __init__(self, total, desc='', unit='image', every=EVERY_S, enabled=True, file=None):
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.file = file or sys.stderr
+        self.done = 0
+        self.start = self.last_line = time.monotonic()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.file,
+                        disable=None if enabled else True)  # None: on a terminal only
+        self.lines = enabled and self.bar.disable  # off a terminal: lines instead
+        self.closed = False
+
+    def rate(self):
+        """Items per second since the start."""
+        elapsed = time.monotonic() - self.start
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def line(self):
+        """'desc: 12/100 images, 3.4 images/s, about 26 s left'."""
+        rate = self.rate()
+        left = f', about {_duration((self.total - self.done) / rate)} left' if rate else ''
+        prefix = f'{self.desc}: ' if self.desc else ''
+        return f'{prefix}{self.done}/{self.total} {self.unit}s, {rate:.2f} {self.unit}s/s{left}'
+
+    def update(self, n=1):
+        self.done += n
+        self.bar.update(n)
+        self.tick()
+
+    def tick(self):
+        """Off a terminal: a progress line if EVERY_S has passed since the
+        last (callers waiting on work call it now and then)."""
+        now = time.monotonic()
+        if self.lines and now - self.last_line >= self.every and self.done < self.total:
+            self.last_line = now
+            print(self.line(), file=self.file, flush=True)
+
+    def write(self, text, file=None):
+        """A line of its own that leaves the bar intact."""
+        self.bar.write(text, file=file or sys.stdout)
+
+    def close(self, finished=True):
+        """End the bar; off a terminal, the closing line (items done, time,
+        rate) if `finished` (an interrupted command says what it did in its
+        own one line)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.bar.close()
+        if self.lines and self.total and finished:
+            prefix = f'{self.desc}: ' if self.desc else ''
+            print(f'{prefix}{self.done}/{self.total} {self.unit}s in '
+                  f'{_duration(time.monotonic() - self.start)} ({self.rate():.2f} {self.unit}s/s)',
+                  file=self.file, flush=True)

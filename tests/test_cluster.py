@@ -1,0 +1,265 @@
+"""cluster.py on a real local Ray cluster (one per module, 2 CPUs): work
+spread over worker processes gives the one-process results, a worker
+killed mid-item loses nothing and nothing is done twice, Ctrl-C or SIGTERM
+on the driver ends it in one line with nothing left running; and
+common/finished.py's --skip-done decisions, which need no cluster."""
+import functools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import ray.cloudpickle
+from PIL import Image
+
+import cluster
+import infer
+import score
+from common import datasets, finished, outputs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The workers unpickle this module's worker classes by value: tests/ is not
+# on their path.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope='module')
+def ray_local():
+    with cluster.connected('local', num_cpus=2) as where:
+        yield where
+
+
+class SlowSquare:
+    """A worker function that takes its time: writes <out>/<i>.txt (i*i)
+    through a temporary file, sleeping while the file is half done."""
+
+    def __init__(self, out, delay=0.3):
+        self.out, self.delay = out, delay
+
+    def __call__(self, i):
+        with outputs.atomic_path(os.path.join(self.out, f'{i}.txt')) as tmp:
+            with open(tmp, 'w') as f:
+                f.write(str(i * i))
+            time.sleep(self.delay)
+        return i * i, os.getpid()
+
+
+class SegmentItem:
+    """infer.py's Segmenter, loaded once per worker, called per (photo, output base)."""
+
+    def __init__(self, model, weights):
+        self.segmenter = infer.Segmenter(model, weights)
+
+    def __call__(self, item):
+        path, out_base = item
+        return self.segmenter(path, out_base), os.getpid()
+
+
+def test_workers_segment_as_one_process(ray_local, tiny_model, tmp_path):
+    folder, weights = tiny_model
+    rng = np.random.default_rng(0)
+    photos = []
+    for k, (h, w) in enumerate([(37, 53), (64, 40), (20, 90), (50, 50), (33, 31)]):
+        photos.append(str(tmp_path / 'in' / f'p{k}.png'))
+        os.makedirs(os.path.dirname(photos[-1]), exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(photos[-1])
+    alone = infer.run(photos, model=folder, weights=weights, out=str(tmp_path / 'one'), progress=False)
+    items = [(p, os.path.join(tmp_path, 'ray', base)) for p, base in infer.image_paths(photos)]
+    results = {}
+    with cluster.Pool(functools.partial(SegmentItem, folder, weights), workers=2,
+                      visible=[weights, str(tmp_path / 'in')]) as pool:
+        stats = pool.map(items, lambda index, result: results.setdefault(index, result),
+                         outputs_of=lambda item: infer.output_paths(item[1]).values())
+    assert stats == cluster.Stats(len(photos), 0, 0)
+    assert len({pid for _, pid in results.values()}) == 2  # both workers segmented
+    for k, one in enumerate(alone):
+        spread, _ = results[k]
+        assert spread.path == one.path and spread.shares == one.shares and spread.size == one.size
+        for kind in ('label', 'overlay'):
+            a, b = getattr(one, kind), getattr(spread, kind)
+            assert os.path.dirname(b) == str(tmp_path / 'ray')
+            assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_a_killed_worker_loses_nothing(ray_local, tmp_path):
+    out = str(tmp_path)
+    seen, killed = [], []
+
+    def on_result(index, result):
+        seen.append(index)
+        if not killed:  # its next item is running, its file half written
+            killed.append(result[1])
+            os.kill(result[1], signal.SIGKILL)
+
+    with cluster.Pool(functools.partial(SlowSquare, out), workers=2) as pool:
+        stats = pool.map(list(range(10)), on_result,
+                         outputs_of=lambda i: [os.path.join(out, f'{i}.txt')])
+        assert killed[0] not in pool.pids()  # Ray restarted it: a new process
+    assert sorted(seen) == list(range(10))  # every item once
+    assert stats.done == 10 and stats.redone >= 1 and stats.workers_lost == 0
+    assert sorted(os.listdir(out)) == sorted(f'{i}.txt' for i in range(10))  # no temporaries
+    for i in range(10):
+        assert (tmp_path / f'{i}.txt').read_text() == str(i * i)
+
+
+def test_an_error_of_the_work_reaches_the_driver_as_itself(ray_local, tiny_model, tmp_path):
+    folder, weights = tiny_model
+    (tmp_path / 'bad.jpg').write_bytes(b'not a jpeg')
+    with cluster.Pool(functools.partial(SegmentItem, folder, weights), workers=1) as pool:
+        with pytest.raises(infer.ImageError, match='bad.jpg: cannot read image'):
+            pool.map([(str(tmp_path / 'bad.jpg'), str(tmp_path / 'bad'))])
+
+
+def test_a_factory_error_and_an_unseen_path_are_one_line_errors(ray_local, tmp_path):
+    with pytest.raises(infer.InferError, match='no-such-model'):
+        cluster.Pool(functools.partial(SegmentItem, str(tmp_path / 'no-such-model'), None),
+                     workers=1)
+    with pytest.raises(cluster.ClusterError, match='does not see .*missing.caffemodel'):
+        cluster.Pool(functools.partial(SlowSquare, str(tmp_path)), workers=1,
+                     visible=[str(tmp_path / 'missing.caffemodel')])
+
+
+def test_addresses_that_cannot_work_are_one_line_errors():
+    with pytest.raises(cluster.ClusterError, match="not 'local', 'auto' or host:port"):
+        with cluster.connected('nowhere'):
+            pass
+    with pytest.raises(cluster.ClusterError, match='no Ray head node answers'):
+        with cluster.connected('127.0.0.1:1'):
+            pass
+
+
+def test_workers_score_as_one_process(ray_local, tiny_model, tiny_val_images):
+    folder, weights = tiny_model
+    alone = score.evaluate(folder, weights, progress=False)
+    per_image = {}
+    with cluster.Pool(functools.partial(score.ImageScorer, folder, weights), workers=2) as pool:
+        pool.map(list(range(alone['images'])), per_image.__setitem__)
+    summed = score.sum_image_hists([per_image[k] for k in sorted(per_image)])
+    for (hist, loss), (name, head) in zip(summed, alone['heads'].items()):
+        assert np.array_equal(hist, head['hist']) and hist.sum() > 0
+        assert loss == head['loss']
+
+
+DRIVER = textwrap.dedent('''\
+    import functools, os, sys, time
+    import cluster
+    from common import cli, outputs
+
+    def square(out, i):
+        with outputs.atomic_path(os.path.join(out, f'{i}.txt')) as tmp:
+            with open(tmp, 'w') as f:
+                f.write(str(i * i))
+            time.sleep(0.5)
+        return i
+
+    def factory(out):
+        return functools.partial(square, out)
+
+    out = sys.argv[1]
+    with cli.stop_on_signals():
+        try:
+            cluster.map_items('local', functools.partial(factory, out), list(range(40)),
+                              lambda index, i: print('done', i, flush=True), num_cpus=2,
+                              outputs_of=lambda i: [os.path.join(out, f'{i}.txt')])
+        except KeyboardInterrupt as e:
+            cli.exit_interrupted('driver', e, f'{e.done} of {e.total} items done')
+    ''')
+
+
+def descendants(pid):
+    """The ids of `pid`'s descendant processes now."""
+    children = {}
+    for entry in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                parent = int(f.read().rsplit(')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_the_driver_stops_everything_in_one_line(tmp_path, signum):
+    script = tmp_path / 'driver.py'
+    script.write_text(DRIVER)
+    out = tmp_path / 'out'
+    out.mkdir()
+    driver = subprocess.Popen([sys.executable, str(script), str(out)], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        for line in driver.stdout:
+            if line.startswith('done'):
+                break
+        started = descendants(driver.pid)  # the cluster: gcs, raylet, workers, ...
+        if signum == signal.SIGINT:
+            os.killpg(driver.pid, signum)  # Ctrl-C: the terminal signals the whole group
+        else:
+            driver.send_signal(signum)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 128 + signum
+    name = signal.Signals(signum).name
+    assert err.splitlines() == [line for line in err.splitlines() if line.startswith('driver: ')]
+    assert len(err.splitlines()) == 1 and f'driver: interrupted ({name}): ' in err, err
+    assert ' of 40 items done' in err
+    assert len(started) >= 4
+    deadline = time.monotonic() + 10
+    while [p for p in started if os.path.exists(f'/proc/{p}')] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in started if os.path.exists(f'/proc/{p}')]
+    written = sorted(os.listdir(out))
+    assert len(written) < 40 and all(name.endswith('.txt') and not name.startswith('.')
+                                     for name in written)
+    for name in written:
+        i = int(name.split('.')[0])
+        assert (out / name).read_text() == str(i * i)
+
+
+# --- --skip-done: no cluster ---------------------------------------------------
+
+def test_skip_done_redoes_missing_truncated_and_planted_outputs(tmp_path):
+    label = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10) % 21
+    whole_png = str(tmp_path / 'whole.png')
+    datasets.save_label_png(whole_png, label)
+    scores = str(tmp_path / 'whole_scores.npy')
+    np.save(scores, np.random.default_rng(0).random((3, 12, 10)).astype(np.float16))
+    data = open(whole_png, 'rb').read()
+    cut_png = tmp_path / 'cut.png'
+    cut_png.write_bytes(data[:-20])                 # the end chunk missing
+    bad_crc = tmp_path / 'crc.png'
+    bad_crc.write_bytes(data[:40] + bytes([data[40] ^ 1]) + data[41:])  # a flipped bit
+    cut_npy = tmp_path / 'cut_scores.npy'
+    cut_npy.write_bytes(open(scores, 'rb').read()[:-1])
+    planted = tmp_path / 'planted.png'
+    planted.symlink_to(whole_png)
+    empty = tmp_path / 'empty.json'
+    empty.write_text('')
+    assert finished.whole(whole_png) and finished.whole(scores)
+    for path in (cut_png, bad_crc, cut_npy, planted, empty, tmp_path / 'missing.png', tmp_path):
+        assert not finished.whole(str(path)), path
+    assert finished.finished([whole_png, scores])
+    assert not finished.finished([whole_png, str(cut_npy)]) and not finished.finished([])
+    items = {'a': [whole_png, scores], 'b': [whole_png, str(cut_png)], 'c': [str(tmp_path / 'x.png')]}
+    assert finished.unfinished(list(items), items.get) == ['b', 'c']
+
+
+def test_temporaries_are_those_an_atomic_write_leaves(tmp_path):
+    target = str(tmp_path / 'a.png')
+    with outputs.atomic_path(target) as tmp:
+        assert outputs.temporaries(target) == [tmp]
+        assert outputs.temporaries(str(tmp_path / 'b.png')) == []
+    assert outputs.temporaries(target) == []
