@@ -87,8 +87,6 @@ def connected(address, num_cpus=None):
     whatever ends the block; a joined cluster is only left (the workers
     this run started end with it). Keeps the command's signal handlers
     (ray.init puts in its own for SIGTERM)."""
-    if ray.is_initialized():
-        raise ClusterError('this process is connected to a Ray cluster already')
     options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     if address == LOCAL:
         # Ray turns token authentication on for a new local cluster, with a
@@ -102,6 +100,8 @@ def connected(address, num_cpus=None):
     else:
         _reachable(address, '--ray')
         options.update(address=address)
+    if ray.is_initialized():
+        raise ClusterError('this process is connected to a Ray cluster already')
     handlers = {s: signal.getsignal(s) for s in cli.STOP_SIGNALS}
     try:
         try:

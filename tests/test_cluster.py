@@ -174,7 +174,7 @@ DRIVER = textwrap.dedent('''\
 def descendants(pid):
     """The ids of `pid`'s descendant processes now."""
     children = {}
-    for entry in os.listdir('/proc'):
+    for entry in filter(str.isdigit, os.listdir('/proc')):
         try:
             with open(f'/proc/{entry}/stat') as f:
                 parent = int(f.read().rsplit(')', 1)[1].split()[1])
