@@ -192,6 +192,9 @@ class Pool:
                 ready, _ = ray.wait(list(probes), num_returns=1, timeout=WAIT_S)
                 for ref in ready:
                     self.pid[probes.pop(ref)] = self._checked(ray.get(ref))
+        except ray.exceptions.RayActorError as e:
+            self.close()
+            raise ClusterError(f'a worker died while starting: {str(e).splitlines()[0]}') from None
         except BaseException:
             self.close()
             raise

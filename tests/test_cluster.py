@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import ray
 import ray.cloudpickle
 from PIL import Image
 
@@ -131,6 +132,27 @@ def test_addresses_that_cannot_work_are_one_line_errors():
     with pytest.raises(cluster.ClusterError, match='no Ray head node answers'):
         with cluster.connected('127.0.0.1:1'):
             pass
+
+
+JOINER = textwrap.dedent('''\
+    import sys
+    import cluster
+    for address in sys.argv[1:]:
+        with cluster.connected(address) as where:
+            with cluster.Pool(lambda: abs, workers=1) as pool:
+                results = []
+                pool.map([-1, -2], lambda index, value: results.append(value), progress=False)
+            print(address, where.started, where.cpus, sorted(results))
+    ''')
+
+
+def test_auto_and_host_port_join_a_running_cluster(ray_local):
+    head = ray.get_runtime_context().gcs_address
+    joined = subprocess.run([sys.executable, '-c', JOINER, 'auto', head], cwd=REPO, text=True,
+                            capture_output=True, timeout=120)
+    assert joined.returncode == 0, joined.stderr
+    assert joined.stdout.splitlines() == ['auto False 2 [1, 2]', f'{head} False 2 [1, 2]']
+    assert ray.cluster_resources()['CPU'] == 2  # the cluster is still there, for its starter
 
 
 def test_workers_score_as_one_process(ray_local, tiny_model, tiny_val_images):
