@@ -133,6 +133,15 @@ def _reachable(address, option):
                            f'({e.strerror or e}); is `ray start --head` running on it?') from None
 
 
+def _alive(pid):
+    """Whether process `pid` of this machine still runs (a zombie does not)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
 def _portable(error):
     """`error` if it survives pickling (the driver re-raises the same
     exception: the command's own error handling reports it), else a
@@ -185,13 +194,14 @@ class Pool:
         remote = ray.remote(_Worker).options(num_cpus=cpus, max_restarts=max_restarts,
                                              max_task_retries=0)
         self.actors = [remote.remote(factory) for _ in range(workers)]
-        self.pid = {}
+        self.pid, self.host = {}, {}
         try:
             probes = {actor.ready.remote(self.visible): k for k, actor in enumerate(self.actors)}
             while probes:
                 ready, _ = ray.wait(list(probes), num_returns=1, timeout=WAIT_S)
                 for ref in ready:
-                    self.pid[probes.pop(ref)] = self._checked(ray.get(ref))
+                    k = probes.pop(ref)
+                    self.pid[k], self.host[k] = self._checked(ray.get(ref))
         except ray.exceptions.RayActorError as e:
             self.close()
             raise ClusterError(f'a worker died while starting: {str(e).splitlines()[0]}') from None
@@ -200,8 +210,8 @@ class Pool:
             raise
 
     def _checked(self, answer):
-        """A worker's pid from its ready() answer; its factory's error, or a
-        ClusterError naming what its node does not see."""
+        """A worker's (pid, host) from its ready() answer; its factory's
+        error, or a ClusterError naming what its node does not see."""
         error, pid, host, missing = answer
         if error is not None:
             raise error
@@ -209,7 +219,7 @@ class Pool:
             raise ClusterError(f'the worker on {host} does not see {", ".join(missing)}: on a '
                                'cluster, inputs, weights and outputs must be on storage every node '
                                'mounts at the same path (docs/cluster.md)')
-        return pid
+        return pid, host
 
     def pids(self):
         """The worker processes' ids, as they answered last (a restarted
@@ -224,7 +234,9 @@ class Pool:
 
     def close(self):
         """Kill the workers (their items in flight are lost: map() cleans up
-        after them) and wait, briefly, until their processes are gone."""
+        after them) and wait, briefly, until their processes are gone: Ray
+        may call an actor dead while its process still runs, and a process
+        still running may still write."""
         actors, self.actors = self.actors, []
         for actor in actors:
             with contextlib.suppress(Exception):
@@ -237,6 +249,9 @@ class Pool:
         deadline = time.monotonic() + KILL_WAIT_S
         while pending and time.monotonic() < deadline:
             ready, pending = ray.wait(pending, num_returns=len(pending), timeout=WAIT_S)
+        here = [self.pid[k] for k in self.pid if self.host.get(k) == socket.gethostname()]
+        while time.monotonic() < deadline and any(_alive(pid) for pid in here):
+            time.sleep(0.05)
 
     def map(self, items, on_result=None, outputs_of=None, desc='', unit='image', progress=True):
         """Call the workers' function once per item of `items` (a list),
@@ -271,7 +286,7 @@ class Pool:
                     if ref in restarting:
                         k = restarting.pop(ref)
                         try:
-                            self.pid[k] = self._checked(ray.get(ref))
+                            self.pid[k], self.host[k] = self._checked(ray.get(ref))
                             free[k] = IN_FLIGHT - sum(1 for _, w in running.values() if w == k)
                         except ray.exceptions.ActorUnavailableError:
                             restarting[self.actors[k].ready.remote(self.visible)] = k
