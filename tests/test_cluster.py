@@ -21,6 +21,7 @@ import cluster
 import infer
 import score
 from common import datasets, finished, outputs
+from common.progress import Progress
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -283,3 +284,18 @@ def test_temporaries_are_those_an_atomic_write_leaves(tmp_path):
         assert outputs.temporaries(str(tmp_path / 'b.png')) == []
     assert outputs.temporaries(target) == []
 
+
+def test_progress_off_a_terminal_prints_lines_and_a_closing_line(tmp_path):
+    log = tmp_path / 'log.txt'
+    with open(log, 'w') as f:  # not a terminal: no bar, lines
+        done = Progress(3, 'tiny', every=0, file=f)
+        for _ in range(3):
+            done.update()
+        done.close()
+        stopped = Progress(3, 'tiny', every=3600, file=f)
+        stopped.update()
+        stopped.close(finished=False)  # interrupted: the command's own line says it
+    lines = log.read_text().splitlines()
+    assert [line.split(',')[0] for line in lines[:2]] == ['tiny: 1/3 images', 'tiny: 2/3 images']
+    assert 'images/s, about' in lines[0] and ' left' in lines[0]
+    assert len(lines) == 3 and lines[2].startswith('tiny: 3/3 images in ')
