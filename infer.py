@@ -3,7 +3,7 @@ of pixels per class for each image.
 
     python infer.py PHOTO_OR_FOLDER [...] [--model voc-fcn8s] [--weights W]
         [--gpu N] [--out DIR] [--recursive] [--max-side N] [--scores]
-        [--json FILE] [--memory GB] [--engine caffe|onnx]
+        [--json FILE] [--memory GB] [--engine caffe|onnx] [--ray ADDRESS] [--skip-done]
 
 Photos are read as viewers show them: the EXIF orientation is applied;
 16-bit, palette, CMYK, grayscale and transparent images become 8-bit RGB
@@ -31,9 +31,15 @@ weights <model>` puts it (<model>/<file>), else its latest training
 snapshot. --engine onnx runs the net in ONNX Runtime (CPU) instead of Caffe:
 exported once, checked against Caffe, and cached beside the weights
 (onnx_engine.py).
+--ray ADDRESS spreads the photos over a Ray cluster's workers, each loading
+the net once ('local': a cluster started on this machine; 'auto' or
+host:port: a running one; docs/cluster.md), with the same outputs and
+--json. --skip-done segments only the photos whose outputs are missing or
+not whole (common/finished.py): a rerun after an interruption.
 """
 import collections
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -51,10 +57,11 @@ caffe_setup.quiet_caffe_log()  # before layers imports caffe
 
 import caffe  # noqa: E402
 
+import cluster  # noqa: E402
 import layers  # noqa: E402
 import nets  # noqa: E402
 import onnx_engine  # noqa: E402
-from common import datasets, locations, outputs, weightfiles  # noqa: E402
+from common import datasets, finished, locations, outputs, weightfiles  # noqa: E402
 from common.snapshots import SnapshotError  # noqa: E402
 
 DEFAULT_MODEL = 'voc-fcn8s'
@@ -507,7 +514,7 @@ class Segmenter:
             caffe_setup.use_device(gpu)
         except caffe_setup.DeviceError as e:
             raise InferError(str(e)) from e
-        weights = weights or default_weights(self.model)
+        weights = self.weights = os.path.abspath(weights or default_weights(self.model))
         self.net, self.memory_model = load_engine(self.model, weights, engine, gpu)
         # What the net was read from: no output may overwrite them.
         self.inputs = [(weights, f'the weights {weights}'),
@@ -577,6 +584,49 @@ class Segmenter:
         return result
 
 
+class SegmentWorker:
+    """A cluster worker's Segmenter, loaded once (a cluster.Pool factory:
+    functools.partial(SegmentWorker, scores, Segmenter's arguments)), called
+    per (photo, output base); an unreadable or too large photo is its
+    Result's error, as in one process."""
+
+    def __init__(self, scores, *args, **kwargs):
+        self.scores = scores
+        self.segmenter = Segmenter(*args, **kwargs)
+
+    def __call__(self, item):
+        path, out_base = item
+        try:
+            return self.segmenter(path, out_base, self.scores)
+        except ImageError as e:
+            return Result(path, error=str(e))
+
+
+def segment_on_cluster(address, todo, out, scores, segmenter_args):
+    """Segment `todo` ((photo, output base) pairs) on the Ray cluster
+    `address` (cluster.py); the Results in `todo`'s order."""
+    results = {}
+
+    def on_result(index, result):
+        # The workers got absolute paths (their working folder is not
+        # ours); the Result names files as one process would.
+        path, base = todo[index]
+        named = output_paths(os.path.join(out, base), scores)
+        result = result._replace(path=path) if result.error else result._replace(
+            path=path, label=named['label'], overlay=named['overlay'], scores=named.get('scores'))
+        results[index] = result
+        line = f'infer.py: skipped {result.error}' if result.error else \
+            f'{result.path}: {summary_line(result.shares)}'
+        tqdm.write(line, file=sys.stderr if result.error else sys.stdout)
+
+    items = [(os.path.abspath(path), os.path.abspath(os.path.join(out, base))) for path, base in todo]
+    cluster.map_items(address, functools.partial(SegmentWorker, scores, *segmenter_args), items,
+                      on_result, outputs_of=lambda item: output_paths(item[1], scores).values(),
+                      visible=[os.path.abspath(out), segmenter_args[1]] + [path for path, _ in items[:1]],
+                      desc=os.path.basename(str(segmenter_args[0])))
+    return [results[k] for k in sorted(results)]
+
+
 def write_json(results, path):
     """The --json summary, written whole (outputs.write_atomically)."""
     entries = []
@@ -593,7 +643,7 @@ def write_json(results, path):
 
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True,
         recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None, json_path=None,
-        engine='caffe'):
+        engine='caffe', ray=None, skip_done=False):
     """Segment every image with one net; returns a Result per image (those
     that failed carry their error, which is also reported on stderr).
     Checked before any work: --out (and json_path, written by the caller)
@@ -609,8 +659,17 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     todo = image_paths(inputs, recursive)
     segmenter = Segmenter(model, weights, gpu, max_side, memory, engine)
     check_outputs_apart(todo, out, scores, json_path, segmenter.inputs)
+    if skip_done:
+        left = finished.unfinished(todo, lambda item: output_paths(os.path.join(out, item[1]),
+                                                                   scores).values())
+        print(f'--skip-done: {len(todo) - len(left)} of {len(todo)} images done already')
+        todo = left
     if scores:
         scores_space(todo, out, len(segmenter.head.classes))
+    if ray and todo:
+        os.makedirs(out, exist_ok=True)  # the workers check they see it
+        return segment_on_cluster(ray, todo, out, scores, (os.path.abspath(segmenter.model.folder),
+                                  segmenter.weights, None, max_side, memory, engine))
     results = []
     bar = tqdm(todo, desc=segmenter.model.name, unit='image',
                disable=None if progress and len(todo) > 1 else True)  # None: on a terminal only
@@ -653,18 +712,27 @@ def main(argv=None):
     parser.add_argument('--engine', choices=onnx_engine.ENGINES, default='caffe',
                         help='run the net in Caffe (default) or in ONNX Runtime on the CPU '
                              '(exported once, cached beside the weights)')
+    parser.add_argument('--ray', metavar='ADDRESS',
+                        help="spread the photos over a Ray cluster's workers: 'local' (started on "
+                             "this machine), 'auto' (the one `ray start` runs) or host:port "
+                             '(docs/cluster.md)')
+    parser.add_argument('--skip-done', action='store_true',
+                        help='segment only the photos whose outputs are missing or not whole')
     args = parser.parse_args(argv)
     if args.engine == 'onnx' and args.gpu is not None:
         parser.error('--engine onnx runs on the CPU: not with --gpu')
+    if args.ray and args.gpu is not None:
+        parser.error('--ray workers run on the CPU: not with --gpu')
     with cli.stop_on_signals():
         try:
             results = run(args.images, args.model, args.weights, args.out, args.gpu,
                           recursive=args.recursive, max_side=args.max_side, scores=args.scores,
                           memory=None if args.memory is None else args.memory * GB,
-                          json_path=args.json, engine=args.engine)
+                          json_path=args.json, engine=args.engine, ray=args.ray,
+                          skip_done=args.skip_done)
             if args.json:
                 write_json(results, args.json)
-        except (InferError, outputs.OutputError) as e:  # OutputError: writing --json
+        except (InferError, outputs.OutputError, cluster.ClusterError) as e:  # OutputError: writing --json
             sys.exit(f'infer.py: error: {e}')
         except KeyboardInterrupt as e:
             cli.exit_interrupted('infer.py', e, interrupted_summary(e, args.out))

@@ -8,6 +8,7 @@ The command evaluates a model folder's val/test net on a split:
 
     python score.py --model voc-fcn8s --weights W --split seg11valid \\
         [--gpu N] [--save-dir D] [--json out.json] [--limit N] [--engine caffe|onnx]
+        [--ray ADDRESS]
 
 It scores the images the net's data layer (layers.py) lists for the split,
 in file order (--limit: the first N), every head the net has (SIFT Flow:
@@ -18,7 +19,9 @@ never over a file the net reads; Ctrl-C or SIGTERM stops it in one line. --engin
 computes the scores with the folder's deploy net exported to ONNX
 (onnx_engine.py) in ONNX Runtime, fed by the evaluation net's data layer in
 Caffe: the published numbers, checked on the exported model (the deploy net
-has no loss layer: the loss column is nan).
+has no loss layer: the loss column is nan). --ray ADDRESS scores each
+image on a worker of a Ray cluster (cluster.py, docs/cluster.md) and sums
+the confusion matrices here: the same table and --json.
 
     python score.py --model voc-fcn8s --upper-bound 8 16 32 [--split S] [--limit N]
 
@@ -27,6 +30,7 @@ scores no net but the ground truth itself, coarsened to each output stride
 (the PAMI paper's ablation; no weights needed).
 """
 import contextlib
+import functools
 import json
 import math
 import os
@@ -47,6 +51,7 @@ import caffe  # noqa: E402
 from caffe.proto import caffe_pb2  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
+import cluster  # noqa: E402
 import layers  # noqa: E402
 import nets  # noqa: E402
 import onnx_engine  # noqa: E402
@@ -281,7 +286,7 @@ def progress_bar(ids, model_dir, params, progress):
 
 
 def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True,
-             on_image=None, writes=(), engine='caffe'):
+             on_image=None, writes=(), engine='caffe', ray=None):
     """Score `weights` with a model folder's evaluation net on `split`.
 
     The data layer's params are rewritten (split, EVAL_PARAMS) in a temporary
@@ -297,6 +302,8 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     net reads or another output (outputs.OutputError). A score or loss that
     is not finite is a NonFiniteError naming the image, not metrics.
     An interruption propagates with `done` and `total` set on it.
+    `ray`: a Ray cluster's address (cluster.py): each image is scored on a
+    worker (ImageScorer), the confusion matrices summed here (no on_image).
     """
     model_dir, proto, net_param, layer, params = eval_net_param(model, split)
     weights = os.path.abspath(weights)
@@ -320,9 +327,13 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         outputs.check_apart(predictions + list(writes),
                             net_inputs(net.layer_dict[layer.name], ids, proto, weights))
         try:
-            results = compute_hists(net, progress_bar(ids, model_dir, params, progress),
-                                    [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)],
-                                    on_image, finite=True)
+            if ray:
+                results = score_on_cluster(ray, model_dir, weights, params.get('split'), engine,
+                                           save_dirs, ids, progress)
+            else:
+                results = compute_hists(net, progress_bar(ids, model_dir, params, progress),
+                                        [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)],
+                                        on_image, finite=True)
         except NonFiniteError as e:
             raise NonFiniteError(f'{e} (weights {weights}): weights of a diverged training run, '
                                  'or inputs the net overflows on; no metrics') from None
@@ -396,6 +407,24 @@ class ImageScorer:
         self.data.seek(position)
         return compute_hists(self.net, [layers.example_id(self.data.examples[position])],
                              self.heads, finite=True)
+
+
+def score_on_cluster(address, model_dir, weights, split, engine, save_dirs, ids, progress=True):
+    """compute_hists' [(hist, mean loss)] per head for the images `ids`
+    (the first len(ids) of the split), each scored on a worker of the Ray
+    cluster `address`."""
+    per_image = {}
+    for folder in save_dirs:
+        if folder:
+            os.makedirs(folder, exist_ok=True)  # the workers check they see it
+    cluster.map_items(address, functools.partial(ImageScorer, os.path.abspath(model_dir), weights,
+                                                 split, engine, save_dirs),
+                      list(range(len(ids))), per_image.__setitem__,
+                      outputs_of=lambda k: [os.path.join(d, f'{ids[k]}.png') for d in save_dirs if d],
+                      visible=[weights] + [d for d in save_dirs if d],
+                      desc=f'{os.path.basename(os.path.normpath(model_dir))} {split or ""}',
+                      progress=progress)
+    return sum_image_hists([per_image[k] for k in range(len(ids))])
 
 
 def sum_image_hists(per_image):
@@ -513,6 +542,9 @@ def main(argv=None):
     parser.add_argument('--engine', choices=onnx_engine.ENGINES, default='caffe',
                         help='compute the scores in Caffe (default) or with the deploy net exported '
                              'to ONNX, in ONNX Runtime on the CPU (cached beside the weights)')
+    parser.add_argument('--ray', metavar='ADDRESS',
+                        help="score the images on a Ray cluster's workers: 'local' (started on this "
+                             "machine), 'auto' (the one `ray start` runs) or host:port (docs/cluster.md)")
     args = parser.parse_args(argv)
     if (args.weights is None) == (args.upper_bound is None):
         parser.error('give --weights (score a net) or --upper-bound (score coarsened ground truth)')
@@ -522,11 +554,13 @@ def main(argv=None):
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
     if args.upper_bound and args.report:
         parser.error('--report reports on a net\'s predictions: not with --upper-bound')
+    if args.ray and (args.upper_bound or args.report or args.gpu is not None):
+        parser.error('--ray scores a net on CPU workers: not with --upper-bound, --report or --gpu')
 
     with cli.stop_on_signals():
         try:
             run(args)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, cluster.ClusterError) as e:
             sys.exit(f'score.py: error: {e}')
         except KeyboardInterrupt as e:
             cli.exit_interrupted('score.py', e, interrupted_summary(e, args.save_dir))
@@ -551,7 +585,7 @@ def run(args):
         scores = upper_bounds(args.model, args.upper_bound, args.split, args.limit, writes=writes)
     else:
         scores = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit,
-                          on_image=collector, writes=writes, engine=args.engine)
+                          on_image=collector, writes=writes, engine=args.engine, ray=args.ray)
     print(format_upper_bounds(scores) if args.upper_bound else format_report(scores))
     if args.json:
         outputs.write_atomically(args.json, json.dumps(outputs.jsonable(scores), indent=1,

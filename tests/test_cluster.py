@@ -4,6 +4,7 @@ killed mid-item loses nothing and nothing is done twice, Ctrl-C or SIGTERM
 on the driver ends it in one line with nothing left running; and
 common/finished.py's --skip-done decisions, which need no cluster."""
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -285,6 +286,7 @@ def test_temporaries_are_those_an_atomic_write_leaves(tmp_path):
     assert outputs.temporaries(target) == []
 
 
+
 def test_progress_off_a_terminal_prints_lines_and_a_closing_line(tmp_path):
     log = tmp_path / 'log.txt'
     with open(log, 'w') as f:  # not a terminal: no bar, lines
@@ -299,3 +301,67 @@ def test_progress_off_a_terminal_prints_lines_and_a_closing_line(tmp_path):
     assert [line.split(',')[0] for line in lines[:2]] == ['tiny: 1/3 images', 'tiny: 2/3 images']
     assert 'images/s, about' in lines[0] and ' left' in lines[0]
     assert len(lines) == 3 and lines[2].startswith('tiny: 3/3 images in ')
+
+
+# --- the commands' --ray and --skip-done ---------------------------------------
+
+def command(script, *args):
+    """Run infer.py or score.py in a process of its own (this one is the
+    test cluster's driver already): (exit status, stdout, stderr)."""
+    done = subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=REPO,
+                          text=True, capture_output=True, timeout=300)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_infer_ray_interrupted_then_skip_done_completes_the_set(ray_local, tiny_model, tmp_path):
+    folder, weights = tiny_model
+    rng = np.random.default_rng(5)
+    (tmp_path / 'in').mkdir()
+    for k in range(16):
+        Image.fromarray(rng.integers(0, 256, (160, 240, 3), dtype=np.uint8)).save(
+            tmp_path / 'in' / f'p{k:02d}.png')
+    one, spread, out = tmp_path / 'one.json', tmp_path / 'ray.json', tmp_path / 'out'
+    infer.main([str(tmp_path / 'in'), '--model', folder, '--weights', weights,
+                '--out', str(tmp_path / 'one'), '--json', str(one)])
+    args = [os.path.join(REPO, 'infer.py'), str(tmp_path / 'in'), '--model', folder,
+            '--weights', weights, '--out', str(out), '--ray', ray.get_runtime_context().gcs_address]
+    first = subprocess.Popen([sys.executable, *args], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    for line in first.stdout:
+        if line.startswith(str(tmp_path / 'in')):  # an image done: the run is under way
+            break
+    first.send_signal(signal.SIGTERM)  # as a batch system stops a job
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 143 and len(err.splitlines()) == 1, err
+    assert 'infer.py: interrupted (SIGTERM): ' in err and ' of 16 images segmented' in err
+    kept = {name: os.stat(out / name).st_mtime_ns for name in os.listdir(out)}
+    assert all(finished.whole(str(out / name)) for name in kept), sorted(kept)  # no temporaries, nothing cut
+    whole_images = {name[:3] for name in kept if name.endswith('_overlay.png')} & \
+        {name[:3] for name in kept if not name.endswith('_overlay.png')}
+    assert 0 < len(whole_images) < 16
+    status, printed, err = command(*args[:1], *args[1:], '--json', spread, '--skip-done')
+    assert status == 0, err
+    assert f'--skip-done: {len(whole_images)} of 16 images done already' in printed
+    assert {name: os.stat(out / name).st_mtime_ns for name in kept} == kept  # not redone
+    entries = {e['image']: e for e in json.loads(one.read_text())}
+    redone = json.loads(spread.read_text())
+    assert len(redone) == 16 - len(whole_images)
+    for e in redone:
+        assert e['label'] == str(out / os.path.basename(entries[e['image']]['label']))
+        assert e['classes'] == entries[e['image']]['classes'] and e['size'] == entries[e['image']]['size']
+    for name in os.listdir(tmp_path / 'one'):
+        assert (out / name).read_bytes() == (tmp_path / 'one' / name).read_bytes()
+
+
+def test_score_ray_gives_the_one_process_metrics(ray_local, tiny_model, tiny_val_images, tmp_path):
+    folder, weights = tiny_model
+    score.main(['--model', folder, '--weights', weights, '--json', str(tmp_path / 'one.json'),
+                '--save-dir', str(tmp_path / 'one')])
+    status, _, err = command('score.py', '--model', folder, '--weights', weights,
+                             '--json', tmp_path / 'ray.json', '--save-dir', tmp_path / 'pred',
+                             '--ray', ray.get_runtime_context().gcs_address)
+    assert status == 0, err
+    assert json.loads((tmp_path / 'ray.json').read_text()) == json.loads((tmp_path / 'one.json').read_text())
+    assert sorted(os.listdir(tmp_path / 'pred')) == sorted(f'{i}.png' for i in tiny_val_images)
+    for i in tiny_val_images:
+        assert (tmp_path / 'pred' / f'{i}.png').read_bytes() == (tmp_path / 'one' / f'{i}.png').read_bytes()
