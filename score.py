@@ -303,7 +303,7 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     is not finite is a NonFiniteError naming the image, not metrics.
     An interruption propagates with `done` and `total` set on it.
     `ray`: a Ray cluster's address (cluster.py): each image is scored on a
-    worker (ImageScorer), the confusion matrices summed here (no on_image).
+    worker (ImageScorer), the confusion matrices summed here.
     """
     model_dir, proto, net_param, layer, params = eval_net_param(model, split)
     weights = os.path.abspath(weights)
@@ -329,7 +329,7 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         try:
             if ray:
                 results = score_on_cluster(ray, model_dir, weights, params.get('split'), engine,
-                                           save_dirs, ids, progress)
+                                           save_dirs, ids, progress, net, on_image)
             else:
                 results = compute_hists(net, progress_bar(ids, model_dir, params, progress),
                                         [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)],
@@ -386,9 +386,11 @@ class ImageScorer:
     evaluation net on `engine`, built once, called with an image's position
     in the split's list. The data layer does not prefetch: each call seeks
     its own image. `save_dirs`: per head, where its predictions go (None:
-    not saved), as evaluate() plans them."""
+    not saved), as evaluate() plans them. `maps`: also return the image's
+    label and prediction maps (uint8), for the driver's on_image (--report)."""
 
-    def __init__(self, model, weights, split=None, engine='caffe', save_dirs=None):
+    def __init__(self, model, weights, split=None, engine='caffe', save_dirs=None, maps=False):
+        self.maps = maps
         model_dir, proto, net_param, layer, params = eval_net_param(model, split)
         layer.python_param.param_str = repr({**params, 'prefetch': False})
         self._net = contextlib.ExitStack()
@@ -402,24 +404,43 @@ class ImageScorer:
 
     def __call__(self, position):
         """[(the image's confusion matrix, its loss or nan)] per head, for the
-        image at `position`; its predictions saved where planned. A score
-        or loss that is not finite is a NonFiniteError naming the image."""
+        image at `position` (with `maps`: (hist, loss, label, prediction));
+        its predictions saved where planned. A score or loss that is not
+        finite is a NonFiniteError naming the image."""
         self.data.seek(position)
-        return compute_hists(self.net, [layers.example_id(self.data.examples[position])],
-                             self.heads, finite=True)
+        maps = []
+
+        def keep(net, idx, per_head):  # copies: the blobs change with the next image
+            maps.extend((np.array(label, np.uint8), np.array(pred, np.uint8))
+                        for label, pred, _ in per_head)
+        results = compute_hists(self.net, [layers.example_id(self.data.examples[position])],
+                                self.heads, finite=True, on_image=keep if self.maps else None)
+        return [r + m for r, m in zip(results, maps)] if self.maps else results
 
 
-def score_on_cluster(address, model_dir, weights, split, engine, save_dirs, ids, progress=True):
+def score_on_cluster(address, model_dir, weights, split, engine, save_dirs, ids, progress=True,
+                     net=None, on_image=None):
     """compute_hists' [(hist, mean loss)] per head for the images `ids`
     (the first len(ids) of the split), each scored on a worker of the Ray
-    cluster `address`."""
-    per_image = {}
+    cluster `address`. `on_image` (with the driver's `net`, as compute_hists
+    calls it) sees the images in order, as each one's predecessors are in."""
+    per_image, waiting, shown = {}, {}, [0]
+
+    def on_result(k, heads):
+        per_image[k] = [head[:2] for head in heads]
+        if on_image:
+            waiting[k] = heads
+            while shown[0] in waiting:
+                heads = waiting.pop(shown[0])
+                on_image(net, ids[shown[0]], [(label, pred, hist) for hist, _, label, pred in heads])
+                shown[0] += 1
+
     for folder in save_dirs:
         if folder:
             os.makedirs(folder, exist_ok=True)  # the workers check they see it
     cluster.map_items(address, functools.partial(ImageScorer, os.path.abspath(model_dir), weights,
-                                                 split, engine, save_dirs),
-                      list(range(len(ids))), per_image.__setitem__,
+                                                 split, engine, save_dirs, on_image is not None),
+                      list(range(len(ids))), on_result,
                       outputs_of=lambda k: [os.path.join(d, f'{ids[k]}.png') for d in save_dirs if d],
                       visible=[weights] + [d for d in save_dirs if d],
                       desc=f'{os.path.basename(os.path.normpath(model_dir))} {split or ""}',
@@ -554,8 +575,8 @@ def main(argv=None):
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
     if args.upper_bound and args.report:
         parser.error('--report reports on a net\'s predictions: not with --upper-bound')
-    if args.ray and (args.upper_bound or args.report or args.gpu is not None):
-        parser.error('--ray scores a net on CPU workers: not with --upper-bound, --report or --gpu')
+    if args.ray and (args.upper_bound or args.gpu is not None):
+        parser.error('--ray scores a net on CPU workers: not with --upper-bound or --gpu')
 
     with cli.stop_on_signals():
         try:

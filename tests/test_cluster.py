@@ -6,6 +6,7 @@ common/finished.py's --skip-done decisions, which need no cluster."""
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -356,12 +357,18 @@ def test_infer_ray_interrupted_then_skip_done_completes_the_set(ray_local, tiny_
 def test_score_ray_gives_the_one_process_metrics(ray_local, tiny_model, tiny_val_images, tmp_path):
     folder, weights = tiny_model
     score.main(['--model', folder, '--weights', weights, '--json', str(tmp_path / 'one.json'),
-                '--save-dir', str(tmp_path / 'one')])
+                '--save-dir', str(tmp_path / 'one'), '--report', str(tmp_path / 'report1')])
     status, _, err = command('score.py', '--model', folder, '--weights', weights,
                              '--json', tmp_path / 'ray.json', '--save-dir', tmp_path / 'pred',
+                             '--report', tmp_path / 'report2',
                              '--ray', ray.get_runtime_context().gcs_address)
     assert status == 0, err
     assert json.loads((tmp_path / 'ray.json').read_text()) == json.loads((tmp_path / 'one.json').read_text())
+    reports = [json.loads((tmp_path / f'report{k}' / 'report.json').read_text()) for k in (1, 2)]
+    assert reports[0] == reports[1] and reports[0]
+    pages = [re.sub(r'<td>written</td><td><code>[^<]*', '', (tmp_path / f'report{k}' / 'report.html').read_text())
+             for k in (1, 2)]
+    assert pages[0] == pages[1]  # the worst and best images' maps too
     assert sorted(os.listdir(tmp_path / 'pred')) == sorted(f'{i}.png' for i in tiny_val_images)
     for i in tiny_val_images:
         assert (tmp_path / 'pred' / f'{i}.png').read_bytes() == (tmp_path / 'one' / f'{i}.png').read_bytes()
