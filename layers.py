@@ -41,6 +41,7 @@ file, its files per example and how to load one file.
 """
 import ast
 import atexit
+import contextlib
 import json
 import os
 import random
@@ -447,7 +448,8 @@ _PREFETCH_THREADS = weakref.WeakSet()
 @atexit.register
 def _join_prefetch_threads():
     for thread in list(_PREFETCH_THREADS):
-        thread.join(timeout=10)
+        with contextlib.suppress(RuntimeError):  # a signal cut its start() short: never started
+            thread.join(timeout=10)
 
 
 class _Prefetch:
@@ -472,10 +474,16 @@ class _Prefetch:
             self.error = err
 
     def get(self):
-        self.thread.join()
+        self.join()
         if self.error is not None:
             raise self.error
         return self.result
+
+    def join(self):
+        """Wait for the load (a thread a signal kept from starting has
+        nothing to wait for)."""
+        with contextlib.suppress(RuntimeError):  # "cannot join thread before it is started"
+            self.thread.join()
 
 
 # ---------------------------------------------------------------- layers
@@ -570,7 +578,7 @@ class SegDataLayerBase(caffe.Layer):
         training loop resumes the data order with the iteration)."""
         p = self.params
         if getattr(self, '_pending', None) is not None:
-            self._pending.thread.join()  # its example is discarded
+            self._pending.join()  # its example is discarded
         # Separate streams, so switching augmentation on leaves the order alone.
         self._order_rng = random.Random(p['seed'])
         self._augment_rng = random.Random(None if p['seed'] is None else f'augment-{p["seed"]}')
@@ -605,7 +613,7 @@ class SegDataLayerBase(caffe.Layer):
         the next one served); later examples load in the calling thread."""
         self.prefetch = False
         if self._pending is not None:
-            self._pending.thread.join()
+            self._pending.join()
 
     # --- order, augmentation and loading
     def _next_plan(self):

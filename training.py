@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 import numpy as np
 from tqdm import tqdm
@@ -44,6 +43,7 @@ import caffe  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 import layers  # noqa: E402
+import loading  # noqa: E402
 import nets  # noqa: E402
 import report  # noqa: E402
 import score  # noqa: E402
@@ -56,7 +56,7 @@ from common.snapshots import Snapshots, SnapshotError  # noqa: E402
 from nets import SEED  # noqa: E402
 
 
-class TrainingError(Exception):
+class TrainingError(cli.InputError):
     """A problem the user must act on; the message says what to do."""
 
 
@@ -64,14 +64,14 @@ class Diverged(TrainingError):
     pass
 
 
-class Interrupted(Exception):
+class Interrupted(cli.Interrupted):
     """Training stopped by a stop signal (Ctrl-C, SIGTERM, SIGHUP: number
-    `signum`) after snapshotting `entry`."""
+    `signum`) after snapshotting `entry`; `what` says so."""
 
     def __init__(self, entry, signum):
-        self.entry, self.signum = entry, signum
+        super().__init__(signum)
+        self.entry = entry
         self.what = kept(entry)
-        super().__init__(self.what)
 
 
 def kept(entry):
@@ -80,18 +80,9 @@ def kept(entry):
 
 
 def load_model(folder):
-    """The Model of a folder's net.py (nets.load), a mistake in net.py as
-    one TrainingError naming the file and line."""
-    path = os.path.join(os.path.abspath(folder), 'net.py')
-    try:
-        return nets.load(folder)
-    except SyntaxError as e:
-        raise TrainingError(f'{e.filename}:{e.lineno}:{e.offset}: {e.msg}') from None
-    except Exception as e:
-        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
-        if not lines:
-            raise
-        raise TrainingError(f'{path}:{lines[-1]}: {type(e).__name__}: {e}') from None
+    """The Model of a folder's net.py, loaded the one way (loading.model:
+    a mistake in net.py named by file and line)."""
+    return loading.model(folder)
 
 
 # ------------------------------------------------------------------ weights
@@ -515,6 +506,8 @@ def parse_args(argv):
     parser.add_argument('--val-limit', type=cli.number(int, minimum=1),
                         help='score only the first N val images')
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
+    parser.add_argument('--allow-module', action='append', default=[], metavar='MODULE',
+                        help="let the nets' Python layers import MODULE too")
     args = parser.parse_args(argv)
     if args.weights and args.resume:
         parser.error("--weights and --resume: a resumed run continues with its snapshot's "
@@ -545,17 +538,18 @@ def gpu_ids(text):
 
 def check_prototxts(model):
     """Before any net is built: the folder's net prototxts are what its
-    net.py defines (not older than an edit of it). solver.prototxt is left
-    out: users edit it by hand (base_lr after a divergence)."""
-    generated = {os.path.join(model.folder, name): text for name, text in model.prototxts().items()
-                 if name in model.net_files().values()}
-    for path in nets.stale(generated):
-        problem = 'is missing' if not os.path.exists(path) else \
-            'differs from what net.py defines (net.py edited since it was written?)'
-        again = f' (or `python -m nets {model.name}`)' \
-            if os.path.abspath(locations.model_dir(model.name)) == model.folder else ''
-        raise TrainingError(f'{path} {problem}: regenerate the prototxts with `python net.py` in '
-                            f'{model.folder}{again}')
+    net.py defines (loading.check_fresh). solver.prototxt is left out:
+    users edit it by hand (base_lr after a divergence)."""
+    loading.check_fresh(model, model.net_files().values())
+
+
+def check_net_modules(model, param, allow=()):
+    """The Python layers of the nets the solver names import only the
+    project's modules (loading.check_modules), before Caffe imports them."""
+    names = [param.train_net, param.net] + list(param.test_net)
+    for name in filter(None, names):
+        path = os.path.join(model.folder, name)
+        loading.check_modules(path, prototxts.read_net(path), allow)
 
 
 def check_snapshot_folders(model, param):
@@ -566,6 +560,14 @@ def check_snapshot_folders(model, param):
     and read-only mounts alike, where permission bits do not tell."""
     folders = [os.path.join(model.folder, SNAPSHOT_DIR)]
     prefix_folder = os.path.dirname(os.path.join(model.folder, param.snapshot_prefix))
+    inside = os.path.realpath(model.folder)
+    if os.path.commonpath([inside, os.path.realpath(prefix_folder)]) != inside:
+        # The lock (one_run) holds the model folder: snapshots elsewhere are
+        # not held, and another folder's run could overwrite them.
+        raise TrainingError(f'snapshot_prefix "{param.snapshot_prefix}" (solver.prototxt) writes '
+                            f'snapshots outside the model folder {model.folder}, where another run '
+                            'could overwrite them; give a prefix inside it, e.g. '
+                            f'"{SNAPSHOT_DIR}/{locations.SNAPSHOT_PREFIX}"')
     if os.path.abspath(prefix_folder) != os.path.abspath(folders[0]):
         folders.append(prefix_folder)
     for folder in folders:
@@ -622,7 +624,7 @@ def _take_lock(model, folder, path):
     for _ in range(10):
         try:
             os.makedirs(folder, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = outputs.open_no_follow(path, os.O_RDWR | os.O_CREAT, 0o644, 'the lock file')
         except OSError as e:
             raise TrainingError(f'cannot write into the snapshot folder {folder}: {e.strerror}') from None
         try:
@@ -692,36 +694,38 @@ def main(folder, argv=None):
     one run per model folder (one_run); Ctrl-C, SIGTERM or SIGHUP, once or
     repeated, end in one line naming the snapshot that keeps the work, exit
     status 128 + the signal (130, 143, 129)."""
-    with cli.stop_on_signals():
-        written = None  # latest.json as this run found it
-        try:
-            args = parse_args(argv)
-            folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
-            model = load_model(folder)
-            check_prototxts(model)
-            param = prototxts.read_solver(os.path.join(model.folder, 'solver.prototxt'))
-            check_snapshot_folders(model, param)
-            with one_run(model):
-                written = _pointer_stamp(model)
-                check_start(model, args.weights, args.resume, args.max_iter)
-                if len(args.gpus) > 1:
-                    train_parallel(folder, args.gpus, args)
-                else:
-                    train(folder, weights=args.weights, max_iter=args.max_iter,
-                          test_interval=args.test_interval, resume=args.resume,
-                          gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
-        except (TrainingError, SnapshotError, prototxts.PrototxtError, outputs.OutputError,
-                FileNotFoundError, TypeError, layers.DataError, layers.ParamError) as e:
-            sys.exit(f'solve.py: {e}')  # data errors name the file, value and class count
-        except Interrupted as e:
-            cli.exit_interrupted('solve.py', e, e.what)
-        except KeyboardInterrupt as e:  # cli.Interrupted too: outside the steps
-            if written is not None and _pointer_stamp(model) != written:
-                # after a snapshot this run wrote (a signal as training ended)
-                latest = Snapshots(os.path.join(model.folder, SNAPSHOT_DIR)).latest()
-                if latest:
-                    cli.exit_interrupted('solve.py', e, kept(latest))
-            cli.exit_interrupted('solve.py', e, 'before training began; nothing was written')
+    state = dict(written=None, model=None)  # latest.json as this run found it
+
+    def work():
+        nonlocal folder
+        args = parse_args(argv)
+        folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
+        model = state['model'] = load_model(folder)
+        check_prototxts(model)
+        param = prototxts.read_solver(os.path.join(model.folder, 'solver.prototxt'))
+        check_net_modules(model, param, args.allow_module)
+        check_snapshot_folders(model, param)
+        with one_run(model):
+            state['written'] = _pointer_stamp(model)
+            check_start(model, args.weights, args.resume, args.max_iter)
+            if len(args.gpus) > 1:
+                train_parallel(folder, args.gpus, args)
+            else:
+                train(folder, weights=args.weights, max_iter=args.max_iter,
+                      test_interval=args.test_interval, resume=args.resume,
+                      gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
+
+    def interrupted(e):
+        if isinstance(e, Interrupted):
+            return e.what
+        model, written = state['model'], state['written']
+        if written is not None and _pointer_stamp(model) != written:
+            # after a snapshot this run wrote (a signal as training ended)
+            latest = Snapshots(os.path.join(model.folder, SNAPSHOT_DIR)).latest()
+            if latest:
+                return kept(latest)
+        return 'before training began; nothing was written'
+    cli.run('solve.py', work, interrupted)
 
 
 def _pointer_stamp(model):

@@ -1,8 +1,14 @@
-"""Where commands write: checks made before any work starts, and writes that
-leave either the whole new file or the previous state (a temporary file in
-the same folder, renamed into place), never half a file.
+"""Where commands write: the one output guard. Each command declares what it
+reads and what it will write; before any work `guard(writes, reads)`
+refuses an output that is, or resolves to, an input or another output, or
+that is a symbolic link planted where a file goes (never written through);
+`writable_file`/`writable_dir` refuse a place that cannot be written, in
+one line. Writes leave either the whole new file or the previous state (a
+temporary file in the same folder, renamed into place), never half a file,
+and no temporary file on an error or a signal.
 """
 import contextlib
+import errno
 import math
 import os
 import shutil
@@ -39,9 +45,13 @@ def writable_dir(path, option):
 
 def writable_file(path, option):
     """Check, before any work, that file `path` (given as `option`) can be
-    written: not a folder, in an existing writable folder."""
+    written: not a folder, not a name ending in a separator (a folder
+    meant), not a symbolic link, in an existing writable folder."""
     if os.path.isdir(path):
         raise OutputError(f'{option} {path}: a folder, not a file')
+    if str(path).endswith(('/', os.sep)):
+        raise OutputError(f'{option} {path}: names a folder (it ends in "/"); give a file name')
+    refuse_link(path, option)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise OutputError(f'{option} {path}: no folder {folder}')
@@ -190,6 +200,40 @@ def check_apart(writes, reads=()):
         if key in planned:
             raise OutputError(f'{planned[key]} and {what} would both be {path}')
         planned[key] = what
+
+
+def refuse_link(path, what):
+    """An OutputError if `path` is a symbolic link: an output is replaced,
+    never written through a link someone planted where it goes (its
+    target could be any file)."""
+    if os.path.islink(path):
+        raise OutputError(f'{what} {path} is a symbolic link (to {os.readlink(path)}): an output '
+                          'is never written through a link; remove it or choose another path')
+
+
+def guard(writes, reads=()):
+    """The output guard, before any work: `writes` and `reads` are (path,
+    description) pairs of everything the command will write and read.
+    Refuses (OutputError, naming both parties) an output that is a planted
+    symbolic link (refuse_link), that is or resolves to an input, or that
+    two outputs share (check_apart)."""
+    writes = list(writes)
+    for path, what in writes:
+        refuse_link(path, what)
+    check_apart(writes, reads)
+
+
+def open_no_follow(path, flags, mode=0o644, what='the file'):
+    """os.open of `path` that never follows a symbolic link at it
+    (O_NOFOLLOW): a link planted at a lock or output path is an OutputError
+    naming it, not a write into its target."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f'{what} {path} is a symbolic link (to {os.readlink(path)}): never '
+                              'followed; remove it') from None
+        raise
 
 
 def jsonable(x):

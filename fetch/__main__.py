@@ -167,19 +167,9 @@ def build_parser():
 def main(argv=None):
     caffe_setup.quiet_caffe_log(argv)
     args = build_parser().parse_args(argv)
-    with cli.stop_on_signals():
-        try:
-            return args.run(args) or 0
-        except FetchError as e:
-            print(f'fetch: error: {e}', file=sys.stderr)
-            return 1
-        except OSError as e:  # the disk's: full, read-only, a file where a folder goes
-            where = f'{e.filename}: ' if e.filename else ''
-            print(f'fetch: error: {where}{e.strerror or e}', file=sys.stderr)
-            return 1
-        except KeyboardInterrupt as e:
-            return cli.report_interrupted('fetch', e, 'run the same command again to resume '
-                                          '(downloads go on from where they stopped)')
+    return cli.run('fetch', lambda: args.run(args) or 0,
+                   lambda e: 'run the same command again to resume (downloads go on from where '
+                             'they stopped)') or 0
 
 
 if __name__ == '__main__':
