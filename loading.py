@@ -64,18 +64,6 @@ def check_fresh(model, names):
                         f'{model.folder}{again}')
 
 
-def _line_of_layer(path, name):
-    """The line of `name: "<layer>"` in a prototxt's text (0 if not found)."""
-    try:
-        with open(path) as f:
-            for i, line in enumerate(f, 1):
-                if line.strip() == f'name: "{name}"':
-                    return i
-    except OSError:
-        pass
-    return 0
-
-
 def check_modules(path, net_param, allow=()):
     """Every Python layer of `net_param` (read from `path`) names a module
     of ALLOWED_MODULES or `allow`: Caffe would import any other one (running
@@ -84,7 +72,7 @@ def check_modules(path, net_param, allow=()):
     for layer in list(net_param.layer):
         if layer.type != 'Python' or layer.python_param.module in allowed:
             continue
-        line = _line_of_layer(path, layer.name)
+        line = prototxts.line_of_layer(path, layer.name)
         raise LoadError(f'{path}:{f"{line}:" if line else ""} layer "{layer.name}" names the Python '
                         f'module "{layer.python_param.module}", not one of the project\'s '
                         f'({", ".join(ALLOWED_MODULES)}); if you trust it, pass --allow-module '
@@ -118,9 +106,9 @@ def deploy(folder, allow=()):
     checked: net.py, the deploy prototxt fresh and sound."""
     folder, m = folder_model(folder)
     path = locations.deploy_prototxt(folder)
+    check_net(path, allow=allow)  # first: a typo is named by its line, not as "stale"
     if m is not None:
         check_fresh(m, [locations.DEPLOY_PROTOTXT])
-    check_net(path, allow=allow)
     return m, path
 
 

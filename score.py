@@ -236,9 +236,9 @@ def eval_net_param(model, split=None, allow_modules=()):
     sound, its Python modules allowed."""
     model_dir, m = loading.folder_model(model)
     proto = locations.eval_prototxt(model_dir)
+    net_param = loading.check_net(proto, allow=allow_modules)  # a typo named by its line first
     if m is not None:
         loading.check_fresh(m, [os.path.basename(proto)])
-    net_param = loading.check_net(proto, allow=allow_modules)
     layer = data_layer(net_param)
     params = eval_params(layer, split)
     check_inputs(model_dir, layer, params)
@@ -386,13 +386,13 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
             raise
 
     split = params.get('split')
-    report = {'model': os.path.basename(os.path.normpath(model_dir)), 'weights': weights,
+    scored = {'model': os.path.basename(os.path.normpath(model_dir)), 'weights': weights,
               'split': split, 'images': len(ids), 'heads': {}}
     for head, (hist, mean_loss) in zip(heads, results):
         result = head_metrics(hist, head, split)
         result['loss'] = mean_loss
-        report['heads'][head.score] = result
-    return report
+        scored['heads'][head.score] = result
+    return scored
 
 
 def net_inputs(data_layer, ids, proto, weights=None):

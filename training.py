@@ -701,9 +701,10 @@ def main(folder, argv=None):
         args = parse_args(argv)
         folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
         model = state['model'] = load_model(folder)
-        check_prototxts(model)
+        # the nets parsed first: a typo is named by its line, not as "stale"
         param = prototxts.read_solver(os.path.join(model.folder, 'solver.prototxt'))
         check_net_modules(model, param, args.allow_module)
+        check_prototxts(model)
         check_snapshot_folders(model, param)
         with one_run(model):
             state['written'] = _pointer_stamp(model)

@@ -21,7 +21,7 @@ HISTORY_PER_PARAM = {'SGD': 1, 'Nesterov': 1, 'AdaGrad': 1, 'RMSProp': 1,
                      'AdaDelta': 2, 'Adam': 2}
 
 
-class SnapshotError(Exception):
+class SnapshotError(ValueError):
     """A snapshot that cannot be used or written; the message says what to do
     (training's advice), `problem` only what is wrong, for commands whose
     advice differs."""

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from common import outputs
+
 from . import FetchError
 
 CHUNK = 1 << 20
@@ -221,6 +223,6 @@ def adopt(key, source, path, dest=None, check=None):
         return path
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, part_path(dest))
-    os.replace(part_path(dest), dest)
+    with outputs.atomic_path(str(dest), f'{key}: the copy of {path}') as tmp:  # whole, or nothing
+        shutil.copyfile(path, tmp)
     return dest

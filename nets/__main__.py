@@ -52,7 +52,10 @@ def write(models, check=False):
         for path in bad:
             print(f'stale: {os.path.relpath(path)}')
         return 1 if bad else 0
-    outputs.guard([(path, 'the generated file') for path in files])
+    outputs.guard([(path, f'the generated file {path}') for path in files],
+                  [(os.path.join(folder, 'net.py'), f'{folder}/net.py')
+                   for folder in {os.path.dirname(path) for path in files}
+                   if os.path.isfile(os.path.join(folder, 'net.py'))])
     for path, text in files.items():
         outputs.write_atomically(path, text, 'the generated prototxt')
         print(f'wrote {os.path.relpath(path)}')

@@ -420,7 +420,10 @@ def measure_all(args):
     """The command's work: check the models and --json, then measure."""
     if args.json:
         outputs.writable_file(args.json, '--json')
-        outputs.guard([(args.json, '--json')])
+        folders = [locations.model_folder(m) for m in args.models]
+        outputs.guard([(args.json, '--json')],
+                      [(os.path.join(f, name), f'{os.path.join(f, name)}') for f in folders
+                       for name in ('net.py', locations.DEPLOY_PROTOTXT)])
     for model in args.models:  # each loaded the one way before any figure
         run_worker('project', None, model, (1, 1), 'check', 1, None)
     builds = [('project', None)]
