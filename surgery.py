@@ -213,6 +213,7 @@ def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False, ver
         os.makedirs(os.path.dirname(out), exist_ok=True)
     with outputs.atomic_path(out, 'the caffemodel') as tmp:
         fcn.save(tmp)
+        outputs.check_written(tmp, out, weightfiles.read_caffemodel, 'the caffemodel')
     return report
 
 

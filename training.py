@@ -560,8 +560,8 @@ def check_snapshot_folders(model, param):
     and read-only mounts alike, where permission bits do not tell."""
     folders = [os.path.join(model.folder, SNAPSHOT_DIR)]
     prefix_folder = os.path.dirname(os.path.join(model.folder, param.snapshot_prefix))
-    inside = os.path.realpath(model.folder)
-    if os.path.commonpath([inside, os.path.realpath(prefix_folder)]) != inside:
+    held = {os.path.realpath(model.folder), os.path.realpath(folders[0])}  # snapshot/ may be a link
+    if not any(os.path.commonpath([root, os.path.realpath(prefix_folder)]) == root for root in held):
         # The lock (one_run) holds the model folder: snapshots elsewhere are
         # not held, and another folder's run could overwrite them.
         raise TrainingError(f'snapshot_prefix "{param.snapshot_prefix}" (solver.prototxt) writes '

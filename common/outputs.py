@@ -202,6 +202,20 @@ def check_apart(writes, reads=()):
         planned[key] = what
 
 
+def check_written(tmp, path, read, what):
+    """After a writer that reports no error (Caffe's save ignores a full
+    disk): `read(tmp)` must take the file back whole, else an OutputError
+    naming `path`, the folder's free space and the likely cause."""
+    try:
+        read(tmp)
+    except (ValueError, OSError):
+        folder = os.path.dirname(os.path.abspath(path))
+        free = shutil.disk_usage(folder).free
+        raise OutputError(f'{folder}: cannot write {what} ({os.path.basename(path)}): written '
+                          f'incomplete ({os.path.getsize(tmp)} bytes), {_size(free)} free: No space '
+                          'left on device?') from None
+
+
 def refuse_link(path, what):
     """An OutputError if `path` is a symbolic link: an output is replaced,
     never written through a link someone planted where it goes (its

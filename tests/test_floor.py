@@ -123,6 +123,11 @@ class Case:
             out[str(path)] = open(path, 'rb').read()
         return out
 
+    def unchanged(self, before):
+        """Whether every input of `before` (inputs()) is as it was."""
+        after = self.inputs()
+        return [p for p in before if before[p] != after.get(p)] == []
+
     def hidden(self):
         """Temporary files (hidden, or .part) left under the case folder."""
         return [os.path.join(d, n) for d, dirs, names in os.walk(self.root)
@@ -390,9 +395,7 @@ def test_bad_input(world, kind, command, request):
         line = one_line(out, culprits, context=context)
         assert line.startswith(f'{prog}: error: '), (context, line)
     assert not (world / 'EVIL_IMPORTED').exists(), context
-    after = c.inputs()
-    changed = [p for p in before if before[p] != after.get(p)]
-    assert not changed, (context, changed)
+    assert c.unchanged(before), context
     assert c.hidden() == [], context
     assert c.victim.read_text() == 'precious\n'
 
@@ -456,7 +459,7 @@ def test_full_disk(world, tiny_disk, command):
     line = one_line(out, [], context=context)
     assert line.startswith(f'{COMMANDS[command][0]}: error: '), (context, line)
     assert re.search(r'No space left on device|not enough free space', line), (context, line)
-    assert c.inputs() == before, context
+    assert c.unchanged(before), context
     left = [p for p in tiny_disk.rglob('*') if p.name.startswith('.') or p.name.endswith('.part')]
     assert left == [], (context, left)
     for name, data in on_disk_before.items():  # files there before stay whole
@@ -500,5 +503,87 @@ def test_signals_at_random_moments(world, command, signum, times):
         assert len(lines) == 1, (context, err)
         assert lines[0].startswith(f'{COMMANDS[command][0]}: interrupted ({signal.Signals(signum).name})'), \
             (context, lines[0])
-    assert c.inputs() == before, context
+    assert c.unchanged(before), context
     assert c.hidden() == [], (context, c.hidden())
+
+
+# ---------------------------------------------------------------- trusted only once checked
+
+def test_an_onnx_cache_from_other_weights_is_made_again(world):
+    """A file under the cache's name recording other weights (or another
+    deploy net, mean, format) is not used: exported again, labels as Caffe's."""
+    import hashlib
+    import json
+
+    import onnx_engine
+    c = Case(world, 'onnx-cache')
+    weights = shutil.copy(c.weights, c.root / 'a.caffemodel')
+    other = c.root / 'b.caffemodel'
+    net = caffe.Net(str(c.model / 'deploy.prototxt'), caffe.TEST, weights=str(weights))
+    net.params['score_fr'][1].data[...] = np.arange(len(CLASSES)) * 100.0  # another class wins
+    net.save(str(other))
+    digest = hashlib.sha256(open(weights, 'rb').read()).hexdigest()
+    cache = onnx_engine.cache_path(str(weights), digest)
+    onnx_engine.export(str(c.model / 'deploy.prototxt'), str(other), cache,
+                       onnx_engine.model_metadata(str(c.model)))  # planted: the other weights'
+    labels = {}
+    for engine in ('caffe', 'onnx'):
+        out = run(c, infer_argv(c, out=c.root / engine, json=c.root / f'{engine}.json',
+                                weights=weights) + ['--engine', engine])
+        assert out.returncode == 0, out.stderr
+        labels[engine] = np.asarray(Image.open(c.root / engine / 'photo.png'))
+    np.testing.assert_array_equal(labels['onnx'], labels['caffe'])
+    assert onnx_engine.OnnxNet(cache).metadata['caffemodel_sha256'] == digest
+    assert json.loads(onnx_engine.OnnxNet(cache).metadata['classes'])['score'] == list(CLASSES)
+
+
+@pytest.mark.parametrize('command', ['infer.py', 'export.py'])
+def test_advice_fits_the_command(world, command):
+    """latest.json naming a deleted caffemodel: infer.py and export.py
+    (which have no --resume) advise --weights."""
+    import json
+    c = Case(world, f'advice-{command}')
+    snapshot = c.model / 'snapshot'
+    snapshot.mkdir()
+    entry = dict(iteration=4, solverstate='train_iter_4.solverstate', caffemodel='train_iter_4.caffemodel',
+                 solverstate_bytes=1, caffemodel_bytes=1, solverstate_sha256='0', caffemodel_sha256='0')
+    (snapshot / 'latest.json').write_text(json.dumps(entry))
+    argv = COMMANDS[command][1](c)
+    argv = argv[:argv.index('--weights')] + argv[argv.index('--weights') + 2:]
+    line = one_line(run(c, argv), [snapshot / 'train_iter_4', 'is missing', '--weights'])
+    assert '--resume' not in line
+
+
+def test_export_out_naming_a_folder_that_does_not_exist(world):
+    c = Case(world, 'export-folder')
+    one_line(run(c, export_argv(c, out=str(c.root / 'exports') + '/')),
+             ['export.py: error: --out', 'exports/', 'names a folder'])
+    assert not (c.root / 'exports').exists() and c.hidden() == []
+
+
+def test_fetch_names_the_archive_and_member_of_a_file_and_folder_of_one_name(world):
+    import io
+    import tarfile
+    c = Case(world, 'fetch-archive')
+    archive = c.root / 'nyud.tar'
+    with tarfile.open(archive, 'w') as tar:
+        for name in ('nyud/segmentation/a', 'nyud/segmentation/a/b.mat'):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b'abc'))
+    out = run(c, ['-m', 'fetch', 'data', 'nyud', '--dest', c.root / 'nyud-data', '--file', archive,
+                  '--quiet'])
+    line = one_line(out, ['fetch: error: ', archive, 'nyud/segmentation/a', 'both a file and a folder'])
+    assert '.unpacking' not in line and c.hidden() == []
+
+
+def test_segmenter_predicts_without_writing(world, tmp_path):
+    """The library's Segmenter: labels of an image in memory, no file."""
+    import infer
+    c = Case(world, 'segmenter')
+    segmenter = infer.Segmenter(str(c.model), str(c.weights))
+    rgb = np.asarray(Image.open(world / 'photo.jpg'))
+    labels = segmenter.predict(rgb)
+    assert labels.shape == rgb.shape[:2] and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, segmenter.predict(str(world / 'photo.jpg')))
+    assert sorted(os.listdir(c.root)) == ['data', 'victim.txt', 'voc-fcn8s']
