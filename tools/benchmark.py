@@ -51,6 +51,9 @@ sys.path.insert(0, REPO)
 
 from common import caffe_setup, cli, locations, outputs  # noqa: E402
 
+if __name__ == '__main__':
+    cli.quit_while_starting('benchmark.py')  # until main() handles signals
+
 caffe_setup.quiet_caffe_log([])  # before a measurement imports caffe
 # Caffe, and the modules that load it (nets, infer, onnx_engine), are
 # imported inside the measuring functions: each measurement runs in a worker
