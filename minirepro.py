@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import caffe_setup  # noqa: E402
+from common import caffe_setup, cli  # noqa: E402
 
 caffe_setup.quiet_caffe_log([])  # its own progress replaces Caffe's log
 
@@ -704,7 +704,16 @@ def cpu_time():
 
 
 def main(argv=None):
+    """The command: its work through the one runner (cli.run): a signal or
+    an error ends it in one line."""
     args = parse_args(argv)
+    return cli.run('minirepro.py', lambda: reproduce(args),
+                   lambda e: f'what was written so far stays in {os.path.abspath(args.out)}')
+
+
+def reproduce(args):
+    """The mini-reproduction for parsed arguments; returns (summary,
+    checks, findings)."""
     schedule = QUICK if args.quick else FULL
     out = os.path.abspath(args.out)
     seeds = list(range(args.seed, args.seed + args.seeds))

@@ -29,8 +29,6 @@ CHECK_TOLERANCE = 1e-4   # of each output's range (max - min of Caffe's output)
 CHECK_SEED = 0
 # Part of the cache key: a cached export made by an older converter is redone.
 EXPORT_FORMAT = '1'
-# What runs a model's net: Caffe, or its ONNX export in ONNX Runtime.
-ENGINES = ('caffe', 'onnx')
 CACHE_DIGITS = 16  # of the weights' sha256 in the cached file's name
 
 

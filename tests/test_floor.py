@@ -402,21 +402,6 @@ def test_bad_input(world, kind, command, request):
 
 # ---------------------------------------------------------------- a full disk
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 2 MB tmpfs (root only): a disk that really fills up."""
-    mount = tmp_path / 'disk'
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip('mounting a tmpfs needs root')
-    done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f'cannot mount a tmpfs here: {done.stderr.strip()}')
-    yield mount
-    subprocess.run(['umount', '-l', str(mount)], check=True)
-
-
 def fill(disk):
     """Fill `disk` to the last byte."""
     free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
