@@ -19,6 +19,7 @@ them (engines.py, training, score).
 """
 import os
 
+import caffe
 from caffe.proto import caffe_pb2
 
 import layers
@@ -70,9 +71,18 @@ def check_modules(path, net_param, allow=()):
     its code) while building the net, before anything could refuse it."""
     allowed = set(ALLOWED_MODULES) | set(allow)
     for layer in list(net_param.layer):
-        if layer.type != 'Python' or layer.python_param.module in allowed:
+        if layer.type != 'Python':
             continue
         line = prototxts.line_of_layer(path, layer.name)
+        if layer.python_param.module in ALLOWED_MODULES:
+            cls = getattr(layers, layer.python_param.layer, None)
+            if not (isinstance(cls, type) and issubclass(cls, caffe.Layer)):
+                raise LoadError(f'{path}:{f"{line}:" if line else ""} layer "{layer.name}": '
+                                f'{layer.python_param.module} has no layer '
+                                f'"{layer.python_param.layer}"')
+            continue
+        if layer.python_param.module in allowed:
+            continue
         raise LoadError(f'{path}:{f"{line}:" if line else ""} layer "{layer.name}" names the Python '
                         f'module "{layer.python_param.module}", not one of the project\'s '
                         f'({", ".join(ALLOWED_MODULES)}); if you trust it, pass --allow-module '

@@ -294,7 +294,19 @@ def test_missing_file_is_an_error(server, tmp_path):
 # ---------------------------------------------------------------- datasets
 
 def fetch_cli(*args):
-    return main([*map(str, args), '--quiet'])
+    return exit_status(main, [*map(str, args), '--quiet'])
+
+
+def exit_status(command, argv):
+    """The exit status of a command's main(argv) run in this process (an
+    error's one line, which cli.run raises as SystemExit, goes to stderr)."""
+    try:
+        return command(argv)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 1
+        return e.code
 
 
 @pytest.fixture(scope='module')
@@ -409,7 +421,7 @@ def test_nyud_siftflow_and_context_layouts_and_splits(server, tmp_path, capsys):
 
 
 def test_several_sources_need_keyed_urls(capsys):
-    assert main(['data', 'context', '--url', 'http://mirror/x.tar']) == 1
+    assert exit_status(main, ['data', 'context', '--url', 'http://mirror/x.tar']) == 1
     assert 'SOURCE=VALUE' in capsys.readouterr().err
 
 
