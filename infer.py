@@ -491,7 +491,8 @@ class Segmenter:
         self.net = self.engine  # the name earlier callers use
         # What the net was read from: no output may overwrite them.
         self.inputs = [(weights, f'the weights {weights}'),
-                       (locations.deploy_prototxt(self.model.folder), 'the deploy net')]
+                       (locations.deploy_prototxt(self.model.folder), 'the deploy net'),
+                       (os.path.join(self.model.folder, 'net.py'), "the model's net.py")]
         self.head = self.model.source.heads[0]
         self.mean = self.model.source.mean
         self.max_side = max_side

@@ -400,7 +400,9 @@ def net_inputs(data_layer, ids, proto, weights=None):
     weights, the data layer's split file or lists, and each of the first
     len(ids) examples' files (the data layer's paths are relative to the
     current directory)."""
-    reads = [(proto, f'the net {proto}')] + ([(weights, f'the weights {weights}')] if weights else [])
+    net_py = os.path.join(os.path.dirname(proto), 'net.py')
+    reads = [(proto, f'the net {proto}'), (net_py, f'the model\'s {net_py}')] + \
+        ([(weights, f'the weights {weights}')] if weights else [])
     reads += [(os.path.abspath(path), f'the data layer\'s input {os.path.abspath(path)}')
               for path in data_layer.input_paths(data_layer.params)]
     for example in data_layer.examples[:len(ids)]:

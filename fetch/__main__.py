@@ -71,7 +71,8 @@ def cmd_weights(args):
     files = _overrides(args.file, names, '--file')
     for name in names:
         fetch_weights(name, args.dest, url=urls.get(name), file=files.get(name),
-                      convert=not args.no_convert, force=args.force, **_download_args(args))
+                      convert=not args.no_convert, force=args.force,
+                      allow_modules=args.allow_module, **_download_args(args))
 
 
 def cmd_classes(args):
@@ -134,6 +135,8 @@ def build_parser():
                    help=f'models root, holding <model>/ and nets/ilsvrc-nets/ (default {MODELS_ROOT})')
     p.add_argument('--no-convert', action='store_true',
                    help='do not run surgery.py convert on ILSVRC nets')
+    p.add_argument('--allow-module', action='append', default=[], metavar='MODULE',
+                   help="let the model folder's deploy prototxt name this Python module")
     downloading(p)
     p.set_defaults(run=cmd_weights)
 

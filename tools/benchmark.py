@@ -243,12 +243,12 @@ def measure_onnx(path, size, iters):
     return result
 
 
-def check_model(model_name):
+def check_model(model_name, allow=()):
     """Runs in its own process (--worker --mode check): the model folder
     loaded the one way (loading.deploy: net.py, deploy prototxt, Python
-    modules), before any measurement."""
-    import loading
-    loading.deploy(model_name)
+    modules but those `allow` names), before any measurement."""
+    import loading  # deferred, as every import of Caffe here
+    loading.deploy(model_name, allow)
     return {}
 
 
@@ -260,10 +260,11 @@ def worker(argv):
     parser.add_argument('--iters', type=int)
     parser.add_argument('--gpu', type=int)
     parser.add_argument('--onnx', help='the exported model (modes export and onnx)')
+    parser.add_argument('--allow-module', action='append', default=[])
     args = parser.parse_args(argv)
     if args.mode == 'check':
         try:
-            result = check_model(args.model)
+            result = check_model(args.model, args.allow_module)
         except ValueError as e:
             print('ERROR ' + cli.one_line(e), flush=True)
             return 1
@@ -337,7 +338,7 @@ def build_env(dist):
     return env
 
 
-def run_worker(build, dist, model, size, mode, iters, gpu, onnx=None):
+def run_worker(build, dist, model, size, mode, iters, gpu, onnx=None, allow=()):
     """One measurement in a new process; the result dict, or its failure.
     With `onnx` (a path), mode 'export' writes the model's export there and
     mode 'onnx' measures it."""
@@ -347,6 +348,8 @@ def run_worker(build, dist, model, size, mode, iters, gpu, onnx=None):
         command += ['--gpu', str(gpu)]
     if onnx:
         command += ['--onnx', onnx]
+    for module in allow:
+        command += ['--allow-module', module]
     proc = subprocess.run(command, capture_output=True, text=True, env=build_env(dist))
     for line in proc.stdout.splitlines():
         if line.startswith('ERROR '):
@@ -414,6 +417,8 @@ def main(argv=None):
     parser.add_argument('--no-onnx', action='store_true',
                         help='measure no ONNX Runtime rows (forward, beside each Caffe forward)')
     parser.add_argument('--json', help='also write the figures here')
+    parser.add_argument('--allow-module', action='append', default=[], metavar='MODULE',
+                        help="let a deploy prototxt's Python layers import MODULE")
     args = parser.parse_args(argv)
     return cli.run('benchmark.py', lambda: measure_all(args),
                    lambda e: 'no figures written' if args.json else 'stopped')
@@ -428,7 +433,7 @@ def measure_all(args):
                       [(os.path.join(f, name), f'{os.path.join(f, name)}') for f in folders
                        for name in ('net.py', locations.DEPLOY_PROTOTXT)])
     for model in args.models:  # each loaded the one way before any figure
-        run_worker('project', None, model, (1, 1), 'check', 1, None)
+        run_worker('project', None, model, (1, 1), 'check', 1, None, allow=args.allow_module)
     builds = [('project', None)]
     if not args.no_stock:
         dist = dist_of(args.stock) if args.stock else find_stock_build()
