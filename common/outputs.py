@@ -221,7 +221,8 @@ def refuse_link(path, what):
     never written through a link someone planted where it goes (its
     target could be any file)."""
     if os.path.islink(path):
-        raise OutputError(f'{what} {path} is a symbolic link (to {os.readlink(path)}): an output '
+        named = what if str(path) in what else f'{what} {path}'
+        raise OutputError(f'{named} is a symbolic link (to {os.readlink(path)}): an output '
                           'is never written through a link; remove it or choose another path')
 
 

@@ -10,6 +10,7 @@ signals), no traceback, no Caffe abort, inputs unchanged and no temporary
 file left. Signals go at random moments (TRUST_SEED to replay), several
 tries each; the full disk is a real small tmpfs (root only).
 """
+import io
 import os
 import random
 import re
@@ -17,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -58,6 +60,18 @@ def world(tmp_path_factory):
     for surgery, and the evil module."""
     root = tmp_path_factory.mktemp('floor')
     write_voc(str(root / 'data' / 'voc'), {'train': ['t0'], 'val': ['v0', 'v1']}, learnable=True)
+    # for runs long enough to be interrupted at work: a split of 16 images, 16 photos, an archive
+    write_voc(str(root / 'data' / 'voc'), {'many': [f'm{i}' for i in range(24)]}, seed=1,
+              learnable=True)
+    (root / 'photos').mkdir()
+    for i in range(16):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(
+            root / 'photos' / f'p{i}.jpg')
+    with tarfile.open(root / 'nyud.tar', 'w') as tar:
+        for i in range(3000):
+            info = tarfile.TarInfo(f'nyud/segmentation/img_{i}.mat')
+            info.size = 1000
+            tar.addfile(info, io.BytesIO(bytes(1000)))
     template = root / 'template' / 'voc-fcn8s'
     write_model(template, stride=8, classes=CLASSES, val_size=1)
     shutil.copy(os.path.join(REPO, 'voc-fcn8s', 'solve.py'), template / 'solve.py')
@@ -391,9 +405,11 @@ def test_bad_input(world, kind, command, request):
     context = f'{kind} x {command}'
     if culprits is None:  # a missing output folder that the command makes
         assert out.returncode == 0 and not any(a in out.stderr for a in ABORTS), (context, out.stderr)
+        line = 'exit 0, the folder made'
     else:
         line = one_line(out, culprits, context=context)
         assert line.startswith(f'{prog}: error: '), (context, line)
+    print(f'\nMATRIX | {kind} | {command} | {line}')  # the table, with pytest -s
     assert not (world / 'EVIL_IMPORTED').exists(), context
     assert c.unchanged(before), context
     assert c.hidden() == [], context
@@ -444,6 +460,7 @@ def test_full_disk(world, tiny_disk, command):
     line = one_line(out, [], context=context)
     assert line.startswith(f'{COMMANDS[command][0]}: error: '), (context, line)
     assert re.search(r'No space left on device|not enough free space', line), (context, line)
+    print(f'\nMATRIX | full disk | {command} | {line}')
     assert c.unchanged(before), context
     left = [p for p in tiny_disk.rglob('*') if p.name.startswith('.') or p.name.endswith('.part')]
     assert left == [], (context, left)
@@ -461,18 +478,60 @@ def start(c, argv):
     return proc
 
 
-SIGNAL_RUNS = {command: argv for command, (_, argv) in COMMANDS.items()}
-TRIES = [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 3), (signal.SIGTERM, 2)]
+# command: a run of a few seconds (the good run, longer where it is short)
+SIGNAL_RUNS = {
+    **{command: argv for command, (_, argv) in COMMANDS.items()},
+    'infer.py': lambda c: ['infer.py', c.world / 'photos', '--model', c.model, '--weights', c.weights,
+                           '--out', c.out, '--json', c.file('json')],
+    'score.py': lambda c: ['score.py', '--model', c.model, '--weights', c.weights, '--split', 'many',
+                           '--save-dir', c.out, '--json', c.file('json')],
+    'solve.py': lambda c: solve_argv(c)[:2] + ['--max-iter', 30, '--test-interval', 10],
+    'python -m fetch': lambda c: ['-m', 'fetch', 'data', 'nyud', '--dest', c.root / 'fetched',
+                                  '--file', c.world / 'nyud.tar', '--quiet'],
+    'tools/benchmark.py': lambda c: [os.path.join('tools', 'benchmark.py'), '--models', c.model,
+                                     '--sizes', 37, 64, 100, '--train-sizes', 37, '--iters', 2,
+                                     '--no-stock', '--json', c.file('json')],
+}
+# command: the file whose appearance says the run is under way (its work
+# begun), for commands whose work lasts long enough to be cut
+UNDER_WAY = {
+    'infer.py': lambda c: c.out / 'p0.png',
+    'score.py': lambda c: c.out / 'm0.png',
+    'solve.py': lambda c: c.model / 'snapshot' / 'solve.lock',
+    'python -m fetch': lambda c: c.root / 'fetched' / '.nyud.unpacking',
+    'tools/benchmark.py': lambda c: c.root / 'never',  # its workers write nothing: by time
+    'export.py': lambda c: '.result.onnx.*',  # its temporary file, in the case folder
+}
+# (signal, times sent, when): 'start' a random moment of the first 1.5 s
+# (loading Python, Caffe and the model); 'work' a random moment of the
+# first half second once the run is under way (UNDER_WAY), or of 1.5-3 s.
+TRIES = [(signal.SIGINT, 1, 'work'), (signal.SIGINT, 3, 'start'), (signal.SIGTERM, 2, 'work')]
 
 
-@pytest.mark.parametrize('signum, times', TRIES, ids=lambda v: getattr(v, 'name', str(v)))
+def wait_under_way(c, command, proc, when):
+    """Sleep until the random moment of `when`; returns what it waited for."""
+    if when == 'start':
+        delay = rng.uniform(0, 1.5)
+    elif command in UNDER_WAY:
+        marker = UNDER_WAY[command](c)
+        there = (lambda: any(c.root.glob(marker))) if isinstance(marker, str) else marker.exists
+        end = time.monotonic() + 3
+        while not there() and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.002)
+        delay = rng.uniform(0, 0.05 if isinstance(marker, str) else 0.5)
+    else:
+        delay = rng.uniform(1.5, 3)
+    time.sleep(delay)
+    return f'{delay:.2f} s after {when}'
+
+
+@pytest.mark.parametrize('signum, times, when', TRIES, ids=lambda v: getattr(v, 'name', str(v)))
 @pytest.mark.parametrize('command', SIGNAL_RUNS)
-def test_signals_at_random_moments(world, command, signum, times):
+def test_signals_at_random_moments(world, command, signum, times, when):
     c = Case(world, f'sig-{command.replace("/", "-").replace(" ", "-")}-{signum}-{times}')
     before = c.inputs()
     proc = start(c, SIGNAL_RUNS[command](c))
-    delay = rng.uniform(0, 1.5)
-    time.sleep(delay)
+    moment = wait_under_way(c, command, proc, when)
     for _ in range(times):
         try:
             proc.send_signal(signum)
@@ -480,7 +539,7 @@ def test_signals_at_random_moments(world, command, signum, times):
             break
         time.sleep(rng.uniform(0, 0.1))
     out, err = proc.communicate(timeout=240)
-    context = f'seed {SEED}: {command}, {signal.Signals(signum).name} x{times} after {delay:.2f} s'
+    context = f'seed {SEED}: {command}, {signal.Signals(signum).name} x{times} {moment}'
     assert 'Traceback' not in err and 'Check failed' not in err, (context, err)
     if proc.returncode != 0:
         assert proc.returncode == 128 + signum, (context, proc.returncode, err)
@@ -488,6 +547,8 @@ def test_signals_at_random_moments(world, command, signum, times):
         assert len(lines) == 1, (context, err)
         assert lines[0].startswith(f'{COMMANDS[command][0]}: interrupted ({signal.Signals(signum).name})'), \
             (context, lines[0])
+    print(f'\nMATRIX | signal {signal.Signals(signum).name} x{times} | {command} | '
+          f'{lines[0] if proc.returncode else "finished first (exit 0)"}')
     assert c.unchanged(before), context
     assert c.hidden() == [], (context, c.hidden())
 
