@@ -486,7 +486,9 @@ class Segmenter:
             raise InferError(f'{locations.model_folder(model)}: no net.py (infer.py needs the model\'s '
                              'classes and mean)')
         check_rgb_model(self.model)
-        weights = weights or loading.default_weights(self.model.folder)
+        if not weights:
+            weights = loading.default_weights(self.model.folder)
+            print(f'{self.model.name}: weights {weights} (its default)')
         self.engine, self.memory_model = load_engine(self.model, weights, engine, gpu, allow_modules)
         self.net = self.engine  # the name earlier callers use
         # What the net was read from: no output may overwrite them.

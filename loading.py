@@ -127,8 +127,8 @@ def default_weights(model_folder, name=None):
     caffemodel if fetched, else the latest snapshot (weightfiles.resolve).
     A LoadError says how to get weights, with advice for a command that
     takes --weights (not --resume)."""
-    try:
-        return weightfiles.resolve(model_folder, prefer='published')
+    try:  # not announced on stderr, which holds only a failure's one line
+        return weightfiles.resolve(model_folder, prefer='published', announce=False)
     except weightfiles.WeightsError as e:
         raise LoadError(f'{e} (or pass --weights)') from None
     except SnapshotError as e:
