@@ -559,6 +559,10 @@ def check_snapshot_folders(model, param):
     probed with a file that has no name (O_TMPFILE), which works for root
     and read-only mounts alike, where permission bits do not tell."""
     folders = [os.path.join(model.folder, SNAPSHOT_DIR)]
+    # The run's own files there: never written through a link planted at one.
+    outputs.guard([(os.path.join(folders[0], name), f'the training {what}') for name, what in (
+        ('latest.json', 'pointer'), ('log.jsonl', 'log'), ('curves.png', 'curves'),
+        ('report.json', 'report'), ('report.html', 'report'))])
     prefix_folder = os.path.dirname(os.path.join(model.folder, param.snapshot_prefix))
     held = {os.path.realpath(model.folder), os.path.realpath(folders[0])}  # snapshot/ may be a link
     if not any(os.path.commonpath([root, os.path.realpath(prefix_folder)]) == root for root in held):

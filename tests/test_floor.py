@@ -633,3 +633,13 @@ def test_segmenter_predicts_without_writing(world, tmp_path):
     assert labels.shape == rgb.shape[:2] and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, segmenter.predict(str(world / 'photo.jpg')))
     assert sorted(os.listdir(c.root)) == ['data', 'victim.txt', 'voc-fcn8s']
+
+
+@pytest.mark.parametrize('name', ['latest.json', 'log.jsonl', 'curves.png'])
+def test_solve_follows_no_link_at_its_files(world, name):
+    """Besides its lock (the matrix's row), training's own files: a link
+    planted at one is refused before any work, its target untouched."""
+    c = Case(world, f'solve-link-{name}')
+    link = plant_link(c.model / 'snapshot' / name, c)
+    one_line(run(c, solve_argv(c)), ['solve.py: error: ', link, 'symbolic link'])
+    assert c.victim.read_text() == 'precious\n' and os.path.islink(link)
