@@ -340,7 +340,8 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     copy of the prototxt; the net runs with cwd = the model folder, since the
     data layer's paths are relative to it. The images scored are the data
     layer's own list of examples (its split file), the first `limit` of them.
-    Returns {'model', 'weights', 'split', 'images', 'heads': {score blob:
+    Returns {'model', 'weights', 'split', 'images', 'engine' (what ran the
+    net: engines.Engine.describe()), 'heads': {score blob:
     metrics + 'loss', 'hist', 'excluded'}}, heads in compute_hists' order
     (`on_image` as it takes it). Caffe's mode is the caller's; `engine`
     'onnx' computes the scores in ONNX Runtime (engine_net).
@@ -360,6 +361,8 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
 
     all_heads = model_heads(model_dir, layer)
     with engine_net(engine, net_param, model_dir, weights, proto, layer, gpu, allow_modules) as net:
+        described = net.engine.describe() if isinstance(net, FedEngine) else \
+            {'engine': 'caffe', 'device': 'cpu' if gpu is None else f'gpu {gpu}'}
         ids = [layers.example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
         heads = [h for h in all_heads if h.score in net.blobs and h.label in net.blobs]
         if not heads:
@@ -387,7 +390,7 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
 
     split = params.get('split')
     scored = {'model': os.path.basename(os.path.normpath(model_dir)), 'weights': weights,
-              'split': split, 'images': len(ids), 'heads': {}}
+              'split': split, 'images': len(ids), 'engine': described, 'heads': {}}
     for head, (hist, mean_loss) in zip(heads, results):
         result = head_metrics(hist, head, split)
         result['loss'] = mean_loss
