@@ -21,7 +21,7 @@ import tempfile
 import numpy as np
 import onnxruntime as ort
 
-from common import locations, outputs, prototxts, weightfiles
+from common import cli, locations, outputs, prototxts, weightfiles
 from common.snapshots import file_sha256
 
 CHECK_SIZE = (67, 83)    # (height, width) of the check's random input
@@ -160,12 +160,16 @@ def export_net(net_param, net, out, metadata=None, check=True, opset=None, where
     except caffe_onnx.UnmappableLayer as e:
         raise ExportError(f'{where}: {e}') from None
     folder = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(out) + '.', suffix='.part')
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as a file the user wrote, not mkstemp's private mode
+    tmp = None
     try:
+        # made and known together: a signal between would leave it behind
+        with cli.signals_deferred():
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(out) + '.',
+                                       suffix='.part')
+            os.close(fd)
+            umask = os.umask(0)
+            os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a file the user wrote, not mkstemp's private mode
         try:
             caffe_onnx.save(model, tmp)
         except OSError as e:
@@ -175,7 +179,7 @@ def export_net(net_param, net, out, metadata=None, check=True, opset=None, where
         worst = compare(expected, checked.run(inputs), out) if check else {}
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
     if checked:
         checked.path = out

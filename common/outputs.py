@@ -75,8 +75,9 @@ def _new_file_mode(path):
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
+        with cli.signals_deferred():  # never left at 0 by a signal
+            umask = os.umask(0)
+            os.umask(umask)
         return 0o666 & ~umask
 
 
@@ -113,8 +114,9 @@ def atomic_paths(paths, what='the files', on_written=None):
     never lost to an interruption."""
     tmps = {}
     try:
-        for key, path in paths.items():
-            tmps[key] = _temp_beside(path)
+        with cli.signals_deferred():  # each made and recorded together: none left behind
+            for key, path in paths.items():
+                tmps[key] = _temp_beside(path)
         yield dict(tmps)
         for key, path in paths.items():
             os.chmod(tmps[key], _new_file_mode(path))
