@@ -255,20 +255,21 @@ def run(prog, work, interrupted=None):
     kept; default: nothing was written) and exit status 128 + the signal;
     any error in one line `prog: error: message` and exit status 1.
     Returns what `work` returns (an exit status, or None)."""
-    with stop_on_signals():
-        try:
-            return work()
-        except KeyboardInterrupt as e:
-            what = interrupted(e) if interrupted else None
-            exit_interrupted(prog, e, what or 'stopped; nothing was written')
-        except SystemExit:
-            raise
-        except INPUT_ERRORS as e:
-            if os.environ.get(DEBUG_VARIABLE):
-                traceback.print_exc()
-            raise SystemExit(f'{prog}: error: {one_line(e)}') from None
-        except Exception as e:  # noqa: BLE001 -- a bug still ends in one line
-            if os.environ.get(DEBUG_VARIABLE):
-                traceback.print_exc()
-            raise SystemExit(f'{prog}: error: unexpected {type(e).__name__}: {one_line(e)} '
-                             f'({DEBUG_VARIABLE}=1 shows where)') from None
+    try:
+        with stop_on_signals():  # a signal as it ends (handlers going back) is caught below too
+            try:
+                return work()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except INPUT_ERRORS as e:
+                if os.environ.get(DEBUG_VARIABLE):
+                    traceback.print_exc()
+                raise SystemExit(f'{prog}: error: {one_line(e)}') from None
+            except Exception as e:  # noqa: BLE001 -- a bug still ends in one line
+                if os.environ.get(DEBUG_VARIABLE):
+                    traceback.print_exc()
+                raise SystemExit(f'{prog}: error: unexpected {type(e).__name__}: {one_line(e)} '
+                                 f'({DEBUG_VARIABLE}=1 shows where)') from None
+    except KeyboardInterrupt as e:
+        what = interrupted(e) if interrupted else None
+        exit_interrupted(prog, e, what or 'stopped; nothing was written')
