@@ -124,9 +124,9 @@ def stop_on_signals():
     process is then ending) or they were quit_while_starting()'s: the work
     is done then, and the signals are ignored while the process exits."""
     if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread
+        yield []  # signal handlers belong to the main thread
         return
-    received = []
+    received = []  # yielded: the signal that came, if one did
 
     def handler(signum, frame):
         if not received:
@@ -143,7 +143,7 @@ def stop_on_signals():
             raise Interrupted(signum)
     previous = {s: signal.signal(s, handler) for s in _handled_signals()}
     try:
-        yield
+        yield received
     finally:
         for s, old in previous.items():
             if received or getattr(old, 'while_starting', False):
@@ -256,20 +256,24 @@ def run(prog, work, interrupted=None):
     any error in one line `prog: error: message` and exit status 1.
     Returns what `work` returns (an exit status, or None)."""
     try:
-        with stop_on_signals():  # a signal as it ends (handlers going back) is caught below too
+        with stop_on_signals() as received:  # a signal as it ends is caught below too
             try:
                 return work()
             except (KeyboardInterrupt, SystemExit):
                 raise
-            except INPUT_ERRORS as e:
-                if os.environ.get(DEBUG_VARIABLE):
-                    traceback.print_exc()
-                raise SystemExit(f'{prog}: error: {one_line(e)}') from None
-            except Exception as e:  # noqa: BLE001 -- a bug still ends in one line
-                if os.environ.get(DEBUG_VARIABLE):
-                    traceback.print_exc()
-                raise SystemExit(f'{prog}: error: unexpected {type(e).__name__}: {one_line(e)} '
-                                 f'({DEBUG_VARIABLE}=1 shows where)') from None
+            except Exception:
+                if received:  # what the signal caused (an import it cut: an ImportError)
+                    raise Interrupted(received[0]) from None
+                raise
     except KeyboardInterrupt as e:
         what = interrupted(e) if interrupted else None
         exit_interrupted(prog, e, what or 'stopped; nothing was written')
+    except INPUT_ERRORS as e:
+        if os.environ.get(DEBUG_VARIABLE):
+            traceback.print_exc()
+        raise SystemExit(f'{prog}: error: {one_line(e)}') from None
+    except Exception as e:  # noqa: BLE001 -- a bug still ends in one line
+        if os.environ.get(DEBUG_VARIABLE):
+            traceback.print_exc()
+        raise SystemExit(f'{prog}: error: unexpected {type(e).__name__}: {one_line(e)} '
+                         f'({DEBUG_VARIABLE}=1 shows where)') from None
