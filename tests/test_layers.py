@@ -377,7 +377,7 @@ def test_wrong_top_count_and_nyud_tops(tmp_path):
                  ['a', 'b', 'c'])
     with pytest.raises(layers.ParamError, match="'tops' must list distinct names"):
         make_net(tmp_path, 'NYUDSegDataLayer', dict(nyud_dir='x', split='test', tops=['rgb']), ['a'])
-    with pytest.raises(layers.ParamError, match='either list_file or both image_dir and label_dir'):
+    with pytest.raises(layers.ParamError, match=r'give one of data_dir \+ split; list_file; image_dir \+ label_dir; got image_dir'):
         make_net(tmp_path, 'SegDataLayer', dict(image_dir='x', num_classes=2), ['a', 'b'])
 
 
