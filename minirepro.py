@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 
@@ -229,8 +230,9 @@ def train_classifier(folder, crops_dir, mean, seed, schedule, quiet=True):
     with locations.working_dir(folder):
         solver = caffe.get_solver('solver.prototxt')
         net = solver.net
-        for it in tqdm(range(schedule.classifier_iter), desc='classifier', unit='it', disable=quiet,
-                       dynamic_ncols=True):
+        # The bar only on a terminal (None): a piped log gets main's lines.
+        for it in tqdm(range(schedule.classifier_iter), desc='classifier', unit='it',
+                       disable=True if quiet else None, dynamic_ncols=True):
             batch = []
             while len(batch) < schedule.classifier_batch:
                 if not order:  # a new epoch in a new order
@@ -324,6 +326,14 @@ def run_seed(seed, out, data_dir, mean, classifier, schedule=FULL, quiet=True, s
         curves[stage.folder] = records
         seconds[stage.folder] = time.time() - t
         cpu_seconds[stage.folder] = time.process_time() - c
+        # On the run's own output, also from a worker whose stdout goes to
+        # its run.log (redirect_stdout moves sys.stdout only): one whole line.
+        iu = metrics['mean_iu']
+        sys.__stdout__.write(f'seed {seed}: {stage.title}: mean IU '
+                             f'{"-" if iu is None else f"{100 * iu:.1f}"} '
+                             f'after {stage.iterations(schedule)} iterations, '
+                             f'{seconds[stage.folder]:.0f} s\n')
+        sys.__stdout__.flush()
     seconds['total'] = time.time() - t0
     cpu_seconds['total'] = time.process_time() - c0
     # Wall time, and CPU time (this process's, BLAS threads included), which
@@ -705,7 +715,11 @@ def cpu_time():
 
 def main(argv=None):
     args = parse_args(argv)
+    # Each line as it comes, in order with the workers' (a piped log too).
+    if hasattr(sys.stdout, 'reconfigure'):  # a real stream (not a test's capture)
+        sys.stdout.reconfigure(line_buffering=True)
     schedule = QUICK if args.quick else FULL
+    stages = STAGES + ABLATIONS if args.ablations else STAGES
     out = os.path.abspath(args.out)
     seeds = list(range(args.seed, args.seed + args.seeds))
     workers = min(args.jobs or len(seeds), len(seeds))
@@ -723,11 +737,12 @@ def main(argv=None):
     # One classifier for every seed, as the paper fine-tunes one ILSVRC net:
     # the seeds vary the FCNs' training (the order of the scenes).
     t = time.time()
+    print(f'classifier: {schedule.classifier_iter} steps of {schedule.classifier_batch} crops, then '
+          f'{len(seeds)} seed(s) x {len(stages)} nets (a line as each net is done)')
     classifier = train_classifier(os.path.join(out, 'classifier'), os.path.join(data_dir, 'crops'),
                                   mean, args.data_seed, schedule, args.quick)
     print(f"classifier: {100 * classifier['val_accuracy']:.1f}% right on the val crops; "
           f'{time.time() - t:.0f} s')
-    stages = STAGES + ABLATIONS if args.ablations else STAGES
     jobs = [(seed, os.path.join(out, f'seed-{seed}'), data_dir, mean, classifier['fcn_weights'], schedule,
              stages) for seed in seeds]
     for job in jobs:

@@ -143,7 +143,7 @@ def _unpack(archive_path, dest, marker, root_name, staging, progress):
         inside = [(parts[len(root):], is_dir, member) for parts, is_dir, member in entries
                   if parts[:len(root)] == root and len(parts) > len(root)]
         for rel, is_dir, member in tqdm(inside, desc=f'unpack {dest.name}', unit='file',
-                                        mininterval=0.5, disable=not progress):
+                                        mininterval=0.5, disable=None if progress else True):
             target = staging.joinpath(*rel)
             if is_dir:
                 target.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def main_new(argv):
     start = ', '.join(model.init) or f'scratch ({model.trunk_filler} fillers)'
     print(f'wrote {os.path.join(folder, "")}{{{",".join(written)}}}: FCN-{model.stride}s, '
           f'{model.trunk} x{model.trunk_width:g}, {len(model.source.heads[0].classes)} classes, '
-          f'data {model.source.data_dir} (from the folder), starts from {start}, '
+          f'data {model.source.data_dir} (relative to the folder), starts from {start}, '
           f'{model.training_length} iterations')
     print(f'train it: cd {folder} && python solve.py')
     return 0

@@ -16,7 +16,7 @@ import shutil
 
 import nets
 from common import datasets, locations
-from nets.model import Model, trunk_strides, write_net_py
+from nets.model import Model, source_code, trunk_strides
 from nets.sources import DataFolder, Head
 from nets.trunks import SCALABLE_TRUNKS, TRUNK_ALIASES, TRUNKS
 
@@ -106,7 +106,7 @@ def new_model(folder, data=None, classes=None, stride=32, trunk=None, trunk_widt
     recipe = dict(SCRATCH_SOLVER if trunk_width != 1.0 else
                   dict(REFERENCE_SOLVER, base_lr=REFERENCE_LR[stride]))
     recipe.update(solver)
-    max_iter = recipe.pop('max_iter', None) or DataFolder.max_iter
+    max_iter = recipe.get('max_iter') or DataFolder.max_iter
     val = datasets.layout_of(data_dir).split_file(data_dir, datasets.OWN_SPLITS[1])
     try:
         val_size = len(datasets.split_ids(val))
@@ -116,8 +116,7 @@ def new_model(folder, data=None, classes=None, stride=32, trunk=None, trunk_widt
     source = DataFolder(data_dir=os.path.relpath(data_dir, folder), heads=(Head('', tuple(classes)),),
                         val_size=max(1, val_size), mean=tuple(mean),
                         test_interval=test_interval or max(1, min(DataFolder.test_interval,
-                                                                  max_iter // MIN_SCORINGS)),
-                        max_iter=max_iter)
+                                                                  max_iter // MIN_SCORINGS)))
     try:
         return Model(source, trunk=trunk, stride=stride, init=init, trunk_width=trunk_width,
                      trunk_filler=filler, **recipe)
@@ -147,9 +146,12 @@ def write(folder, model, command):
                             'edit its net.py and run `python net.py`')
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ScaffoldError(f'{folder} is a file, not a folder')
-    write_net_py(folder, model, f'{os.path.basename(folder)}: FCN-{model.stride}s on your own data, '
-                                f'written by `{command}`.\nEdit it, then `python net.py` rewrites '
-                                'the prototxts; `python solve.py` trains.')
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'net.py'), 'w') as f:
+        f.write(net_py(model, f'{os.path.basename(folder)}: FCN-{model.stride}s on your own data, '
+                              f'written by\n    {command}\nEdit it, then `python net.py` rewrites '
+                              'the prototxts; `python solve.py` trains (docs/nets.md).'))
+    model.write(folder)
     shutil.copyfile(os.path.join(locations.model_dir(SOLVE_PY_FROM), 'solve.py'),
                     os.path.join(folder, 'solve.py'))
     return ['net.py', 'solve.py', *model.prototxts()]
@@ -157,6 +159,29 @@ def write(folder, model, command):
 
 # Every model folder's solve.py is the same file: a new folder gets this one's.
 SOLVE_PY_FROM = 'voc-fcn32s'
+
+
+def net_py(model, doc):
+    """A net.py defining `model`, one option a line (the fields that
+    differ from their defaults, as nets.model.source_code gives them)."""
+    source = _keywords(model.source)
+    rest = _keywords(model)[1:]  # source first, as `data`
+    lines = [f'"""{doc}"""', 'from nets import DataFolder, Head, Model', '',
+             'data = DataFolder(' + (',\n' + ' ' * 18).join(source) + ')', '',
+             'model = Model(data,\n' + ''.join(f'              {arg},\n' for arg in rest)
+             + '              )', '', "if __name__ == '__main__':", '    model.write(__file__)', '']
+    return '\n'.join(lines)
+
+
+def _keywords(value):
+    """['field=code', ...] of a dataclass's fields that differ from their defaults."""
+    out = []
+    for f in dataclasses.fields(value):
+        v = getattr(value, f.name)
+        if not f.compare or (f.default is not dataclasses.MISSING and v == f.default):
+            continue
+        out.append(f'{f.name}={source_code(v)}')
+    return out
 
 
 def option_fields():
