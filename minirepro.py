@@ -54,6 +54,7 @@ import infer  # noqa: E402
 import layers  # noqa: E402
 import nets  # noqa: E402
 from nets import ilsvrc  # noqa: E402
+from nets.scaffold import SCRATCH_SOLVER  # noqa: E402
 import score  # noqa: E402
 import surgery  # noqa: E402
 import synthetic  # noqa: E402
@@ -159,10 +160,12 @@ UPPER_BOUND_STRIDES = (32, 16, 8)
 # their all-at-once nets at 34.4-47.3; at the end, at 46.9-48.2 and
 # 52.9-55.8 (data seed 0). (The finer stages start from zero-initialised
 # skips, so they begin as the coarser net's predictions at any rate.)
-FCN_SOLVER = 'Adam'
-FCN_LR = 1e-3
-FCN_LR_DECAY_POWER = 1.0
-FCN_MOMENTUM = 0.9  # Adam's first-moment decay
+# The same settings are what `python -m nets new` gives a narrow trunk
+# trained from scratch: their values live there (nets/scaffold.py).
+FCN_SOLVER = SCRATCH_SOLVER['solver_type']  # 'Adam'
+FCN_LR = SCRATCH_SOLVER['base_lr']  # 1e-3
+FCN_LR_DECAY_POWER = SCRATCH_SOLVER['lr_decay_power']  # 1.0
+FCN_MOMENTUM = SCRATCH_SOLVER['momentum']  # 0.9: Adam's first-moment decay
 # All-at-once FCN-8s scales its pool4 and pool3 features by fixed constants
 # so that their scores start small beside fc7's. The published 0.01 and
 # 0.0001 damp VGG16's skips over 100,000 SGD steps; this narrow trunk's pool3,

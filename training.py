@@ -15,7 +15,9 @@ corrupt "latest". `--resume` restarts from it at its iteration; the data
 order and Caffe's random state are re-derived from the iteration, so a
 resumed run ends with the same weights as an uninterrupted one.
 Progress: snapshot/log.jsonl (one JSON object per line) and
-snapshot/curves.png (loss and mean IU against iteration).
+snapshot/curves.png (loss and mean IU against iteration); on stdout a
+header, the scorings in percent, a closing line naming the weights, and
+where it is not a terminal progress lines instead of a bar (Log).
 """
 import argparse
 import contextlib
@@ -391,9 +393,9 @@ def learning_rate(param, iteration):
     return None
 
 
-# A progress line (output not a terminal) at least this often, and after
-# PROGRESS_SCORINGS lines per test interval's iterations (at least every
-# `display` iterations) if that comes first.
+# Where no bar is shown, a progress line at least every PROGRESS_SECONDS,
+# and every `display` iterations (or a tenth of the test interval, if more)
+# if that comes first.
 PROGRESS_SECONDS = 30
 PROGRESS_PER_INTERVAL = 10
 

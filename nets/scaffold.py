@@ -33,9 +33,10 @@ COARSER = {16: 32, 8: 16}
 REFERENCE_SOLVER = dict(solver_type='SGD', momentum=0.99, normalize_loss=False, lr_decay_power=0.0)
 REFERENCE_LR = {32: 1e-10, 16: 1e-12, 8: 1e-14}
 # A narrow trunk (--trunk-width < 1) has no ILSVRC weights to start from: it
-# trains from scratch (He initialisation), with the mini-reproduction's
-# solver (minirepro.py FCN_SOLVER): Adam at 1e-3 on the averaged loss,
-# decaying to zero over the run, at every stage.
+# trains from scratch (He initialisation), with the solver the
+# mini-reproduction trains its narrow trunks with (why: minirepro.py, at
+# FCN_SOLVER): Adam at 1e-3 on the averaged loss, decaying to zero over the
+# run, at every stage.
 SCRATCH_SOLVER = dict(solver_type='Adam', momentum=0.9, normalize_loss=True, lr_decay_power=1.0,
                       base_lr=1e-3)
 SCRATCH_FILLER = 'msra'
