@@ -844,7 +844,9 @@ class SegDataLayer(SegDataLayerBase):
     @classmethod
     def input_paths(cls, params):
         if params['data_dir'] is not None:
-            return [cls.split_path(params)]
+            # The folder: which layout it has (so where its split files are)
+            # is seen from the model folder, where the layer runs.
+            return [params['data_dir']]
         return [params['list_file']] if params['list_file'] else [params['image_dir'], params['label_dir']]
 
     def list_examples(self):
