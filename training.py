@@ -426,6 +426,12 @@ class Log:
             + f', {rate:.3g} it/s, {duration((self.max_iter - iteration) / rate) if rate else "?"} left')
         self.last_iter, self.last_time, self.losses = iteration, now, []
 
+    def scoring(self, iteration, images):
+        """Where no bar is shown: that a scoring begins (it may take long)."""
+        if not self.quiet and self.lines:
+            say(f'{self.model.name}: iteration {iteration}: scoring {images} '
+                f'{self.model.source.val_split} images')
+
     def scores(self, iteration, metrics, images):
         """One line per head: the paper's metrics in percent, and the loss."""
         if self.quiet:
@@ -484,6 +490,8 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
             # Log before snapshotting: a kill in between resumes from the
             # previous snapshot and drops this record with the work.
             details = {}
+            if examples:
+                log.scoring(solver.iter, len(examples))
             metrics = evaluate(solver, model, examples, details) if examples else {}
             log.scores(solver.iter, metrics, len(examples))
             with cli.signals_deferred():  # the snapshot, its log and report whole, then a signal
