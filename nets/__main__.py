@@ -15,11 +15,13 @@ import shlex
 import sys
 
 import nets
-from common import cli
+from common import cli, prototxts
 from nets import datacheck, ilsvrc, scaffold, stale
 from nets.trunks import TRUNK_ALIASES, TRUNKS
 
 PROG = 'python -m nets'
+# Options whose values are a list: Caffe's solver types.
+CHOICES = {'solver_type': dict(choices=sorted(prototxts.HISTORY_PER_PARAM), metavar='TYPE')}
 
 
 def generated():
@@ -64,7 +66,7 @@ def main_new(argv):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=field.metadata['doc'])
         else:
             parser.add_argument(flag, type=cli.number(kind) if kind in (int, float) else kind,
-                                help=field.metadata['doc'])
+                                help=field.metadata['doc'], **CHOICES.get(name, {}))
     args = vars(parser.parse_args(argv))
     folder = args.pop('folder')
     try:
