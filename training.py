@@ -15,7 +15,9 @@ corrupt "latest". `--resume` restarts from it at its iteration; the data
 order and Caffe's random state are re-derived from the iteration, so a
 resumed run ends with the same weights as an uninterrupted one.
 Progress: snapshot/log.jsonl (one JSON object per line) and
-snapshot/curves.png (loss and mean IU against iteration).
+snapshot/curves.png (loss and mean IU against iteration); on stdout a
+header, the scorings in percent, a closing line naming the weights, and
+where it is not a terminal progress lines instead of a bar (Log).
 """
 import argparse
 import contextlib
@@ -97,8 +99,8 @@ def init_folder(model, name):
 def trained_weights(folder):
     """The trained weights of a model folder, the latest complete snapshot
     first (weightfiles.resolve)."""
-    try:
-        return weightfiles.resolve(folder, prefer='snapshot')
+    try:  # the log's header names them
+        return weightfiles.resolve(folder, prefer='snapshot', announce=False)
     except (weightfiles.WeightsError, SnapshotError) as e:
         raise TrainingError(str(e)) from None
 
@@ -279,9 +281,11 @@ def evaluate(solver, model, examples, details=None):
         collector = None
         if details is not None:
             collector = report.Collector()
-        result = score.seg_tests(solver, False, examples, layer=head.score, gt=head.label,
-                                 loss=head.loss, class_names=head.classes,
-                                 exclude=head.excluded(split), on_image=collector)
+        # The reference's '>>>' lines print fractions; the log has Log.scores' percent.
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = score.seg_tests(solver, False, examples, layer=head.score, gt=head.label,
+                                     loss=head.loss, class_names=head.classes,
+                                     exclude=head.excluded(split), on_image=collector)
         if collector is not None:
             details[head.score] = ({**result, 'excluded': list(head.excluded(split))},
                                    collector.outputs[0] if collector.outputs else None)
@@ -331,7 +335,8 @@ def start(solver, param, model, snapshots, weights=None, resume=None):
     """Load where training starts: a snapshot (`resume` True: the latest
     complete one; or a solverstate path), else the start weights (`weights`,
     or the model's reference start) with the upsampling layers filled; then
-    put the data where that iteration is."""
+    put the data where that iteration is. Returns where it started, in words
+    (the log's header)."""
     if resume:
         state = resume_point(snapshots, resume)
         try:
@@ -339,9 +344,99 @@ def start(solver, param, model, snapshots, weights=None, resume=None):
         except weightfiles.CheckError as e:
             raise TrainingError(f'cannot resume: {e}') from e
         solver.restore(state)
+        where = f'resumes from {os.path.abspath(state)} at iteration {solver.iter}'
     else:
-        initialize(solver, model, {'': weights} if weights else start_weights(model))
+        paths = {'': weights} if weights else start_weights(model)
+        initialize(solver, model, paths)
+        where = 'starts from ' + (', '.join(os.path.abspath(p) for p in paths.values()) or
+                                  f'scratch ({model.trunk_filler or "default"} fillers)')
     position_data(solver, param, solver.iter)
+    return where
+
+
+def say(line):
+    """A line of the log on stdout, above a progress bar if one is shown."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def duration(seconds):
+    """'42 s', '12 min', '3.5 h'."""
+    if seconds < 100:
+        return f'{seconds:.0f} s'
+    return f'{seconds / 60:.0f} min' if seconds < 6000 else f'{seconds / 3600:.1f} h'
+
+
+def learning_rate(param, iteration):
+    """The rate Caffe's SGD-family solvers use at `iteration` under the
+    solver's lr_policy (None for a policy not computed here)."""
+    base, policy = param.base_lr, param.lr_policy
+    if policy == 'fixed':
+        return base
+    if policy == 'poly':
+        return base * (1 - iteration / param.max_iter) ** param.power
+    if policy == 'step':
+        return base * param.gamma ** (iteration // param.stepsize)
+    if policy == 'exp':
+        return base * param.gamma ** iteration
+    if policy == 'inv':
+        return base * (1 + param.gamma * iteration) ** -param.power
+    return None
+
+
+# Where no bar is shown, a progress line at least every PROGRESS_SECONDS,
+# and every `display` iterations (or a tenth of the test interval, if more)
+# if that comes first.
+PROGRESS_SECONDS = 30
+PROGRESS_PER_INTERVAL = 10
+
+
+class Log:
+    """What training prints for a person reading it afterwards: progress
+    lines (iteration, loss, learning rate, speed, time left) where no bar is
+    shown (`lines`), and the scorings in percent, as score.py prints them."""
+
+    def __init__(self, model, param, max_iter, test_interval, start_iter, quiet, lines):
+        self.model, self.param, self.max_iter = model, param, max_iter
+        self.quiet, self.lines = quiet, lines
+        self.every = max(param.display or 1, test_interval // PROGRESS_PER_INTERVAL)
+        self.start_iter = self.last_iter = start_iter
+        self.t0 = self.last_time = time.time()
+        self.losses = []
+
+    def step(self, iteration, loss):
+        self.losses.append(loss)
+        now = time.time()
+        if self.quiet or not self.lines or not (
+                iteration - self.last_iter >= self.every or now - self.last_time >= PROGRESS_SECONDS):
+            return
+        rate = (iteration - self.start_iter) / max(now - self.t0, 1e-9)
+        lr = learning_rate(self.param, iteration)
+        say(f'{self.model.name}: iteration {iteration}/{self.max_iter}, loss {np.mean(self.losses):.4g}'
+            + (f', lr {lr:.3g}' if lr is not None else '')
+            + f', {rate:.3g} it/s, {duration((self.max_iter - iteration) / rate) if rate else "?"} left')
+        self.last_iter, self.last_time, self.losses = iteration, now, []
+
+    def scoring(self, iteration, images):
+        """Where no bar is shown: that a scoring begins (it may take long)."""
+        if not self.quiet and self.lines:
+            say(f'{self.model.name}: iteration {iteration}: scoring {images} '
+                f'{self.model.source.val_split} images')
+
+    def scores(self, iteration, metrics, images):
+        """One line per head: the paper's metrics in percent, and the loss."""
+        if self.quiet:
+            return
+        for head, result in metrics.items():
+            values = ', '.join(f'{title} {_percent(result[key])}' for key, title in METRICS)
+            loss = result.get('loss')
+            say(f'{self.model.name}: iteration {iteration}, {head} on {images} '
+                f'{self.model.source.val_split} images (%): {values}'
+                + (f', loss {loss:.4g}' if loss is not None else ''))
+
+
+def _percent(fraction):
+    return '-' if fraction is None else f'{100 * fraction:.2f}'
 
 
 def step_loop(solver, param, model, snapshots, progress, examples, max_iter, test_interval,
@@ -353,9 +448,11 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
     written a signal waits (cli.signals_deferred)."""
     losses = [h.loss for h in model.source.heads]
     t0 = time.time()
-    # The bar only on a terminal (None): a log file keeps log.jsonl's records.
+    # The bar only on a terminal (None); elsewhere Log's progress lines.
     bar = tqdm(total=max_iter, initial=solver.iter, desc=model.name, unit='it',
                disable=True if quiet or not leader else None, dynamic_ncols=True)
+    log = Log(model, param, max_iter, test_interval, solver.iter,
+              quiet=quiet or not leader, lines=not sys.stdout.isatty())
     window = []
     try:
         while solver.iter < max_iter:
@@ -373,6 +470,7 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
                 window.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f'{loss:.4g}')
+                log.step(solver.iter, loss)
                 if param.display and solver.iter % param.display == 0:
                     with cli.signals_deferred():
                         progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
@@ -383,7 +481,10 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
             # Log before snapshotting: a kill in between resumes from the
             # previous snapshot and drops this record with the work.
             details = {}
+            if examples:
+                log.scoring(solver.iter, len(examples))
             metrics = evaluate(solver, model, examples, details) if examples else {}
+            log.scores(solver.iter, metrics, len(examples))
             with cli.signals_deferred():  # the snapshot, its log and report whole, then a signal
                 progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
                                   metrics=metrics, seconds=round(time.time() - t0, 3)))
@@ -425,7 +526,7 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
     with locations.working_dir(model.folder):  # prototxt paths are relative to the folder
         solver, param = make_solver(model, test_interval, max_iter)
         snapshots = Snapshots(SNAPSHOT_DIR, param.snapshot_prefix)
-        start(solver, param, model, snapshots, weights, resume)
+        where = start(solver, param, model, snapshots, weights, resume)
         if solver.iter > max_iter:
             raise TrainingError(f'--max-iter {max_iter}: training resumes at iteration {solver.iter}, '
                                 'past it; give a larger --max-iter')
@@ -436,8 +537,23 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
             if solver.param.layer_wise_reduce:
                 solver.net.after_backward(reducer)
         progress = Progress(SNAPSHOT_DIR, resume_iter=solver.iter if resume else None)
-        step_loop(solver, param, model, snapshots, progress, val_examples(solver, val_limit),
-                  max_iter, test_interval, leader=nccl is None or nccl[1] == 0, quiet=quiet)
+        leader = nccl is None or nccl[1] == 0
+        examples = val_examples(solver, val_limit)
+        if leader and not quiet:
+            say(f'{model.name}: FCN-{model.stride}s, {model.trunk} x{model.trunk_width:g}, '
+                f'{sum(h.num_classes for h in model.source.heads)} classes; {where}; '
+                f'{"CPU" if gpu is None else f"GPU {gpu}"}; iterations {solver.iter} to '
+                f'{max_iter}, scoring {len(examples)} {model.source.val_split} images and '
+                f'snapshotting every {test_interval}; log {os.path.abspath(progress.log_path)}')
+        started = time.time()
+        step_loop(solver, param, model, snapshots, progress, examples,
+                  max_iter, test_interval, leader=leader, quiet=quiet)
+        latest = snapshots.latest()
+        if leader and not quiet and latest:
+            report_path = os.path.join(progress.folder, 'report.html')
+            say(f'{model.name}: done at iteration {latest["iteration"]} in '
+                f'{duration(time.time() - started)}: weights {os.path.abspath(latest["caffemodel"])}'
+                + (f'; report {os.path.abspath(report_path)}' if os.path.exists(report_path) else ''))
     return progress.records
 
 

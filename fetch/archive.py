@@ -144,7 +144,7 @@ def _unpack(archive_path, dest, marker, root_name, staging, progress):
                   if parts[:len(root)] == root and len(parts) > len(root)]
         _check_kinds(archive_path, root, inside)
         for rel, is_dir, member in tqdm(inside, desc=f'unpack {dest.name}', unit='file',
-                                        mininterval=0.5, disable=not progress):
+                                        mininterval=0.5, disable=None if progress else True):
             target = staging.joinpath(*rel)
             if is_dir:
                 target.mkdir(parents=True, exist_ok=True)

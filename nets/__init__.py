@@ -2,19 +2,21 @@
 model folders at the repository root (<model>/net.py), each saying only
 what differs.
 
-    python -m nets            regenerate every model folder's prototxts
-    python -m nets voc-fcn8s  regenerate one
+    python -m nets            regenerate the papers' model folders' prototxts
+    python -m nets voc-fcn8s  regenerate one (or any model folder: its path)
+    python -m nets new ...    a model folder for your own data (--help)
+    python -m nets check-data DATA --classes a,b,c
 """
-import glob
 import importlib.util
 import os
 import traceback
 
 from common import locations
+from common.catalog import MODELS
 from nets.model import Model, solver_text, stale, write_net_py
-from nets.sources import LMDB, NYUD, SEED, VOC, Context, Head, SIFTFlow, Source
+from nets.sources import LMDB, NYUD, SEED, VOC, Context, DataFolder, Head, SIFTFlow, Source
 
-__all__ = ['Model', 'Source', 'Head', 'VOC', 'NYUD', 'SIFTFlow', 'Context', 'LMDB', 'SEED',
+__all__ = ['Model', 'Source', 'Head', 'VOC', 'NYUD', 'SIFTFlow', 'Context', 'LMDB', 'DataFolder', 'SEED',
            'model_names', 'load', 'NetPyError', 'solver_text', 'stale', 'write_net_py']
 
 
@@ -24,9 +26,10 @@ class NetPyError(ValueError):
 
 
 def model_names():
-    """Every model folder: a folder of the models directory with a net.py."""
-    return sorted(os.path.basename(os.path.dirname(p))
-                  for p in glob.glob(os.path.join(locations.MODELS_DIR, '*', 'net.py')))
+    """The papers' model folders (common/catalog.py's MODELS): what `python
+    -m nets` regenerates and the tests check. A model folder of a user's
+    own, even one beside them at the repository root, is not one of them."""
+    return sorted(MODELS)
 
 
 def load(name_or_folder):

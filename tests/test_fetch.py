@@ -642,3 +642,28 @@ def test_reproduce_md_covers_every_model():
             assert m.weights in text, m.weights
         if m.published and m.published.mean_iu is not None:
             assert f'{m.published.mean_iu:.1f}' in text, m.folder
+
+
+def closed_port():
+    """A local port nothing listens on (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize('name, checksum', [
+    ('caffenet', f"it must match sha1 {DOWNLOADS['caffenet'].sha1}"),
+    ('voc-fcn8s', 'no checksum is recorded for it')])
+def test_unreachable_host_is_not_retried_and_names_file(tmp_path, name, checksum):
+    """Offline (here: a refused connection), fetch gives up at once (no
+    'resuming in' retries) and ends with how to use a copy fetched
+    elsewhere: --file, the URL, the checksum or that none is known."""
+    url = f'http://127.0.0.1:{closed_port()}/{DOWNLOADS[name].filename}'
+    out = subprocess.run([sys.executable, '-m', 'fetch', 'weights', name, '--dest', str(tmp_path),
+                          '--url', url, '--quiet'], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 1
+    assert 'resuming in' not in out.stderr
+    last = out.stderr.splitlines()[-1]
+    assert last.startswith(f'fetch: error: {name}: {url}: ') and 'Connection refused' in last
+    assert last.endswith(f'download {url} and give it with --file {name}=PATH ({checksum}'
+                         + (')' if name == 'caffenet' else ': it is checked as it is used)')), last
