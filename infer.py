@@ -3,7 +3,8 @@ of pixels per class for each image.
 
     python infer.py PHOTO_OR_FOLDER [...] [--model voc-fcn8s] [--weights W]
         [--gpu N] [--out DIR] [--recursive] [--max-side N] [--scores]
-        [--json FILE] [--memory GB] [--engine caffe|onnx] [--ray ADDRESS] [--skip-done]
+        [--json FILE] [--memory GB] [--engine caffe|onnx] [--allow-module NAME]
+        [--ray ADDRESS] [--skip-done]
 
 Photos are read as viewers show them: the EXIF orientation is applied;
 16-bit, palette, CMYK, grayscale and transparent images become 8-bit RGB
@@ -32,10 +33,10 @@ snapshot. --engine onnx runs the net in ONNX Runtime (CPU) instead of Caffe:
 exported once, checked against Caffe, and cached beside the weights
 (onnx_engine.py).
 --ray ADDRESS spreads the photos over a Ray cluster's workers, each loading
-the net once ('local': a cluster started on this machine; 'auto' or
-host:port: a running one; docs/cluster.md), with the same outputs and
---json. --skip-done segments only the photos whose outputs are missing or
-not whole (common/finished.py): a rerun after an interruption.
+the net once through the same checks ('local': a cluster started on this
+machine; 'auto' or host:port: a running one; docs/cluster.md), with the
+same outputs and --json. --skip-done segments only the photos whose outputs
+are missing or not whole (common/finished.py): a rerun after an interruption.
 """
 import collections
 import contextlib
@@ -58,13 +59,13 @@ caffe_setup.quiet_caffe_log()  # before layers imports caffe
 import caffe  # noqa: E402
 
 import cluster  # noqa: E402
+import engines  # noqa: E402
 import layers  # noqa: E402
-import nets  # noqa: E402
-import onnx_engine  # noqa: E402
-from common import datasets, finished, locations, outputs, weightfiles  # noqa: E402
-from common.snapshots import SnapshotError  # noqa: E402
+import loading  # noqa: E402
+from common import datasets, finished, locations, outputs  # noqa: E402
+from common.progress import Progress  # noqa: E402
 
-DEFAULT_MODEL = 'voc-fcn8s'
+DEFAULT_MODEL = cli.DEFAULT_MODEL
 OVERLAY_ALPHA = 0.5  # weight of the class colour over object pixels
 # The nets learned from PASCAL-sized images (at most 500 px a side): photos
 # resized to 1000 px keep objects near the scale the nets know, and FCN-8s
@@ -79,7 +80,7 @@ TRANSPARENT_BACKGROUND = (255, 255, 255)  # what transparent pixels show, as mos
 GB = 2 ** 30
 
 
-class InferError(Exception):
+class InferError(cli.InputError):
     """A problem the user must act on; the message says what."""
 
 
@@ -102,15 +103,10 @@ class Result(NamedTuple):
 
 # ------------------------------------------------------------------ the net
 def net_scores(net, rgb, mean, score_blob='score'):
-    """C x H x W float32 class scores of the net (a caffe.Net or an
-    onnx_engine.OnnxNet) for an H x W x 3 RGB image (any size)."""
-    data = layers.preprocess(rgb, mean)
-    if isinstance(net, onnx_engine.OnnxNet):
-        return net.run({'data': data[np.newaxis]})[score_blob][0]
-    net.blobs['data'].reshape(1, *data.shape)
-    net.blobs['data'].data[...] = data
-    net.forward()
-    return net.blobs[score_blob].data[0].copy()
+    """C x H x W float32 class scores of the net (an engines.Engine, or a
+    caffe.Net as the release's scripts pass it) for an H x W x 3 RGB image
+    (any size)."""
+    return engines.scores(engines.as_engine(net), layers.preprocess(rgb, mean), score_blob)
 
 
 def segment(net, rgb, mean, score_blob='score'):
@@ -126,43 +122,31 @@ def check_rgb_model(model):
                          f'{"/".join(getattr(source, "modalities", source.inputs))}')
 
 
-def default_weights(model):
-    """The published caffemodel if fetched, else the latest snapshot
-    (weightfiles.resolve); an InferError saying how to get weights otherwise."""
-    try:
-        return weightfiles.resolve(model.folder, prefer='published')
-    except weightfiles.WeightsError as e:
-        raise InferError(f'{e} (or pass --weights)') from None
-    except SnapshotError as e:
-        raise InferError(str(e)) from None
-
-
 def load_net(model, weights):
-    """The model's deploy net with `weights`, checked before Caffe reads them."""
-    try:
-        return weightfiles.net_with_weights(locations.deploy_prototxt(model.folder), weights)
-    except weightfiles.CheckError as e:
-        raise InferError(str(e)) from e
+    """The model's deploy net (a caffe.Net) with `weights`, checked before
+    Caffe reads them."""
+    return engines.load(model.folder, weights, 'caffe').net
 
 
-
-
-def load_engine(model, weights, engine='caffe', gpu=None):
-    """(net, MemoryModel or None) of the model's deploy net with `weights`
-    on `engine`: Caffe's net, or ONNX Runtime's (onnx_engine.load: exported
-    once, cached beside the weights). The memory model is for CPU runs only
-    (GPU memory is not the host's)."""
+def memory_model(engine, model, gpu=None):
+    """What a photo costs in memory on `engine` (None on a GPU, whose
+    memory is not the host's): Caffe's blobs (MemoryModel), else the
+    measured fraction of them another engine's tensors take."""
+    if gpu is not None:
+        return None
     classes = len(model.source.heads[0].classes)
-    if engine == 'caffe':
-        net = load_net(model, weights)
-        return net, MemoryModel(net, classes) if gpu is None else None
-    try:
-        net = onnx_engine.load(model.folder, weights, gpu)
-    except onnx_engine.ExportError as e:
-        raise InferError(str(e)) from e
+    if engine.name == 'caffe':
+        return MemoryModel(engine.net, classes)
     # the deploy net without weights, for its blob shapes only
     shapes = caffe.Net(locations.deploy_prototxt(model.folder), caffe.TEST)
-    return net, OnnxMemoryModel(shapes, classes, model.trunk)
+    return OnnxMemoryModel(shapes, classes, model.trunk)
+
+
+def load_engine(model, weights, engine='caffe', gpu=None, allow_modules=()):
+    """(engines.Engine, memory model or None) of the model's deploy net with
+    `weights` on `engine` (engines.load)."""
+    runner = engines.load(model.folder, weights, engine, gpu, allow_modules=allow_modules)
+    return runner, memory_model(runner, model, gpu)
 
 
 # ------------------------------------------------------------------ photos
@@ -442,8 +426,7 @@ def check_outputs_apart(todo, out, scores=False, json_path=None, reads=()):
     if json_path:
         writes.append((json_path, '--json'))
     try:
-        outputs.check_apart(writes, [(path, f'the input photo {path}') for path, _ in todo]
-                            + list(reads))
+        outputs.guard(writes, [(path, f'the input photo {path}') for path, _ in todo] + list(reads))
     except outputs.OutputError as e:
         raise InferError(f'{e}; choose another --out' if 'input photo' in str(e) else str(e)) from None
 
@@ -501,29 +484,55 @@ def image_paths(inputs, recursive=False):
 
 # ------------------------------------------------------------------ command
 class Segmenter:
-    """A model's deploy net, loaded once, and what segmenting a photo needs."""
+    """A model's deploy net, loaded once (the one way: loading.py, then
+    engines.load), and what segmenting a photo needs. `predict` segments
+    an image in memory; calling it with a path writes the outputs too."""
 
     def __init__(self, model, weights=None, gpu=None, max_side=DEFAULT_MAX_SIDE, memory=None,
-                 engine='caffe'):
-        try:
-            self.model = nets.load(model)
-        except (FileNotFoundError, TypeError) as e:
-            raise InferError(str(e)) from e
+                 engine='caffe', allow_modules=()):
+        _, self.model = loading.folder_model(model)
+        if self.model is None:
+            raise InferError(f'{locations.model_folder(model)}: no net.py (infer.py needs the model\'s '
+                             'classes and mean)')
         check_rgb_model(self.model)
-        try:
-            caffe_setup.use_device(gpu)
-        except caffe_setup.DeviceError as e:
-            raise InferError(str(e)) from e
-        weights = self.weights = os.path.abspath(weights or default_weights(self.model))
-        self.net, self.memory_model = load_engine(self.model, weights, engine, gpu)
+        if not weights:
+            weights = loading.default_weights(self.model.folder)
+            print(f'{self.model.name}: weights {weights} (its default)')
+        self.weights = os.path.abspath(weights)
+        self.allow_modules = tuple(allow_modules)
+        self.engine_name = engine
+        self.engine, self.memory_model = load_engine(self.model, weights, engine, gpu, allow_modules)
+        self.net = self.engine  # the name earlier callers use
         # What the net was read from: no output may overwrite them.
         self.inputs = [(weights, f'the weights {weights}'),
-                       (locations.deploy_prototxt(self.model.folder), 'the deploy net')]
+                       (locations.deploy_prototxt(self.model.folder), 'the deploy net'),
+                       (os.path.join(self.model.folder, 'net.py'), "the model's net.py")]
         self.head = self.model.source.heads[0]
         self.mean = self.model.source.mean
         self.max_side = max_side
         self.memory = memory  # bytes for one photo; None: what the system has available
         self.held = 0.0  # bytes of blobs already allocated (Caffe's blobs never shrink)
+
+    def probabilities(self, rgb, path='the image'):
+        """(C x h x w class probabilities at the net's size, that size) of
+        an H x W x 3 RGB array, memory checked first."""
+        photo_size = rgb.shape[:2]
+        size = net_size(*photo_size, self.max_side)
+        self.check_memory(path, photo_size, size)
+        probs = net_scores(self.engine, resize(rgb, size), self.mean, self.head.score)
+        check_finite_scores(probs, path)
+        if self.memory_model is not None:
+            self.held = max(self.held, self.memory_model.held(*size))
+        return probabilities(probs), size
+
+    def predict(self, image):
+        """H x W uint8 class indices (self.head.classes) of an image: a
+        path (read as viewers show it) or an H x W x 3 RGB array. Writes
+        nothing."""
+        rgb = load_photo(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
+        probs, _ = self.probabilities(rgb, str(image) if isinstance(image, (str, os.PathLike))
+                                      else 'the image')
+        return upsample_labels(probs, rgb.shape[:2])
 
     def check_memory(self, path, photo_size, size):
         """An ImageError if the photo would not fit in memory at net size `size`."""
@@ -553,13 +562,7 @@ class Segmenter:
         the images done counts every image whose outputs were written."""
         rgb = load_photo(path)
         photo_size = rgb.shape[:2]
-        size = net_size(*photo_size, self.max_side)
-        self.check_memory(path, photo_size, size)
-        probs = net_scores(self.net, resize(rgb, size), self.mean, self.head.score)
-        check_finite_scores(probs, path)
-        probs = probabilities(probs)
-        if self.memory_model is not None:
-            self.held = max(self.held, self.memory_model.held(*size))
+        probs, size = self.probabilities(rgb, path)
         paths = output_paths(out_base, scores)
         # A full disk or a read-only --out stops the run: no other photo would fare better.
         try:
@@ -585,10 +588,10 @@ class Segmenter:
 
 
 class SegmentWorker:
-    """A cluster worker's Segmenter, loaded once (a cluster.Pool factory:
-    functools.partial(SegmentWorker, scores, Segmenter's arguments)), called
-    per (photo, output base); an unreadable or too large photo is its
-    Result's error, as in one process."""
+    """A cluster worker's Segmenter, loaded once through the same path and
+    checks (a cluster.Pool factory: functools.partial(SegmentWorker,
+    scores, Segmenter's arguments)), called per (photo, output base); an
+    unreadable or too large photo is its Result's error, as in one process."""
 
     def __init__(self, scores, *args, **kwargs):
         self.scores = scores
@@ -602,9 +605,11 @@ class SegmentWorker:
             return Result(path, error=str(e))
 
 
-def segment_on_cluster(address, todo, out, scores, segmenter_args):
+def segment_on_cluster(address, todo, out, scores, segmenter, progress=True):
     """Segment `todo` ((photo, output base) pairs) on the Ray cluster
-    `address` (cluster.py); the Results in `todo`'s order."""
+    `address` (cluster.py), each worker loading `segmenter`'s net as it was
+    loaded here; the Results in `todo`'s order. An interruption propagates
+    with `done` and `total` set on it."""
     results = {}
 
     def on_result(index, result):
@@ -620,10 +625,14 @@ def segment_on_cluster(address, todo, out, scores, segmenter_args):
         tqdm.write(line, file=sys.stderr if result.error else sys.stdout)
 
     items = [(os.path.abspath(path), os.path.abspath(os.path.join(out, base))) for path, base in todo]
-    cluster.map_items(address, functools.partial(SegmentWorker, scores, *segmenter_args), items,
-                      on_result, outputs_of=lambda item: output_paths(item[1], scores).values(),
-                      visible=[os.path.abspath(out), segmenter_args[1]] + [path for path, _ in items[:1]],
-                      desc=os.path.basename(str(segmenter_args[0])))
+    os.makedirs(out, exist_ok=True)  # the workers check they see it
+    factory = functools.partial(SegmentWorker, scores, segmenter.model.folder, segmenter.weights,
+                                None, segmenter.max_side, segmenter.memory, segmenter.engine_name,
+                                segmenter.allow_modules)
+    cluster.map_items(address, factory, items, on_result,
+                      outputs_of=lambda item: output_paths(item[1], scores).values(),
+                      visible=[os.path.abspath(out), segmenter.weights] + [p for p, _ in items[:1]],
+                      desc=segmenter.model.name, progress=progress)
     return [results[k] for k in sorted(results)]
 
 
@@ -643,8 +652,10 @@ def write_json(results, path):
 
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True,
         recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None, json_path=None,
-        engine='caffe', ray=None, skip_done=False):
-    """Segment every image with one net; returns a Result per image (those
+        engine='caffe', allow_modules=(), ray=None, skip_done=False):
+    """Segment every image with one net (on the Ray cluster `ray`, if
+    given: segment_on_cluster); `skip_done`: only the images whose outputs
+    are not all whole (common/finished.py), the others left as they are; returns a Result per image (those
     that failed carry their error, which is also reported on stderr).
     Checked before any work: --out (and json_path, written by the caller)
     can be written, and no output would overwrite an input or another
@@ -657,7 +668,7 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     except outputs.OutputError as e:
         raise InferError(str(e)) from e
     todo = image_paths(inputs, recursive)
-    segmenter = Segmenter(model, weights, gpu, max_side, memory, engine)
+    segmenter = Segmenter(model, weights, gpu, max_side, memory, engine, allow_modules)
     check_outputs_apart(todo, out, scores, json_path, segmenter.inputs)
     if skip_done:
         left = finished.unfinished(todo, lambda item: output_paths(os.path.join(out, item[1]),
@@ -667,36 +678,32 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     if scores:
         scores_space(todo, out, len(segmenter.head.classes))
     if ray and todo:
-        os.makedirs(out, exist_ok=True)  # the workers check they see it
-        return segment_on_cluster(ray, todo, out, scores, (os.path.abspath(segmenter.model.folder),
-                                  segmenter.weights, None, max_side, memory, engine))
+        return segment_on_cluster(ray, todo, out, scores, segmenter, progress)
     results = []
-    bar = tqdm(todo, desc=segmenter.model.name, unit='image',
-               disable=None if progress and len(todo) > 1 else True)  # None: on a terminal only
+    bar = Progress(len(todo), segmenter.model.name, 'image', enabled=progress and len(todo) > 1)
     try:
-        for path, base in bar:
+        for path, base in todo:
             try:
                 segmenter(path, os.path.join(out, base), scores, written=results.append)
+                bar.write(f'{path}: {summary_line(results[-1].shares)}')
             except ImageError as e:
                 results.append(Result(path, error=str(e)))
                 bar.write(f'infer.py: skipped {e}', file=sys.stderr)
-                continue
-            bar.write(f'{path}: {summary_line(results[-1].shares)}')
+            bar.update()
     except KeyboardInterrupt as e:
         e.done, e.total = sum(1 for r in results if not r.error), len(todo)
         raise
+    finally:
+        bar.close(finished=len(results) == len(todo))
     return results
 
 
 def main(argv=None):
     parser = cli.ArgumentParser(prog='infer.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('images', nargs='+', help='image files or folders of images')
-    parser.add_argument('--model', default=DEFAULT_MODEL,
-                        help=f'a model (e.g. voc-fcn8s) or a path to a model folder '
-                             f'(default {DEFAULT_MODEL})')
-    parser.add_argument('--weights', help="caffemodel (default: the model's published weights, "
-                                          'else its latest snapshot)')
-    parser.add_argument('--gpu', type=cli.gpu_id, help='GPU id (default: CPU)')
+    cli.add_model_options(parser)
+    cli.add_engine_options(parser, engines.ENGINES)
+    cli.add_cluster_options(parser, 'the photos', skip_done=True)
     parser.add_argument('--out', default=os.path.join('out', 'infer'), help='output folder')
     parser.add_argument('--recursive', action='store_true', help="also segment folders' subfolders")
     parser.add_argument('--max-side', type=cli.number(int, minimum=0), default=DEFAULT_MAX_SIDE,
@@ -709,33 +716,21 @@ def main(argv=None):
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     parser.add_argument('--memory', type=cli.number(float, above=0),
                         help='GB one photo may take (default: what the system has available)')
-    parser.add_argument('--engine', choices=onnx_engine.ENGINES, default='caffe',
-                        help='run the net in Caffe (default) or in ONNX Runtime on the CPU '
-                             '(exported once, cached beside the weights)')
-    parser.add_argument('--ray', metavar='ADDRESS',
-                        help="spread the photos over a Ray cluster's workers: 'local' (started on "
-                             "this machine), 'auto' (the one `ray start` runs) or host:port "
-                             '(docs/cluster.md)')
-    parser.add_argument('--skip-done', action='store_true',
-                        help='segment only the photos whose outputs are missing or not whole')
     args = parser.parse_args(argv)
-    if args.engine == 'onnx' and args.gpu is not None:
-        parser.error('--engine onnx runs on the CPU: not with --gpu')
-    if args.ray and args.gpu is not None:
-        parser.error('--ray workers run on the CPU: not with --gpu')
-    with cli.stop_on_signals():
-        try:
-            results = run(args.images, args.model, args.weights, args.out, args.gpu,
-                          recursive=args.recursive, max_side=args.max_side, scores=args.scores,
-                          memory=None if args.memory is None else args.memory * GB,
-                          json_path=args.json, engine=args.engine, ray=args.ray,
-                          skip_done=args.skip_done)
-            if args.json:
-                write_json(results, args.json)
-        except (InferError, outputs.OutputError, cluster.ClusterError) as e:  # OutputError: writing --json
-            sys.exit(f'infer.py: error: {e}')
-        except KeyboardInterrupt as e:
-            cli.exit_interrupted('infer.py', e, interrupted_summary(e, args.out))
+    if args.engine != 'caffe' and args.gpu is not None:
+        parser.error(f'--engine {args.engine} runs on the CPU: not with --gpu')
+    cli.check_cluster_options(parser, args)
+
+    def work():
+        results = run(args.images, args.model, args.weights, args.out, args.gpu,
+                      recursive=args.recursive, max_side=args.max_side, scores=args.scores,
+                      memory=None if args.memory is None else args.memory * GB,
+                      json_path=args.json, engine=args.engine, allow_modules=args.allow_module,
+                      ray=args.ray, skip_done=args.skip_done)
+        if args.json:
+            write_json(results, args.json)
+        return results
+    results = cli.run('infer.py', work, lambda e: interrupted_summary(e, args.out))
     failed = [r for r in results if r.error]
     done = len(results) - len(failed)
     print(f'segmented {done} of {len(results)} images into {args.out}')

@@ -7,8 +7,6 @@ against Caffe, cached beside its weights, and run on the CPU.
     load(folder, weights)                    OnnxNet of a model folder's deploy
                                              net, exported once to
                                              <weights>.<sha16>.onnx
-    FedNet(feeder, onnx_net)                 an OnnxNet fed by a Caffe net's
-                                             data layers (score.py)
 
 The check runs the written model in ONNX Runtime and the deploy net in Caffe
 on the same random input (CHECK_SIZE, odd on purpose) and refuses the file
@@ -23,7 +21,7 @@ import tempfile
 import numpy as np
 import onnxruntime as ort
 
-from common import locations, outputs, prototxts, weightfiles
+from common import cli, locations, outputs, prototxts, weightfiles
 from common.snapshots import file_sha256
 
 CHECK_SIZE = (67, 83)    # (height, width) of the check's random input
@@ -31,8 +29,6 @@ CHECK_TOLERANCE = 1e-4   # of each output's range (max - min of Caffe's output)
 CHECK_SEED = 0
 # Part of the cache key: a cached export made by an older converter is redone.
 EXPORT_FORMAT = '1'
-# What runs a model's net: Caffe, or its ONNX export in ONNX Runtime.
-ENGINES = ('caffe', 'onnx')
 CACHE_DIGITS = 16  # of the weights' sha256 in the cached file's name
 
 
@@ -56,7 +52,9 @@ def session_options():
 
 
 class OnnxNet:
-    """An exported net in an ONNX Runtime session (CPU)."""
+    """An exported net in an ONNX Runtime session (CPU): an engine as
+    engines.py describes them."""
+    name = 'onnx'
 
     def __init__(self, path):
         try:
@@ -76,6 +74,10 @@ class OnnxNet:
             raise ExportError(f'{self.path}: inputs {sorted(inputs)}, the model reads {self.inputs}')
         feed = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in inputs.items()}
         return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+
+    def describe(self):
+        return {'engine': self.name, 'device': 'cpu', 'onnxruntime': ort.__version__,
+                'file': self.path}
 
 
 # ------------------------------------------------------------------ exporting
@@ -158,12 +160,16 @@ def export_net(net_param, net, out, metadata=None, check=True, opset=None, where
     except caffe_onnx.UnmappableLayer as e:
         raise ExportError(f'{where}: {e}') from None
     folder = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(out) + '.', suffix='.part')
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as a file the user wrote, not mkstemp's private mode
+    tmp = None
     try:
+        # made and known together: a signal between would leave it behind
+        with cli.signals_deferred():
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(out) + '.',
+                                       suffix='.part')
+            os.close(fd)
+            umask = os.umask(0)
+            os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a file the user wrote, not mkstemp's private mode
         try:
             caffe_onnx.save(model, tmp)
         except OSError as e:
@@ -173,7 +179,7 @@ def export_net(net_param, net, out, metadata=None, check=True, opset=None, where
         worst = compare(expected, checked.run(inputs), out) if check else {}
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
     if checked:
         checked.path = out
@@ -225,12 +231,28 @@ def cache_path(weights, digest):
     return f'{weights}.{digest[:CACHE_DIGITS]}.onnx'
 
 
+def expected_metadata(folder, weights, deploy):
+    """What a cached export of `weights` with the folder's deploy net must
+    record to be used: the metadata export() would write now (model,
+    classes, inputs and their mean, layout, the caffemodel's and deploy
+    net's sha256, the export format)."""
+    return dict(model_metadata(folder), caffemodel_sha256=file_sha256(weights),
+                deploy_sha256=file_sha256(deploy), export_format=EXPORT_FORMAT)
+
+
+def cache_mismatch(net, expected):
+    """The first metadata key whose value in the cached export `net`
+    differs from `expected` (None where all match)."""
+    return next((key for key, value in expected.items() if net.metadata.get(key) != value), None)
+
+
 def load(folder, weights, gpu=None):
     """An OnnxNet of a model folder's deploy net with `weights`: the cached
-    export beside the weights if it was made from the same weights, deploy
-    net and converter (and is readable), else a new one (exported, checked,
-    cached). The pinned onnxruntime runs on the CPU only: a `gpu` is an
-    ExportError."""
+    export beside the weights if what it records (weights' and deploy
+    net's sha256, classes, mean, format: expected_metadata) matches what
+    would be exported now, and it is readable; else a new one (exported,
+    checked, cached, replacing it). The pinned onnxruntime runs on the CPU
+    only: a `gpu` is an ExportError."""
     if gpu is not None:
         raise ExportError(f'the onnx engine runs on the CPU (onnxruntime {ort.__version__}); '
                           f'drop --gpu {gpu} or use --engine caffe')
@@ -239,14 +261,14 @@ def load(folder, weights, gpu=None):
         raise ExportError(f'weights not found: {weights}')
     if not os.path.isfile(deploy):
         raise ExportError(f'no deploy.prototxt in {folder}: the onnx engine runs the deploy net')
-    path = cache_path(weights, file_sha256(weights))
-    if os.path.isfile(path):
+    expected = expected_metadata(folder, weights, deploy)
+    path = cache_path(weights, expected['caffemodel_sha256'])
+    if os.path.isfile(path) and not os.path.islink(path):
         try:
             net = OnnxNet(path)
         except ExportError:  # damaged since it was written: made again below
             net = None
-        if net and net.metadata.get('deploy_sha256') == file_sha256(deploy) and \
-                net.metadata.get('export_format') == EXPORT_FORMAT:
+        if net is not None and cache_mismatch(net, expected) is None:
             return net
         del net
     try:
@@ -255,50 +277,3 @@ def load(folder, weights, gpu=None):
         raise ExportError(f'{e} (export.py --out writes it elsewhere)') from None
     _, net = export(deploy, weights, path, model_metadata(folder))
     return net
-
-
-# ------------------------------------------------------------------ scoring
-def feeder_param(net_param, blobs):
-    """The first layers of an evaluation NetParameter, up to those that
-    produce all of `blobs` (the data layer; early fusion's Concat)."""
-    from caffe.proto import caffe_pb2  # deferred, as in read_deploy
-    feeder = caffe_pb2.NetParameter(name=net_param.name)
-    produced = set()
-    for lp in net_param.layer:
-        if set(blobs) <= produced:
-            break
-        feeder.layer.add().CopyFrom(lp)
-        produced |= set(lp.top)
-    missing = set(blobs) - produced
-    if missing:
-        raise ExportError(f'the evaluation net produces no {", ".join(sorted(missing))} for '
-                          'the deploy net\'s inputs')
-    return feeder
-
-
-class OutputBlob:
-    """An ONNX output where score.py reads a Caffe blob: its class count
-    (known before the first run) and its last values."""
-
-    def __init__(self, channels):
-        self.channels = channels
-        self.data = None
-
-
-class FedNet:
-    """An OnnxNet fed by `feeder` (a Caffe net of an evaluation net's data
-    layers: inputs and labels), with the Caffe net's interface that scoring
-    uses: forward(), blobs (the feeder's and the outputs) and layer_dict."""
-
-    def __init__(self, feeder, onnx_net):
-        self.feeder = feeder
-        self.onnx_net = onnx_net
-        self.outputs = {name: OutputBlob(channels) for name, channels in onnx_net.channels.items()}
-        self.blobs = {**feeder.blobs, **self.outputs}
-        self.layer_dict = feeder.layer_dict
-
-    def forward(self):
-        self.feeder.forward()
-        scores = self.onnx_net.run({name: self.feeder.blobs[name].data for name in self.onnx_net.inputs})
-        for name, array in scores.items():
-            self.outputs[name].data = array

@@ -228,8 +228,8 @@ def test_folders_mirror_the_tree_skip_unreadable_files_and_fail_at_the_end(tiny_
     (photos / 'broken.jpg').write_bytes(b'\xff\xd8 not really a JPEG')
     (photos / 'notes.txt').write_text('not an image, not looked at')
     loads = []
-    real_load_net = infer.load_net
-    monkeypatch.setattr(infer, 'load_net', lambda *a: loads.append(a) or real_load_net(*a))
+    real_load_engine = infer.load_engine
+    monkeypatch.setattr(infer, 'load_engine', lambda *a: loads.append(a) or real_load_engine(*a))
     out = tmp_path / 'out'
     with pytest.raises(SystemExit) as err:
         infer.main([str(photos), '--recursive', '--model', folder, '--weights', weights, '--out', str(out),
