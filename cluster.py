@@ -38,13 +38,17 @@ import contextlib
 import logging
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections import deque
 from typing import NamedTuple
 
+# `import ray` takes about 0.3 s here: at the top, with the rest (infer.py
+# and score.py load it whether or not --ray is given).
 import ray
 import ray.exceptions
 
@@ -84,11 +88,17 @@ def connected(address, num_cpus=None):
     """Within: this process is the driver of the Ray cluster `address`
     ('local', 'auto', 'host:port'); yields a Where. A local cluster gets
     `num_cpus` CPUs (default: the machine's) and is shut down on leaving,
-    whatever ends the block; a joined cluster is only left (the workers
+    whatever ends the block, its session folder removed; a joined cluster is only left (the workers
     this run started end with it). Keeps the command's signal handlers
     (ray.init puts in its own for SIGTERM)."""
     options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    session_dir = None
     if address == LOCAL:
+        # Its session folder (sockets, logs) in a temporary folder of its
+        # own, removed when the cluster stops: Ray's default, /tmp/ray,
+        # keeps every session's.
+        session_dir = tempfile.mkdtemp(prefix='fcn-ray-')
+        options.update(_temp_dir=session_dir, address=LOCAL)  # a new one, never `ray start`'s
         # Ray turns token authentication on for a new local cluster, with a
         # notice on stderr saying so: kept, without the notice.
         logging.getLogger('ray._private.authentication').setLevel(logging.ERROR)
@@ -101,6 +111,8 @@ def connected(address, num_cpus=None):
         _reachable(address, '--ray')
         options.update(address=address)
     if ray.is_initialized():
+        if session_dir:
+            os.rmdir(session_dir)
         raise ClusterError('this process is connected to a Ray cluster already')
     handlers = {s: signal.getsignal(s) for s in cli.STOP_SIGNALS}
     try:
@@ -120,6 +132,8 @@ def connected(address, num_cpus=None):
     finally:
         if ray.is_initialized():
             ray.shutdown()
+        if session_dir:
+            shutil.rmtree(session_dir, ignore_errors=True)
 
 
 def _reachable(address, option):

@@ -21,8 +21,9 @@ from PIL import Image
 
 import cluster
 import infer
+import loading
 import score
-from common import datasets, finished, outputs
+from common import cli, datasets, finished, outputs
 from common.progress import Progress
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +121,7 @@ def test_an_error_of_the_work_reaches_the_driver_as_itself(ray_local, tiny_model
 
 
 def test_a_factory_error_and_an_unseen_path_are_one_line_errors(ray_local, tmp_path):
-    with pytest.raises(infer.InferError, match='no-such-model'):
+    with pytest.raises(loading.LoadError, match="no-such-model"):
         cluster.Pool(functools.partial(SegmentItem, str(tmp_path / 'no-such-model'), None),
                      workers=1)
     with pytest.raises(cluster.ClusterError, match='does not see .*missing.caffemodel'):
@@ -354,14 +355,13 @@ def test_infer_ray_interrupted_then_skip_done_completes_the_set(ray_local, tiny_
         assert (out / name).read_bytes() == (tmp_path / 'one' / name).read_bytes()
 
 
-def test_score_ray_gives_the_one_process_metrics(ray_local, tiny_model, tiny_val_images, tmp_path):
+def test_score_ray_local_gives_the_one_process_metrics(tiny_model, tiny_val_images, tmp_path):
     folder, weights = tiny_model
     score.main(['--model', folder, '--weights', weights, '--json', str(tmp_path / 'one.json'),
                 '--save-dir', str(tmp_path / 'one'), '--report', str(tmp_path / 'report1')])
     status, _, err = command('score.py', '--model', folder, '--weights', weights,
                              '--json', tmp_path / 'ray.json', '--save-dir', tmp_path / 'pred',
-                             '--report', tmp_path / 'report2',
-                             '--ray', ray.get_runtime_context().gcs_address)
+                             '--report', tmp_path / 'report2', '--ray', 'local')
     assert status == 0, err
     assert json.loads((tmp_path / 'ray.json').read_text()) == json.loads((tmp_path / 'one.json').read_text())
     reports = [json.loads((tmp_path / f'report{k}' / 'report.json').read_text()) for k in (1, 2)]
@@ -372,3 +372,15 @@ def test_score_ray_gives_the_one_process_metrics(ray_local, tiny_model, tiny_val
     assert sorted(os.listdir(tmp_path / 'pred')) == sorted(f'{i}.png' for i in tiny_val_images)
     for i in tiny_val_images:
         assert (tmp_path / 'pred' / f'{i}.png').read_bytes() == (tmp_path / 'one' / f'{i}.png').read_bytes()
+
+
+def test_ray_with_gpu_is_one_usage_line(capsys):
+    parser = cli.ArgumentParser(prog='x.py')
+    cli.add_cluster_options(parser, skip_done=True)
+    parser.add_argument('--gpu', type=int)  # cli.gpu_id refuses any GPU on this CPU-only build first
+    cli.check_cluster_options(parser, parser.parse_args(['--ray', 'local', '--skip-done']))
+    with pytest.raises(SystemExit) as stopped:
+        cli.check_cluster_options(parser, parser.parse_args(['--ray', 'local', '--gpu', '0']))
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.splitlines() == [
+        'x.py: error: --ray workers run on the CPU: not with --gpu (see --help)']

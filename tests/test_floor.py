@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 
 import numpy as np
@@ -643,3 +644,71 @@ def test_solve_follows_no_link_at_its_files(world, name):
     link = plant_link(c.model / 'snapshot' / name, c)
     one_line(run(c, solve_argv(c)), ['solve.py: error: ', link, 'symbolic link'])
     assert c.victim.read_text() == 'precious\n' and os.path.islink(link)
+
+
+# ---------------------------------------------------------------- on a Ray cluster (--ray local)
+# infer.py and score.py spread over a local Ray cluster stand on the same
+# floor: the guard refuses a bad output before any work (no cluster
+# started), and a signal ends the whole cluster's work in one line, leaving
+# no process, no temporary file and no Ray session folder behind.
+
+@pytest.mark.parametrize('kind, command', [(kind, command) for kind in ('output onto input',
+                                                                         'symlink at an output')
+                                           for command in ('infer.py', 'score.py')])
+def test_the_guard_holds_with_ray(world, kind, command):
+    c = Case(world, f'ray-{kind.replace(" ", "-")}-{command}')
+    argv, culprits = CASES[kind, command](c)
+    before = c.inputs()
+    line = one_line(run(c, [*argv, '--ray', 'local']), culprits, context=f'{kind} x {command} --ray')
+    assert line.startswith(f'{command}: error: '), line
+    assert c.unchanged(before) and c.hidden() == [] and c.victim.read_text() == 'precious\n'
+
+
+def descendants(pid):
+    """The ids of `pid`'s descendant processes now (a local Ray cluster's
+    gcs, raylet and workers)."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                parent = int(f.read().rsplit(')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.parametrize('command, signum, times', [('infer.py', signal.SIGTERM, 2),
+                                                    ('score.py', signal.SIGINT, 1)],
+                         ids=['infer.py-SIGTERMx2', 'score.py-SIGINT'])
+def test_a_signal_stops_a_ray_run_in_one_line(world, command, signum, times):
+    c = Case(world, f'ray-sig-{command}')
+    before = c.inputs()
+    sessions = set(os.listdir(tempfile.gettempdir()))
+    proc = start(c, [*SIGNAL_RUNS[command](c), '--ray', 'local'])
+    end = time.monotonic() + 120
+    while not any(c.out.glob('*.png')) and proc.poll() is None and time.monotonic() < end:
+        time.sleep(0.01)  # the workers' first outputs: the cluster's work under way
+    started = descendants(proc.pid)
+    for _ in range(times):
+        proc.send_signal(signum)
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, (proc.returncode, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f'{command}: interrupted ({name}): '), err
+    assert ' of ' in lines[0] and 'no partial file' in lines[0], lines[0]
+    assert len(started) >= 3, started  # gcs, raylet, workers
+    deadline = time.monotonic() + 10
+    while [p for p in started if os.path.exists(f'/proc/{p}')] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in started if os.path.exists(f'/proc/{p}')] == []
+    assert [n for n in set(os.listdir(tempfile.gettempdir())) - sessions if n.startswith('fcn-ray-')] == []
+    assert c.unchanged(before) and c.hidden() == [], c.hidden()
+    assert not os.path.exists(c.file('json'))  # an interrupted run writes no --json
