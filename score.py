@@ -38,7 +38,6 @@ import tempfile
 from datetime import datetime
 
 import numpy as np
-from tqdm import tqdm
 
 from common import caffe_setup, cli
 
@@ -57,6 +56,7 @@ import nets  # noqa: E402
 import loading  # noqa: E402
 import report  # noqa: E402
 from common import datasets, locations, outputs, weightfiles  # noqa: E402
+from common.progress import Progress  # noqa: E402
 from common.metrics import METRICS, class_note, coarsen, fast_hist, metrics  # noqa: E402,F401 (the release's score.fast_hist)
 from fetch.install import fetch_hint  # noqa: E402
 from nets.sources import source_of_data_layer  # noqa: E402
@@ -331,10 +331,18 @@ def engine_net(engine, net_param, model_dir, weights, name, data, gpu=None, allo
 
 
 def progress_bar(ids, model_dir, params, progress):
-    """`ids`, with a progress bar on a terminal (tqdm's disable=None)."""
-    if not progress:
-        return ids
-    return tqdm(ids, desc=f'{os.path.basename(model_dir)} {params.get("split", "")}', disable=None)
+    """`ids`, each yielded as the one before is scored, counted by
+    common.progress (a bar on a terminal, progress lines off one)."""
+    bar = Progress(len(ids), f'{os.path.basename(model_dir)} {params.get("split") or ""}'.strip(),
+                   'image', enabled=progress and len(ids) > 1)
+    finished = False
+    try:
+        for image_id in ids:
+            yield image_id
+            bar.update()
+        finished = True
+    finally:
+        bar.close(finished)
 
 
 def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True,

@@ -54,6 +54,7 @@ from common import cli, locations, outputs, prototxts, weightfiles  # noqa: E402
 from common.catalog import ILSVRC_NETS  # noqa: E402
 from common.locations import SNAPSHOT_DIR  # noqa: E402
 from common.metrics import METRICS  # noqa: E402
+from common.progress import EVERY_S, duration  # noqa: E402
 from common.snapshots import Snapshots, SnapshotError  # noqa: E402
 from nets import SEED  # noqa: E402
 
@@ -360,13 +361,6 @@ def say(line):
     sys.stdout.flush()
 
 
-def duration(seconds):
-    """'42 s', '12 min', '3.5 h'."""
-    if seconds < 100:
-        return f'{seconds:.0f} s'
-    return f'{seconds / 60:.0f} min' if seconds < 6000 else f'{seconds / 3600:.1f} h'
-
-
 def learning_rate(param, iteration):
     """The rate Caffe's SGD-family solvers use at `iteration` under the
     solver's lr_policy (None for a policy not computed here)."""
@@ -384,10 +378,9 @@ def learning_rate(param, iteration):
     return None
 
 
-# Where no bar is shown, a progress line at least every PROGRESS_SECONDS,
-# and every `display` iterations (or a tenth of the test interval, if more)
-# if that comes first.
-PROGRESS_SECONDS = 30
+# Where no bar is shown, a progress line at least every EVERY_S
+# (common/progress.py), and every `display` iterations (or a tenth of the
+# test interval, if more) if that comes first.
 PROGRESS_PER_INTERVAL = 10
 
 
@@ -408,7 +401,7 @@ class Log:
         self.losses.append(loss)
         now = time.time()
         if self.quiet or not self.lines or not (
-                iteration - self.last_iter >= self.every or now - self.last_time >= PROGRESS_SECONDS):
+                iteration - self.last_iter >= self.every or now - self.last_time >= EVERY_S):
             return
         rate = (iteration - self.start_iter) / max(now - self.t0, 1e-9)
         lr = learning_rate(self.param, iteration)
