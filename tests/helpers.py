@@ -213,3 +213,22 @@ def write_own_data(root, train=8, val=2, seed=0):
     with open(os.path.join(root, 'val.txt'), 'w') as f:
         f.write('\n'.join(splits['val']) + '\n')
     return splits
+
+
+def descendants(pid):
+    """The ids of `pid`'s descendant processes now (a local Ray cluster's
+    gcs, raylet and workers, for a test that they end)."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                parent = int(f.read().rsplit(')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

@@ -25,6 +25,7 @@ import loading
 import score
 from common import cli, datasets, finished, outputs
 from common.progress import Progress
+from helpers import descendants
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -195,24 +196,6 @@ DRIVER = textwrap.dedent('''\
         except KeyboardInterrupt as e:
             cli.exit_interrupted('driver', e, f'{e.done} of {e.total} items done')
     ''')
-
-
-def descendants(pid):
-    """The ids of `pid`'s descendant processes now."""
-    children = {}
-    for entry in filter(str.isdigit, os.listdir('/proc')):
-        try:
-            with open(f'/proc/{entry}/stat') as f:
-                parent = int(f.read().rsplit(')', 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def test_ctrl_c_on_the_driver_stops_everything_in_one_line(tmp_path):

@@ -29,7 +29,7 @@ from PIL import Image
 import caffe
 
 from common import datasets, locations
-from helpers import write_model, write_voc
+from helpers import descendants, write_model, write_voc
 
 sys.path.insert(0, os.path.join(locations.REPO_DIR, 'tools'))
 import resume_trials  # noqa: E402  (tools/ is not a package)
@@ -662,25 +662,6 @@ def test_the_guard_holds_with_ray(world, kind, command):
     line = one_line(run(c, [*argv, '--ray', 'local']), culprits, context=f'{kind} x {command} --ray')
     assert line.startswith(f'{command}: error: '), line
     assert c.unchanged(before) and c.hidden() == [] and c.victim.read_text() == 'precious\n'
-
-
-def descendants(pid):
-    """The ids of `pid`'s descendant processes now (a local Ray cluster's
-    gcs, raylet and workers)."""
-    children = {}
-    for entry in filter(str.isdigit, os.listdir('/proc')):
-        try:
-            with open(f'/proc/{entry}/stat') as f:
-                parent = int(f.read().rsplit(')', 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 @pytest.mark.parametrize('command, signum, times', [('infer.py', signal.SIGTERM, 2),

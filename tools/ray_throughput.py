@@ -43,16 +43,6 @@ import synthetic  # noqa: E402
 from common import locations  # noqa: E402
 
 
-class Segment:
-    """A worker's Segmenter, loaded once, called per (photo, output base)."""
-
-    def __init__(self, model, weights):
-        self.segmenter = infer.Segmenter(model, weights)
-
-    def __call__(self, item):
-        return self.segmenter(*item)
-
-
 def tiny_model(folder):
     """(model folder, caffemodel) of a narrow FCN-8s with filler weights."""
     model = os.path.join(folder, 'tiny-fcn8s')
@@ -91,7 +81,7 @@ def main(argv=None):
         todo = infer.image_paths(photos(os.path.join(tmp, 'in'), args.images, width, height))
         print(f'{len(todo)} photos of {width}x{height}, model {model}')
 
-        segment = Segment(model, weights)
+        segment = infer.SegmentWorker(False, model, weights)  # what infer.py --ray runs on a worker
         segment((todo[0][0], os.path.join(tmp, 'warm-up')))  # Caffe allocates its blobs
         start = time.perf_counter()
         for path, base in todo:
@@ -104,7 +94,8 @@ def main(argv=None):
             print(f'local cluster ({where.cpus} CPUs) started in {time.perf_counter() - start:.1f} s')
             for workers in args.workers:
                 start = time.perf_counter()
-                with cluster.Pool(functools.partial(Segment, model, weights), workers) as pool:
+                factory = functools.partial(infer.SegmentWorker, False, model, weights)
+                with cluster.Pool(factory, workers) as pool:
                     ready = time.perf_counter()
                     out = os.path.join(tmp, f'ray{workers}')
                     pool.map([(path, os.path.join(out, base)) for path, base in todo],
