@@ -623,18 +623,6 @@ def test_fetch_names_the_archive_and_member_of_a_file_and_folder_of_one_name(wor
     assert '.unpacking' not in line and c.hidden() == []
 
 
-def test_segmenter_predicts_without_writing(world, tmp_path):
-    """The library's Segmenter: labels of an image in memory, no file."""
-    import infer
-    c = Case(world, 'segmenter')
-    segmenter = infer.Segmenter(str(c.model), str(c.weights))
-    rgb = np.asarray(Image.open(world / 'photo.jpg'))
-    labels = segmenter.predict(rgb)
-    assert labels.shape == rgb.shape[:2] and labels.dtype == np.uint8
-    np.testing.assert_array_equal(labels, segmenter.predict(str(world / 'photo.jpg')))
-    assert sorted(os.listdir(c.root)) == ['data', 'victim.txt', 'voc-fcn8s']
-
-
 @pytest.mark.parametrize('name', ['latest.json', 'log.jsonl', 'curves.png'])
 def test_solve_follows_no_link_at_its_files(world, name):
     """Besides its lock (the matrix's row), training's own files: a link
