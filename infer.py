@@ -64,6 +64,7 @@ import layers  # noqa: E402
 import loading  # noqa: E402
 from common import datasets, finished, locations, outputs  # noqa: E402
 from common.progress import Progress  # noqa: E402
+from common.snapshots import file_sha256  # noqa: E402
 
 DEFAULT_MODEL = cli.DEFAULT_MODEL
 OVERLAY_ALPHA = 0.5  # weight of the class colour over object pixels
@@ -99,6 +100,13 @@ class Result(NamedTuple):
     size: Optional[Tuple[int, int]] = None       # the photo's (width, height)
     net_size: Optional[Tuple[int, int]] = None   # the net input's (width, height)
     error: Optional[str] = None
+
+
+class Prediction(NamedTuple):
+    """Segmenter.predict's answer for one image, at the image's own size."""
+    labels: np.ndarray                     # H x W uint8 class indices (as infer.py's label PNG)
+    classes: Tuple[str, ...]               # the class names, in index order
+    probabilities: Optional[np.ndarray] = None  # C x H x W float32, with probabilities=True
 
 
 # ------------------------------------------------------------------ the net
@@ -142,10 +150,10 @@ def memory_model(engine, model, gpu=None):
     return OnnxMemoryModel(shapes, classes, model.trunk)
 
 
-def load_engine(model, weights, engine='caffe', gpu=None, allow_modules=()):
+def load_engine(model, weights, engine='caffe', gpu=None, allow_modules=(), **options):
     """(engines.Engine, memory model or None) of the model's deploy net with
     `weights` on `engine` (engines.load)."""
-    runner = engines.load(model.folder, weights, engine, gpu, allow_modules=allow_modules)
+    runner = engines.load(model.folder, weights, engine, gpu, allow_modules=allow_modules, **options)
     return runner, memory_model(runner, model, gpu)
 
 
@@ -184,6 +192,23 @@ def load_photo(path):
         raise ImageError(f'{path}: not enough memory to decode it') from None
     except Exception as e:  # noqa: BLE001 -- any decoder failure means: this file is unreadable
         raise ImageError(f'{path}: cannot read image ({type(e).__name__}: {e})') from e
+
+
+def image_rgb(image):
+    """(H x W x 3 uint8 RGB array, what to call it in messages) of what
+    Segmenter.predict takes: a path, a PIL image, or an array (H x W x 3
+    uint8 RGB, or H x W grayscale)."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_photo(image), str(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(image)), 'the PIL image'
+    rgb = np.asarray(image)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or not rgb.size:
+        raise InferError(f'an image array must be H x W x 3 uint8 RGB (or H x W), got '
+                         f'{" x ".join(map(str, rgb.shape))} {rgb.dtype}')
+    return rgb, 'the image array'
 
 
 def net_size(height, width, max_side):
@@ -234,6 +259,17 @@ def upsample_labels(probs, size, scores_file=None):
         if scores_file is not None:
             p.astype(SCORES_DTYPE).tofile(scores_file)
     return label
+
+
+def upsample_probabilities(probs, size):
+    """C x H x W float32 probabilities of C x h x w ones, upsampled (bilinear,
+    as upsample_labels) to size (H, W)."""
+    height, width = size
+    full = np.empty((len(probs), height, width), np.float32)
+    for c, p in enumerate(probs):
+        full[c] = p if p.shape == size else np.asarray(
+            Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR))
+    return full
 
 
 # ------------------------------------------------------------------ memory
@@ -485,11 +521,20 @@ def image_paths(inputs, recursive=False):
 # ------------------------------------------------------------------ command
 class Segmenter:
     """A model's deploy net, loaded once (the one way: loading.py, then
-    engines.load), and what segmenting a photo needs. `predict` segments
-    an image in memory; calling it with a path writes the outputs too."""
+    engines.load), and what segmenting a photo needs: the Python API.
 
-    def __init__(self, model, weights=None, gpu=None, max_side=DEFAULT_MAX_SIDE, memory=None,
-                 engine='caffe', allow_modules=()):
+        seg = Segmenter('voc-fcn8s')            # or a model folder; weights=None: its default
+        r = seg.predict('photo.jpg')            # a path, a PIL image or an H x W x 3 uint8 array
+        r.labels, r.classes                     # H x W uint8 class indices, the class names
+        seg.predict(image, probabilities=True).probabilities   # C x H x W float32
+
+    `predict` writes nothing; calling the Segmenter with a path and an
+    output base writes infer.py's files (label PNG, overlay, scores), from
+    the same segmentation. `engine_options` go to the engine's loader
+    (engines.ENGINES)."""
+
+    def __init__(self, model, weights=None, engine='caffe', gpu=None, max_side=DEFAULT_MAX_SIDE,
+                 memory=None, allow_modules=(), **engine_options):
         _, self.model = loading.folder_model(model)
         if self.model is None:
             raise InferError(f'{locations.model_folder(model)}: no net.py (infer.py needs the model\'s '
@@ -498,10 +543,10 @@ class Segmenter:
         if not weights:
             weights = loading.default_weights(self.model.folder)
             print(f'{self.model.name}: weights {weights} (its default)')
-        self.weights = os.path.abspath(weights)
-        self.allow_modules = tuple(allow_modules)
-        self.engine_name = engine
-        self.engine, self.memory_model = load_engine(self.model, weights, engine, gpu, allow_modules)
+        self.weights = weights
+        self.engine_name, self.allow_modules, self.engine_options = engine, tuple(allow_modules), engine_options
+        self.engine, self.memory_model = load_engine(self.model, weights, engine, gpu, allow_modules,
+                                                     **engine_options)
         self.net = self.engine  # the name earlier callers use
         # What the net was read from: no output may overwrite them.
         self.inputs = [(weights, f'the weights {weights}'),
@@ -525,14 +570,24 @@ class Segmenter:
             self.held = max(self.held, self.memory_model.held(*size))
         return probabilities(probs), size
 
-    def predict(self, image):
-        """H x W uint8 class indices (self.head.classes) of an image: a
-        path (read as viewers show it) or an H x W x 3 RGB array. Writes
-        nothing."""
-        rgb = load_photo(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
-        probs, _ = self.probabilities(rgb, str(image) if isinstance(image, (str, os.PathLike))
-                                      else 'the image')
-        return upsample_labels(probs, rgb.shape[:2])
+    def predict(self, image, probabilities=False):
+        """The Prediction of an image: a path (read as viewers show it, as
+        infer.py reads photos), a PIL image, or an H x W x 3 uint8 RGB
+        array (H x W: grayscale). Writes nothing."""
+        rgb, where = image_rgb(image)
+        probs, _ = self.probabilities(rgb, where)
+        classes = tuple(self.head.classes)
+        if not probabilities:
+            return Prediction(upsample_labels(probs, rgb.shape[:2]), classes)
+        full = upsample_probabilities(probs, rgb.shape[:2])
+        return Prediction(full.argmax(axis=0).astype(np.uint8), classes, full)
+
+    def describe(self):
+        """What ran: the model, its classes, the weights (and their
+        sha256), the engine (engines.Engine.describe) - for --json."""
+        return dict(model=self.model.name, model_folder=os.path.abspath(self.model.folder),
+                    classes=list(self.head.classes), weights=os.path.abspath(self.weights),
+                    weights_sha256=file_sha256(self.weights), **self.engine.describe())
 
     def check_memory(self, path, photo_size, size):
         """An ImageError if the photo would not fit in memory at net size `size`."""
@@ -626,39 +681,47 @@ def segment_on_cluster(address, todo, out, scores, segmenter, progress=True):
 
     items = [(os.path.abspath(path), os.path.abspath(os.path.join(out, base))) for path, base in todo]
     os.makedirs(out, exist_ok=True)  # the workers check they see it
-    factory = functools.partial(SegmentWorker, scores, segmenter.model.folder, segmenter.weights,
-                                None, segmenter.max_side, segmenter.memory, segmenter.engine_name,
-                                segmenter.allow_modules)
+    weights = os.path.abspath(segmenter.weights)
+    factory = functools.partial(SegmentWorker, scores, os.path.abspath(segmenter.model.folder), weights,
+                                segmenter.engine_name, None, segmenter.max_side, segmenter.memory,
+                                segmenter.allow_modules, **segmenter.engine_options)
     cluster.map_items(address, factory, items, on_result,
                       outputs_of=lambda item: output_paths(item[1], scores).values(),
-                      visible=[os.path.abspath(out), segmenter.weights] + [p for p, _ in items[:1]],
+                      visible=[os.path.abspath(out), weights] + [p for p, _ in items[:1]],
                       desc=segmenter.model.name, progress=progress)
     return [results[k] for k in sorted(results)]
 
 
-def write_json(results, path):
-    """The --json summary, written whole (outputs.write_atomically)."""
+def write_json(results, path, about):
+    """The --json summary, written whole (outputs.write_atomically): what
+    ran (`about`: Segmenter.describe(): model, classes, weights and their
+    sha256, engine) and one entry per image, its sizes as width and height,
+    its outputs and the share of its pixels per class (or its error)."""
     entries = []
     for r in results:
         entry = dict(image=r.path)
         if r.error:
             entry['error'] = r.error
         else:
-            entry.update(size=list(r.size), net_size=list(r.net_size), label=r.label,
-                         overlay=r.overlay, scores=r.scores, classes=dict(r.shares))
+            (width, height), (net_width, net_height) = r.size, r.net_size
+            entry.update(width=width, height=height, net_width=net_width, net_height=net_height,
+                         label=r.label, overlay=r.overlay, scores=r.scores,
+                         class_shares=dict(r.shares))
         entries.append(entry)
-    outputs.write_atomically(path, json.dumps(entries, indent=1), 'the --json summary')
+    outputs.write_atomically(path, json.dumps(dict(about, images=entries), indent=1),
+                             'the --json summary')
 
 
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True,
         recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None, json_path=None,
         engine='caffe', allow_modules=(), ray=None, skip_done=False):
-    """Segment every image with one net (on the Ray cluster `ray`, if
-    given: segment_on_cluster); `skip_done`: only the images whose outputs
-    are not all whole (common/finished.py), the others left as they are; returns a Result per image (those
-    that failed carry their error, which is also reported on stderr).
-    Checked before any work: --out (and json_path, written by the caller)
-    can be written, and no output would overwrite an input or another
+    """Segment every image with one net, here (segment_here) or on the
+    Ray cluster `ray` (segment_on_cluster); with `skip_done` only the images
+    whose outputs are not all whole (common/finished.py), the others left
+    as they are. Returns a Result per image segmented (those that failed
+    carry their error, which is also reported on stderr).
+    Checked before any work: --out and json_path (the --json summary,
+    write_json, written at the end) can be written, and no output would overwrite an input or another
     output. An interruption (KeyboardInterrupt, cli.Interrupted) propagates
     with `done` and `total` set on it: the images finished, and all."""
     try:
@@ -668,7 +731,7 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     except outputs.OutputError as e:
         raise InferError(str(e)) from e
     todo = image_paths(inputs, recursive)
-    segmenter = Segmenter(model, weights, gpu, max_side, memory, engine, allow_modules)
+    segmenter = Segmenter(model, weights, engine, gpu, max_side, memory, allow_modules)
     check_outputs_apart(todo, out, scores, json_path, segmenter.inputs)
     if skip_done:
         left = finished.unfinished(todo, lambda item: output_paths(os.path.join(out, item[1]),
@@ -677,8 +740,17 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
         todo = left
     if scores:
         scores_space(todo, out, len(segmenter.head.classes))
-    if ray and todo:
-        return segment_on_cluster(ray, todo, out, scores, segmenter, progress)
+    results = segment_on_cluster(ray, todo, out, scores, segmenter, progress) if ray and todo \
+        else segment_here(segmenter, todo, out, scores, progress)
+    if json_path:
+        write_json(results, json_path, segmenter.describe())
+    return results
+
+
+def segment_here(segmenter, todo, out, scores=False, progress=True):
+    """Segment `todo` ((photo, output base) pairs) in this process, counted
+    by common.progress; the Results in order. An interruption propagates
+    with `done` and `total` set on it."""
     results = []
     bar = Progress(len(todo), segmenter.model.name, 'image', enabled=progress and len(todo) > 1)
     try:
@@ -727,8 +799,6 @@ def main(argv=None):
                       memory=None if args.memory is None else args.memory * GB,
                       json_path=args.json, engine=args.engine, allow_modules=args.allow_module,
                       ray=args.ray, skip_done=args.skip_done)
-        if args.json:
-            write_json(results, args.json)
         return results
     results = cli.run('infer.py', work, lambda e: interrupted_summary(e, args.out))
     failed = [r for r in results if r.error]

@@ -18,10 +18,12 @@ naming the image, not a table; predictions and --json are written whole and
 never over a file the net reads; Ctrl-C or SIGTERM stops it in one line. --engine onnx
 (or another engine of engines.py) computes the scores with the folder's
 deploy net in that engine (ONNX Runtime: exported once, onnx_engine.py), fed by the evaluation net's data layer in
-Caffe: the published numbers, checked on the exported model (the deploy net
-has no loss layer: the loss column is nan). --ray ADDRESS scores each
-image on a worker of a Ray cluster (cluster.py, docs/cluster.md) and sums
-the confusion matrices here: the same table, --json and --report.
+Caffe: the published numbers, checked on the exported model; the deploy net
+has no loss layer, so the loss is computed from its scores as the evaluation
+net's SoftmaxWithLoss layer computes it in Caffe.
+--ray ADDRESS scores each image on a worker of a Ray cluster (cluster.py,
+docs/cluster.md) and sums the confusion matrices here: the same table,
+--json and --report.
 
     python score.py --model voc-fcn8s --upper-bound 8 16 32 [--split S] [--limit N]
 
@@ -296,12 +298,20 @@ class FedEngine:
     """An engine (engines.Engine, running the deploy net) fed by `feeder`, a
     Caffe net of the evaluation net's data layers (inputs and labels), seen
     as the evaluation net that compute_hists runs: forward(), blobs (the
-    feeder's and the engine's outputs) and layer_dict."""
+    feeder's and the engine's outputs, and the evaluation net's
+    SoftmaxWithLoss losses computed as Caffe does) and layer_dict."""
 
-    def __init__(self, feeder, engine):
+    def __init__(self, feeder, engine, net_param):
         self.feeder = feeder
         self.engine = engine
         self.outputs = {name: OutputBlob(channels) for name, channels in engine.channels.items()}
+        # (loss top, score bottom, label bottom, loss_param) of each loss the
+        # engine's outputs and the feeder's labels allow
+        self.losses = [(layer.top[0], *layer.bottom[:2], layer.loss_param)
+                       for layer in net_param.layer
+                       if layer.type == 'SoftmaxWithLoss' and len(layer.bottom) >= 2 and layer.top
+                       and layer.bottom[0] in self.outputs and layer.bottom[1] in feeder.blobs]
+        self.outputs.update({top: OutputBlob(1) for top, *_ in self.losses})
         self.blobs = {**feeder.blobs, **self.outputs}
         self.layer_dict = feeder.layer_dict
 
@@ -310,6 +320,38 @@ class FedEngine:
         scores = self.engine.run({name: self.feeder.blobs[name].data for name in self.engine.inputs})
         for name, array in scores.items():
             self.outputs[name].data = array
+        for top, score, label, loss_param in self.losses:
+            self.outputs[top].data = np.array([softmax_loss(scores[score], self.feeder.blobs[label].data,
+                                                            loss_param)], np.float32)
+
+
+def softmax_loss(scores, labels, loss_param):
+    """What Caffe's SoftmaxWithLoss layer outputs for N x C x H x W scores
+    and N x 1 x H x W labels: the summed -log softmax probability of each
+    pixel's label, pixels labelled ignore_label left out, divided as its
+    normalization says (Caffe's default VALID: by the pixels counted; the
+    release's `normalize: false`: by the batch size), at least by 1."""
+    norm = caffe_pb2.LossParameter
+    if loss_param.HasField('normalization'):
+        normalization = loss_param.normalization
+    elif loss_param.HasField('normalize'):
+        normalization = norm.VALID if loss_param.normalize else norm.BATCH_SIZE
+    else:
+        normalization = norm.VALID
+    scores = scores.astype(np.float64)
+    labels = labels[:, 0].astype(np.int64)
+    valid = np.ones(labels.shape, bool)
+    if loss_param.HasField('ignore_label'):
+        valid = labels != loss_param.ignore_label
+    log_probs = scores - scores.max(axis=1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+    n, _, h, w = scores.shape
+    picked = np.take_along_axis(log_probs, np.where(valid, labels, 0)[:, None], axis=1)[:, 0]
+    # Caffe floors each probability at FLT_MIN before the log
+    loss = -np.maximum(picked, np.log(np.finfo(np.float32).tiny))[valid].sum()
+    divisor = {norm.FULL: n * h * w, norm.VALID: valid.sum(), norm.BATCH_SIZE: n,
+               norm.NONE: 1}[normalization]
+    return loss / max(1.0, divisor)
 
 
 @contextlib.contextmanager
@@ -327,7 +369,7 @@ def engine_net(engine, net_param, model_dir, weights, name, data, gpu=None, allo
     runner = engines.load(model_dir, weights, engine, gpu, allow_modules=allow_modules)
     feeder = feeder_param(net_param, set(data.top) | set(runner.inputs))
     with eval_net(feeder, model_dir) as net:
-        yield FedEngine(net, runner)
+        yield FedEngine(net, runner, net_param)
 
 
 def progress_bar(ids, model_dir, params, progress):
@@ -620,7 +662,9 @@ def main(argv=None):
         prog='score.py',
         description='Score a model folder\'s evaluation net on a dataset split '
                     '(pixel acc., mean acc., mean IU, f.w. IU).')
-    cli.add_model_options(parser, model_required=True, weights_help='caffemodel to score')
+    cli.add_model_options(parser, model_required=True,
+                          weights_help="caffemodel to score (default: the model's published weights, "
+                                       'else its latest snapshot, as infer.py and export.py)')
     parser.add_argument('--upper-bound', type=cli.number(int, minimum=1), nargs='+', metavar='FACTOR',
                         help='score ground truth coarsened to these output strides instead '
                              'of a net (upper bounds; no --weights)')
@@ -637,10 +681,10 @@ def main(argv=None):
     cli.add_engine_options(parser, engines.ENGINES, 'compute the scores')
     cli.add_cluster_options(parser, 'the images to score')
     args = parser.parse_args(argv)
-    if (args.weights is None) == (args.upper_bound is None):
-        parser.error('give --weights (score a net) or --upper-bound (score coarsened ground truth)')
-    if args.engine == 'onnx' and args.gpu is not None:
-        parser.error('--engine onnx runs on the CPU: not with --gpu')
+    if args.weights and args.upper_bound:
+        parser.error('--upper-bound scores coarsened ground truth: not with --weights')
+    if args.engine != 'caffe' and args.gpu is not None:
+        parser.error(f'--engine {args.engine} runs on the CPU: not with --gpu')
     if args.upper_bound and args.save_dir:
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
     if args.upper_bound and args.report:
@@ -672,7 +716,10 @@ def run(args):
         scores = upper_bounds(args.model, args.upper_bound, args.split, args.limit, writes=writes,
                               allow_modules=args.allow_module)
     else:
-        scores = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit,
+        weights = args.weights or loading.default_weights(locations.model_folder(args.model))
+        if not args.weights:
+            print(f'{args.model}: weights {weights} (its default)')
+        scores = evaluate(args.model, weights, args.split, args.save_dir, args.limit,
                           on_image=collector, writes=writes, engine=args.engine, gpu=args.gpu,
                           allow_modules=args.allow_module, report_dir=args.report, ray=args.ray)
     print(format_upper_bounds(scores) if args.upper_bound else format_report(scores))
