@@ -328,12 +328,17 @@ def test_infer_ray_interrupted_then_skip_done_completes_the_set(ray_local, tiny_
     assert status == 0, err
     assert f'--skip-done: {len(whole_images)} of 16 images done already' in printed
     assert {name: os.stat(out / name).st_mtime_ns for name in kept} == kept  # not redone
-    entries = {e['image']: e for e in json.loads(one.read_text())}
-    redone = json.loads(spread.read_text())
+    alone, spread = json.loads(one.read_text()), json.loads(spread.read_text())
+    entries = {e['image']: e for e in alone.pop('images')}
+    redone = spread.pop('images')
+    assert spread == alone  # what ran: model, classes, weights and their sha256, engine
     assert len(redone) == 16 - len(whole_images)
     for e in redone:
-        assert e['label'] == str(out / os.path.basename(entries[e['image']]['label']))
-        assert e['classes'] == entries[e['image']]['classes'] and e['size'] == entries[e['image']]['size']
+        e['label'], e['overlay'] = (os.path.relpath(e[k], out) for k in ('label', 'overlay'))
+        kept_entry = entries[e['image']]
+        kept_entry['label'], kept_entry['overlay'] = (os.path.relpath(kept_entry[k], tmp_path / 'one')
+                                                      for k in ('label', 'overlay'))
+        assert e == kept_entry  # sizes, outputs' names, class shares
     for name in os.listdir(tmp_path / 'one'):
         assert (out / name).read_bytes() == (tmp_path / 'one' / name).read_bytes()
 
