@@ -41,7 +41,6 @@ import pickle
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections import deque
@@ -308,7 +307,7 @@ class Pool:
                             lost += 1  # dead for good
                         except Exception as e:  # noqa: BLE001 -- restarted where its factory fails
                             lost += 1
-                            bar.write(f'cluster: a restarted worker cannot work: {e}', file=sys.stderr)
+                            bar.write(f'cluster: a restarted worker cannot work: {e}')
                             ray.kill(self.actors[k], no_restart=True)
                         continue
                     index, k = running.pop(ref)
@@ -324,8 +323,9 @@ class Pool:
                         if k in free:
                             del free[k]
                             restarting[self.actors[k].ready.remote(self.visible)] = k
+                            # stdout: a run that ends well has nothing on stderr
                             bar.write(f'cluster: worker {self.pid.get(k)} died with items in flight; '
-                                      'redoing them', file=sys.stderr)
+                                      'redoing them')
                         continue
                     if k in free:
                         free[k] += 1

@@ -3,6 +3,7 @@ spread over worker processes gives the one-process results, a worker
 killed mid-item loses nothing and nothing is done twice, Ctrl-C or SIGTERM
 on the driver ends it in one line with nothing left running; and
 common/finished.py's --skip-done decisions, which need no cluster."""
+import contextlib
 import functools
 import json
 import os
@@ -372,3 +373,39 @@ def test_ray_with_gpu_is_one_usage_line(capsys):
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and err.splitlines() == [
         'x.py: error: --ray workers run on the CPU: not with --gpu (see --help)']
+
+
+def test_infer_ray_local_loses_nothing_when_a_worker_is_killed(tiny_model, tmp_path):
+    """The command on a cluster it starts: a worker SIGKILLed mid-run, the
+    run still ends with every photo done once, as one process does it."""
+    folder, weights = tiny_model
+    rng = np.random.default_rng(7)
+    (tmp_path / 'in').mkdir()
+    for k in range(24):
+        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(
+            tmp_path / 'in' / f'p{k:02d}.png')
+    infer.main([str(tmp_path / 'in'), '--model', folder, '--weights', weights,
+                '--out', str(tmp_path / 'one')])
+    out = tmp_path / 'out'
+    driver = subprocess.Popen([sys.executable, os.path.join(REPO, 'infer.py'), str(tmp_path / 'in'),
+                               '--model', folder, '--weights', weights, '--out', str(out),
+                               '--json', str(tmp_path / 'ray.json'), '--ray', 'local'],
+                              cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    killed, deadline = None, time.monotonic() + 120
+    while killed is None and driver.poll() is None and time.monotonic() < deadline:
+        if out.is_dir() and len(os.listdir(out)) >= 4:  # the workers at work
+            for pid in descendants(driver.pid):
+                with contextlib.suppress(OSError):
+                    if open(f'/proc/{pid}/cmdline').read().startswith('ray::_Worker'):
+                        os.kill(pid, signal.SIGKILL)
+                        killed = pid
+                        break
+        time.sleep(0.01)
+    printed, err = driver.communicate(timeout=180)
+    assert killed and driver.returncode == 0 and err == '', (killed, err)
+    assert f'cluster: worker {killed} died with items in flight; redoing them' in printed
+    assert 'segmented 24 of 24 images' in printed
+    assert len(json.loads((tmp_path / 'ray.json').read_text())['images']) == 24
+    assert sorted(os.listdir(out)) == sorted(os.listdir(tmp_path / 'one'))  # no temporary left
+    for name in os.listdir(out):
+        assert (out / name).read_bytes() == (tmp_path / 'one' / name).read_bytes()
