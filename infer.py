@@ -544,7 +544,9 @@ class Segmenter:
             weights = loading.default_weights(self.model.folder)
             print(f'{self.model.name}: weights {weights} (its default)')
         self.weights = weights
-        self.engine_name, self.allow_modules, self.engine_options = engine, tuple(allow_modules), engine_options
+        # how it was loaded: a cluster's workers load it the same way (segment_on_cluster)
+        self.engine_name, self.engine_options = engine, engine_options
+        self.allow_modules = tuple(allow_modules)
         self.engine, self.memory_model = load_engine(self.model, weights, engine, gpu, allow_modules,
                                                      **engine_options)
         self.net = self.engine  # the name earlier callers use
