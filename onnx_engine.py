@@ -4,9 +4,10 @@ against Caffe, cached beside its weights, and run on the CPU.
     export(deploy, weights, out, metadata)   deploy net + caffemodel -> .onnx
                                              (caffe_onnx.convert), checked
     OnnxNet(path).run({input: array})        -> {output: array}
-    load(folder, weights)                    OnnxNet of a model folder's deploy
-                                             net, exported once to
+    cached_export(folder, weights)           the checked export of a model
+                                             folder's deploy net, made once:
                                              <weights>.<sha16>.onnx
+    load(folder, weights)                    OnnxNet of that file
     FedNet(feeder, onnx_net)                 an OnnxNet fed by a Caffe net's
                                              data layers (score.py)
 
@@ -16,6 +17,7 @@ on the same random input (CHECK_SIZE, odd on purpose) and refuses the file
 output's range. Files are written to a temporary name in the output's folder
 and renamed when whole and checked.
 """
+import io
 import json
 import os
 import tempfile
@@ -43,11 +45,11 @@ class ExportError(ValueError):
 
 # ------------------------------------------------------------------ running
 def session_options():
-    """Session settings for running the FCNs on the CPU: all graph
-    optimizations (fusions, the blocked NCHWc layout for the convolutions:
-    the fastest here), and no memory arena, so that a large image's
-    activations go back to the system after the run instead of staying
-    reserved in the arena's blocks for the rest of the process."""
+    """Session settings for running the FCNs on the CPU: the graph
+    optimizations (fusions, constant folding) but DISABLED_OPTIMIZERS, and
+    no memory arena, so that a large image's activations go back to the
+    system after the run instead of staying reserved in the arena's blocks
+    for the rest of the process."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = False
@@ -55,12 +57,22 @@ def session_options():
     return options
 
 
+# The optimizer left out: the NCHWc layout transformer (the convolutions in
+# blocked layout), 10-30% less CPU time per forward, but while it reorders
+# the weights, creating the session holds them about three times over: an
+# FCN-8s session peaked at 2.3 GB with it, 1.0 GB without, above and below
+# Caffe's 1.4 GB for a 500x500 forward (docs/performance.md). Not a session
+# option: InferenceSession takes it.
+DISABLED_OPTIMIZERS = ['NchwcTransformer']
+
+
 class OnnxNet:
     """An exported net in an ONNX Runtime session (CPU)."""
 
     def __init__(self, path):
         try:
-            self.session = ort.InferenceSession(path, session_options(), providers=['CPUExecutionProvider'])
+            self.session = ort.InferenceSession(path, session_options(), providers=['CPUExecutionProvider'],
+                                                disabled_optimizers=DISABLED_OPTIMIZERS)
         except Exception as e:  # noqa: BLE001 -- ONNX Runtime's errors have no common type
             raise ExportError(f'{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]})') from None
         self.path = path
@@ -225,36 +237,111 @@ def cache_path(weights, digest):
     return f'{weights}.{digest[:CACHE_DIGITS]}.onnx'
 
 
-def load(folder, weights, gpu=None):
-    """An OnnxNet of a model folder's deploy net with `weights`: the cached
-    export beside the weights if it was made from the same weights, deploy
-    net and converter (and is readable), else a new one (exported, checked,
-    cached). The pinned onnxruntime runs on the CPU only: a `gpu` is an
-    ExportError."""
-    if gpu is not None:
-        raise ExportError(f'the onnx engine runs on the CPU (onnxruntime {ort.__version__}); '
-                          f'drop --gpu {gpu} or use --engine caffe')
+# ModelProto's top-level fields that read_metadata needs (onnx.proto).
+GRAPH_FIELD, METADATA_FIELD = 7, 14
+
+
+def _varint(f):
+    """The next base-128 varint of a protobuf stream."""
+    value, shift = 0, 0
+    while shift < 64:
+        byte = f.read(1)
+        if not byte:
+            raise ValueError('it ends inside a field')
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+    raise ValueError('a malformed field')
+
+
+def _fields(f, end):
+    """(field number, length) of each length-delimited field of the protobuf
+    message in stream `f` up to byte `end`, with `f` at the field's first
+    byte (the caller reads it or not); other fields are skipped."""
+    while f.tell() < end:
+        tag = _varint(f)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _varint(f)
+            continue
+        if wire not in (1, 2, 5):
+            raise ValueError(f'wire type {wire} at byte {f.tell()}')
+        length = _varint(f) if wire == 2 else 8 if wire == 1 else 4
+        start = f.tell()
+        if start + length > end:
+            raise ValueError('it ends inside a field')
+        if wire == 2:
+            yield field, length
+        f.seek(start + length)
+
+
+def read_metadata(path):
+    """{key: value} of an ONNX file's metadata_props, read without the
+    graph (its weights are skipped over, not read: the cache check of a
+    VGG16 export takes milliseconds and no memory). ExportError unless the
+    file is a whole ModelProto with a graph."""
+    metadata, graph = {}, False
+    try:
+        with open(path, 'rb') as f:
+            for field, length in _fields(f, os.path.getsize(path)):
+                if field == GRAPH_FIELD:
+                    graph = length > 0
+                elif field == METADATA_FIELD:  # a StringStringEntryProto: key = 1, value = 2
+                    entry = io.BytesIO(f.read(length))
+                    pair = {number: entry.read(size) for number, size in _fields(entry, length)}
+                    metadata[pair.get(1, b'').decode()] = pair.get(2, b'').decode()
+    except (OSError, ValueError) as e:  # a UnicodeDecodeError is a ValueError
+        raise ExportError(f'{path}: not a whole ONNX model ({e})') from None
+    if not graph:
+        raise ExportError(f'{path}: not a whole ONNX model (no graph)')
+    return metadata
+
+
+def cached_export(folder, weights, refresh=False):
+    """The path of the checked ONNX export of a model folder's deploy net
+    with `weights`, the one file every engine that runs ONNX reads
+    (onnx, openvino): the cached export beside the weights if it was made
+    from the same weights, deploy net and converter, else a new one
+    (exported, checked against Caffe, cached); `refresh` makes it anew (a
+    cached file an engine could not load)."""
     deploy = locations.deploy_prototxt(folder)
     if not os.path.isfile(weights):
         raise ExportError(f'weights not found: {weights}')
     if not os.path.isfile(deploy):
-        raise ExportError(f'no deploy.prototxt in {folder}: the onnx engine runs the deploy net')
-    path = cache_path(weights, file_sha256(weights))
-    if os.path.isfile(path):
+        raise ExportError(f'no deploy.prototxt in {folder}: the exported engines run the deploy net')
+    digest = file_sha256(weights)
+    path = cache_path(weights, digest)
+    if os.path.isfile(path) and not refresh:
         try:
-            net = OnnxNet(path)
+            metadata = read_metadata(path)
         except ExportError:  # damaged since it was written: made again below
-            net = None
-        if net and net.metadata.get('deploy_sha256') == file_sha256(deploy) and \
-                net.metadata.get('export_format') == EXPORT_FORMAT:
-            return net
-        del net
+            metadata = {}
+        if metadata.get('caffemodel_sha256') == digest and \
+                metadata.get('deploy_sha256') == file_sha256(deploy) and \
+                metadata.get('export_format') == EXPORT_FORMAT:
+            return path
     try:
         outputs.writable_file(path, 'the ONNX cache')
     except outputs.OutputError as e:
         raise ExportError(f'{e} (export.py --out writes it elsewhere)') from None
-    _, net = export(deploy, weights, path, model_metadata(folder))
-    return net
+    _, checked = export(deploy, weights, path, model_metadata(folder))
+    del checked  # the check's session: an engine opens the file itself
+    return path
+
+
+def load(folder, weights, gpu=None):
+    """An OnnxNet of a model folder's deploy net with `weights`, from its
+    cached export (cached_export). The pinned onnxruntime runs on the CPU
+    only: a `gpu` is an ExportError."""
+    if gpu is not None:
+        raise ExportError(f'the onnx engine runs on the CPU (onnxruntime {ort.__version__}); '
+                          f'drop --gpu {gpu} or use --engine caffe')
+    path = cached_export(folder, weights)
+    try:
+        return OnnxNet(path)
+    except ExportError:  # its metadata reads but the graph does not: made again
+        return OnnxNet(cached_export(folder, weights, refresh=True))
 
 
 # ------------------------------------------------------------------ scoring
