@@ -98,7 +98,7 @@ HEADER = f"{'engine':<16}{'images':>7}{'mean IU':>9}{'pixel acc':>11}{'agrees wi
 def format_row(r):
     head = next(iter(r['heads'].values()))
     return (f"{r['run']:<16}{r['images']:>7}{100 * head['mean_iu']:>9.2f}{100 * head['pixel_acc']:>11.2f}"
-            f"{100 * r['agreement']:>18.3f}%  {r['worst'][0]} {100 * r['worst'][1]:.2f}%")
+            f"{100 * r['agreement']:>18.3f}%  {r['worst'][0]} {100 * r['worst'][1]:.3f}%")
 
 
 def main(argv=None):
