@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 import caffe
+import nets
 import onnx_engine
 import openvino_engine
 import training
 from common import locations, weightfiles
 from common.snapshots import file_sha256
-from helpers import write_model, write_voc
+from helpers import narrowed, random_weights, write_model, write_voc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 caffe.set_mode_cpu()
@@ -126,3 +127,20 @@ def test_openvino_errors_are_one_line(tiny_model, tmp_path):
     net = openvino_engine.load(folder, weights, precision='f32')
     with pytest.raises(openvino_engine.OpenvinoError, match=r"inputs \['image'\], the model reads \['data'\]"):
         net.run({'image': np.zeros((1, 3, 8, 8), np.float32)})
+
+
+@pytest.mark.parametrize('name', ('siftflow-fcn16s', 'nyud-fcn16s-color-hha'))
+def test_openvino_runs_two_outputs_and_two_inputs(name, tmp_path):
+    """SIFT Flow's two heads, late fusion's two inputs (narrowed trunks,
+    random weights), at f32 within the export check's tolerance of Caffe."""
+    net_param = onnx_engine.read_deploy(locations.deploy_prototxt(nets.load(name).folder))
+    deploy = narrowed(net_param, str(tmp_path / 'narrow.prototxt'))
+    net = caffe.Net(deploy, caffe.TEST)
+    random_weights(net, seed=len(name))
+    out = str(tmp_path / f'{name}.onnx')
+    onnx_engine.export_net(net_param, net, out, where=deploy)
+    exact = openvino_engine.OpenvinoNet(out, 'f32')
+    assert exact.inputs == list(net.inputs) and exact.outputs == list(net.outputs)
+    assert exact.channels == {blob: net.blobs[blob].shape[1] for blob in net.outputs}
+    inputs = onnx_engine.random_inputs(net, (45, 71), seed=1)
+    onnx_engine.compare(onnx_engine.caffe_outputs(net, inputs), exact.run(inputs), out)

@@ -6,7 +6,7 @@ against their Caffe engine.
 A VGG16 deploy net holds 134 M parameters (fc6 alone 103 M), and making,
 converting and loading them takes 10-40 s a net on 2 cores: the nets of
 FULL_WIDTH run as they are, the others with their trunk's convolutions
-narrowed (NARROWING; same layers, kernels, strides, pads, groups, crops and
+narrowed (helpers.NARROWING; same layers, kernels, strides, pads, groups, crops and
 class counts, fewer channels). FCN_EXPORT_FULL_WIDTH=1 runs every net at
 full width (about 9 minutes on 2 busy cores).
 """
@@ -27,38 +27,16 @@ import nets
 import onnx_engine
 from common import caffe_setup
 import score
+from helpers import narrowed, random_weights
 
 caffe.set_mode_cpu()
 
 # Full-width nets, one per trunk.
 FULL_WIDTH = ('voc-fcn8s', 'voc-fcn-alexnet', 'voc-fcn-googlenet')
-NARROWING = 8  # channels of the trunk's convolutions divided by this
 SECOND_SIZE = (45, 71)  # (height, width): a second size where shapes must follow
 # Nets also run at SECOND_SIZE, a size the file was not checked at: every
 # skip crop (FCN-8s), two outputs (SIFT Flow), two inputs (late fusion).
 TWO_SIZES = ('voc-fcn8s', 'siftflow-fcn16s', 'nyud-fcn16s-color-hha')
-
-
-def random_weights(net, seed):
-    """Fill every parameter blob with random numbers scaled by its fan-in,
-    so that activations stay in range through the deep nets."""
-    rng = np.random.default_rng(seed)
-    for blobs in net.params.values():
-        for blob in blobs:
-            fan_in = int(np.prod(blob.data.shape[1:])) or 1
-            rng.standard_normal(out=blob.data, dtype=np.float32)
-            blob.data[...] *= np.float32(math.sqrt(2 / fan_in))
-
-
-def narrowed(net_param, path):
-    """Write `net_param` with the trunk's convolutions (those not named
-    score*) NARROWING times narrower to `path`."""
-    for lp in net_param.layer:
-        if lp.type == 'Convolution' and not lp.name.startswith('score'):
-            lp.convolution_param.num_output = max(1, lp.convolution_param.num_output // NARROWING)
-    with open(path, 'w') as f:
-        f.write(str(net_param))
-    return path
 
 
 @pytest.mark.parametrize('name', nets.model_names())
