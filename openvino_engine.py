@@ -10,7 +10,8 @@ Precision: None takes the CPU's fastest that keeps the labels: bf16 where
 the CPU computes in it (OpenVINO's OPTIMIZATION_CAPABILITIES has BF16:
 AVX-512 BF16 or AMX), f32 elsewhere; 'f32' forces exact arithmetic (the
 figures, what bf16 gives up: docs/performance.md). Height and width stay
-free: one compiled model runs every photo size.
+free: one compiled model runs every photo size. OpenVINO memory-maps the
+export's weights file (.onnx.data) instead of copying the weights.
 """
 import numpy as np
 import openvino as ov

@@ -25,7 +25,7 @@ import export
 import infer
 import nets
 import onnx_engine
-from common import caffe_setup
+from common import caffe_setup, snapshots
 import score
 from helpers import narrowed, random_weights
 
@@ -106,7 +106,14 @@ def test_export_command_writes_a_checked_file_with_metadata(tiny_model, tmp_path
     assert json.loads(meta['inputs'])['data']['channels'] == 'B,G,R'
     with open(weights, 'rb') as f:
         assert meta['caffemodel_sha256'] == hashlib.sha256(f.read()).hexdigest()
-    assert sorted(os.listdir(tmp_path)) == ['tiny.onnx']
+    # the weights in a file of their own beside the graph, its sha256 in the metadata
+    assert sorted(os.listdir(tmp_path)) == ['tiny.onnx', 'tiny.onnx.data']
+    graph = onnx.load(str(out), load_external_data=False).graph
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer if len(t.raw_data) >= 1024)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
+    with open(f'{out}.data', 'rb') as f:
+        assert meta['data_sha256'] == hashlib.sha256(f.read()).hexdigest()
+    assert os.path.getsize(out) < os.path.getsize(f'{out}.data')
 
 
 def test_a_mismatch_is_refused_and_removed(tiny_model, tmp_path, monkeypatch):
@@ -119,7 +126,7 @@ def test_a_mismatch_is_refused_and_removed(tiny_model, tmp_path, monkeypatch):
         export.main(['--model', folder, '--weights', weights, '--out', str(out)])
     assert os.listdir(tmp_path) == []
     export.main(['--model', folder, '--weights', weights, '--out', str(out), '--no-check'])
-    assert os.listdir(tmp_path) == ['tiny.onnx']
+    assert sorted(os.listdir(tmp_path)) == ['tiny.onnx', 'tiny.onnx.data']
 
 
 def test_export_command_errors(tiny_model, tmp_path):
@@ -148,15 +155,34 @@ def test_infer_engines_give_the_same_labels(tiny_model, tmp_path, capsys):
     np.testing.assert_array_equal(labels['onnx'], labels['caffe'])
     with open(weights, 'rb') as f:
         cached = f'{weights}.{hashlib.sha256(f.read()).hexdigest()[:16]}.onnx'
-    made = os.path.getmtime(cached)
+    optimized = onnx_engine.optimized_path(cached)  # ONNX Runtime's, for this CPU
+    assert optimized.startswith(cached[:-len('.onnx')] + '.ort-')
+    made = {path: os.path.getmtime(path) for path in (cached, optimized)}
     infer.run([str(photo)], model=folder, weights=weights, out=str(tmp_path / 'again'),
               progress=False, engine='onnx')
-    assert os.path.getmtime(cached) == made  # exported once
+    assert {path: os.path.getmtime(path) for path in made} == made  # exported and optimized once
     with open(cached, 'wb') as f:
         f.write(b'damaged')
     infer.run([str(photo)], model=folder, weights=weights, out=str(tmp_path / 'third'),
               progress=False, engine='onnx')
-    assert os.path.getsize(cached) > 1000  # exported again
+    assert onnx_engine.read_export(cached)['export_format'] == onnx_engine.EXPORT_FORMAT  # exported again
+    # a byte changed in each weights' file; the optimized graph cut short
+    for damaged in (f'{cached}.data', f'{optimized}.data', optimized):
+        with open(damaged, 'r+b') as f:
+            if damaged == optimized:
+                f.truncate(os.path.getsize(damaged) // 2)
+            else:
+                f.seek(os.path.getsize(damaged) // 2)
+                byte = f.read(1)
+                f.seek(-1, os.SEEK_CUR)
+                f.write(bytes([byte[0] ^ 1]))
+        snapshots._sha256_of.cache_clear()  # as a later command finds it: hashed afresh
+        with pytest.raises(onnx_engine.ExportError):
+            onnx_engine.read_export(damaged[:-len('.data')] if damaged.endswith('.data') else damaged)
+        out = tmp_path / f'after-{os.path.basename(damaged)}'
+        infer.run([str(photo)], model=folder, weights=weights, out=str(out), progress=False, engine='onnx')
+        np.testing.assert_array_equal(np.asarray(Image.open(out / 'photo.png')), labels['caffe'])
+        onnx_engine.read_export(cached), onnx_engine.read_export(optimized)  # made again, whole
     with pytest.raises(SystemExit):
         infer.main([str(photo), '--model', folder, '--weights', weights, '--engine', 'onnx', '--gpu', '0'])
     # a CPU-only Caffe refuses any --gpu first; a CUDA one refuses it for this engine

@@ -31,14 +31,15 @@ measurement whose estimated memory exceeds what the system has available is
 skipped, not run into the out-of-memory killer.
 
 ONNX Runtime (build 'onnxrt', forward only, CPU): the deploy net exported by
-onnx_engine (caffe_onnx.py, checked against Caffe) once per model, then run as
+onnx_engine (caffe_onnx.py, checked against Caffe) once per model and
+optimized by ONNX Runtime for this CPU (onnx_engine.optimize), then run as
 the onnx engine runs it (onnx_engine.OnnxNet), each size in a process of its
 own: first and steady forward, and peak RSS (which includes creating the
 session from the file). OpenVINO (builds 'ov-bf16' and 'ov-f32': its
 default precision on this CPU, and f32 where that differs): the same file
 compiled as the openvino engine compiles it (openvino_engine.OpenvinoNet).
-The first-run costs are stated apart: the export (once per weights: the
-engines cache it beside them) and each engine's 'load s', creating the
+The first-run costs are stated apart: the export and ONNX Runtime's
+optimized model (once per weights, and CPU: cached beside them) and each engine's 'load s', creating the
 session or compiling the model (in every process that runs the net). A
 size whose Caffe measurement was skipped for memory is skipped too. The
 load average is printed before and after: compare figures within one run
@@ -213,31 +214,39 @@ def measure(model_name, size, mode, iters):
 def export_onnx(model_name, out):
     """Runs in its own process (--worker --mode export): the model's deploy
     net, with the weights Caffe's fillers give it (speed does not depend on
-    their values), exported to `out` and checked, as the engines' cache is
-    made: its time is the engines' first-run cost."""
+    their values), exported to `out` and checked, then ONNX Runtime's
+    optimized model of it made (onnx_engine.optimize, at optimized_path),
+    as the engines' caches are made: their times are first-run costs."""
     import caffe
     import nets
     import onnx_engine
     t = time.perf_counter()
     deploy = locations.deploy_prototxt(nets.load(model_name).folder)
     onnx_engine.export_net(onnx_engine.read_deploy(deploy), caffe.Net(deploy, caffe.TEST), out, where=deploy)
-    return dict(onnx_mib=os.path.getsize(out) / MIB, export_ms=1000 * (time.perf_counter() - t))
+    export_ms = 1000 * (time.perf_counter() - t)
+    t = time.perf_counter()
+    onnx_engine.optimize(out, onnx_engine.optimized_path(out))
+    return dict(onnx_mib=(os.path.getsize(out) + os.path.getsize(onnx_engine.data_path(out))) / MIB,
+                export_ms=export_ms, optimize_ms=1000 * (time.perf_counter() - t),
+                optimized=onnx_engine.optimized_path(out))
 
 
 def measure_exported(path, size, iters, engine, precision=None):
     """Runs in its own process (--worker --mode onnx or openvino): the
-    figures of the exported model `path` in ONNX Runtime or OpenVINO (at
-    `precision`) at size (width, height)."""
+    figures of the exported model `path` in ONNX Runtime (`path` its
+    optimized model, as the onnx engine runs it) or OpenVINO (at
+    `precision`) at size (width, height). Each imports its engine's module
+    only, as a command that runs it does."""
     import numpy as np
 
-    import onnx_engine
-    import openvino_engine
     t = time.perf_counter()
     if engine == 'onnx':
-        net = onnx_engine.OnnxNet(path)
-        result = dict(onnxruntime=onnx_engine.ort.__version__)
+        import onnx_engine
+        net = onnx_engine.OnnxNet(path, optimized=True)
+        result = dict(onnxruntime=onnx_engine.onnxruntime().__version__)
         channels = {i.name: i.shape[1] for i in net.session.get_inputs()}
     else:
+        import openvino_engine
         net = openvino_engine.OpenvinoNet(path, precision)
         result = dict(openvino=openvino_engine.ov.__version__, precision=net.precision)
         channels = {i.get_any_name(): i.get_partial_shape()[1].get_length() for i in net.compiled.inputs}
@@ -392,15 +401,17 @@ def exported_rows(model, size, iters, caffe_result, exported, tmp, engines):
                                    path=path)
             if 'export_ms' in exported[model]:
                 print(f"{base['model']}: exported and checked in {exported[model]['export_ms'] / 1000:.2f} s "
-                      f"({exported[model]['onnx_mib']:.0f} MiB; once per weights, cached beside them)",
-                      flush=True)
+                      f"({exported[model]['onnx_mib']:.0f} MiB; once per weights, cached beside them); "
+                      f"optimized by ONNX Runtime and checked in {exported[model]['optimize_ms'] / 1000:.2f} s "
+                      '(once per weights and CPU)', flush=True)
         if 'failed' in exported[model]:
             yield dict(base, failed=f"export: {exported[model]['failed']}")
             continue
         if precision and any(r.get('precision') == precision for r in done):
             continue  # the default precision was this one
-        row = dict(run_worker(build, None, model, size, mode, iters, None, onnx=exported[model]['path'],
-                              precision=precision), mode='forward')
+        path = exported[model]['optimized' if mode == 'onnx' else 'path']
+        row = dict(run_worker(build, None, model, size, mode, iters, None, onnx=path, precision=precision),
+                   mode='forward')
         if mode == 'openvino' and 'precision' in row:
             row['build'] = f"ov-{row['precision']}"
         done.append(row)

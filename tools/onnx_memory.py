@@ -7,10 +7,11 @@ infer.OnnxMemoryModel.BLOB_FRACTION. Prints figures, asserts nothing.
         [--precision bf16|f32]
 
 Each model's deploy net (the weights Caffe's fillers give it: memory does not
-depend on their values) is exported once by onnx_engine; each size runs in
-a process of its own that loads the engine's net as the engine does
-(onnx_engine.OnnxNet, openvino_engine.OpenvinoNet at --precision, default
-the CPU's), resets the kernel's peak-RSS mark (Linux /proc/self/clear_refs),
+depend on their values) is exported once by onnx_engine (and optimized for
+this CPU, for ONNX Runtime); each size runs in a process of its own that
+loads the engine's net as the engine does (onnx_engine.OnnxNet of the
+optimized model, openvino_engine.OpenvinoNet of the export at --precision,
+default the CPU's), resets the kernel's peak-RSS mark (Linux /proc/self/clear_refs),
 runs one forward, and reports the peak RSS above the RSS before the forward
 (and what stays held after it: OpenVINO keeps the last size's buffers).
 Caffe's blob bytes come from infer.MemoryModel.
@@ -47,12 +48,12 @@ def forward_bytes(path, width, height, engine='onnx', precision=None):
     stays after it)."""
     import numpy as np
 
-    import onnx_engine
-    import openvino_engine
     if engine == 'onnx':
-        net = onnx_engine.OnnxNet(path)
+        import onnx_engine
+        net = onnx_engine.OnnxNet(onnx_engine.optimized_path(path), optimized=True)
         channels = {i.name: i.shape[1] for i in net.session.get_inputs()}
     else:
+        import openvino_engine
         net = openvino_engine.OpenvinoNet(path, precision)
         channels = {i.get_any_name(): i.get_partial_shape()[1].get_length() for i in net.compiled.inputs}
     inputs = {name: np.zeros((1, c, height, width), np.float32) for name, c in channels.items()}
@@ -94,6 +95,8 @@ def main(argv=None):
             net = caffe.Net(deploy, caffe.TEST)
             path = os.path.join(tmp, f'{model.name}.onnx')
             onnx_engine.export_net(onnx_engine.read_deploy(deploy), net, path, check=False, where=deploy)
+            if args.engine == 'onnx':
+                onnx_engine.optimize(path, onnx_engine.optimized_path(path))
             memory = infer.MemoryModel(net, len(model.source.heads[0].classes))
             del net
             for size in args.sizes:
