@@ -67,9 +67,12 @@ def test_every_engine_labels_as_caffe_does(trained, agreement_tool):
         assert result['agreement'] >= overall, run
         assert result['worst'][1] >= worst, run
         assert abs(result['heads']['score']['mean_iu'] - caffe_iu) <= (BF16_MEAN_IU if run == 'openvino bf16' else 1e-3)
-    # one export served both ONNX engines, made from these weights
-    cached = [f for f in os.listdir(os.path.dirname(weights)) if f.endswith('.onnx')]
-    assert cached == [os.path.basename(onnx_engine.cache_path(weights, file_sha256(weights)))]
+    # one export served both ONNX engines, made from these weights, and
+    # ONNX Runtime's optimized model of it for this CPU, each with its weights' file
+    export = onnx_engine.cache_path(weights, file_sha256(weights))
+    cached = sorted(f for f in os.listdir(os.path.dirname(weights)) if '.onnx' in f)
+    assert cached == sorted(os.path.basename(f) for path in (export, onnx_engine.optimized_path(export))
+                            for f in (path, onnx_engine.data_path(path)))
 
 
 def test_openvino_f32_matches_caffe_and_the_default_precision_is_the_cpus(tiny_model):
@@ -108,6 +111,9 @@ def test_openvino_shares_the_onnx_cache_and_redoes_a_damaged_one(tiny_model, tmp
     with open(path, 'wb') as f:
         f.write(b'damaged')
     assert openvino_engine.load(folder, weights, precision='f32').metadata == metadata
+    os.remove(onnx_engine.data_path(path))  # the weights' file lost: exported again
+    assert openvino_engine.load(folder, weights, precision='f32').metadata == metadata
+    assert onnx_engine.read_export(path) == metadata
 
 
 def test_openvino_errors_are_one_line(tiny_model, tmp_path):

@@ -39,8 +39,9 @@ session from the file). OpenVINO (builds 'ov-bf16' and 'ov-f32': its
 default precision on this CPU, and f32 where that differs): the same file
 compiled as the openvino engine compiles it (openvino_engine.OpenvinoNet).
 The first-run costs are stated apart: the export and ONNX Runtime's
-optimized model (once per weights, and CPU: cached beside them) and each engine's 'load s', creating the
-session or compiling the model (in every process that runs the net). A
+optimized model (once per weights, and CPU: cached beside them) and each
+engine's 'load s', creating the session or compiling the model (in every
+process that runs the net). A
 size whose Caffe measurement was skipped for memory is skipped too. The
 load average is printed before and after: compare figures within one run
 on a quiet machine.
@@ -492,7 +493,8 @@ def main(argv=None):
     for build, dist in builds[1:]:
         print(f'stock Caffe: {dist}')
     if args.json:
-        exports = {os.path.basename(os.path.normpath(m)): {k: v for k, v in e.items() if k != 'path'}
+        exports = {os.path.basename(os.path.normpath(m)): {k: v for k, v in e.items()
+                                                           if k not in ('path', 'optimized')}
                    for m, e in exported.items()}
         with open(args.json, 'w') as f:
             json.dump(dict(device=device, iters=args.iters, builds=dict(builds), load_average=[before, after],
