@@ -5,12 +5,13 @@
 
 --model is a model (e.g. voc-fcn8s) or a path to a model folder, and
 --weights defaults as infer.py's does (the published caffemodel, else the
-latest snapshot). Every layer of the deploy net is mapped to ONNX operators
-(caffe_onnx.py); inputs and outputs keep the deploy net's blob names, and
+latest snapshot). The weights go to a file beside the graph, --out plus
+'.data' (the engines memory-map it). Every layer of the deploy net is
+mapped to ONNX operators (caffe_onnx.py); inputs and outputs keep the deploy net's blob names, and
 height and width are free, so one file runs any image size. The file's
 metadata (onnx metadata_props) names the model, the class names of each
 output, what each input holds (channel order and mean) and the caffemodel's
-sha256.
+and the weights file's sha256.
 
 Unless --no-check, the written model runs in ONNX Runtime beside the deploy
 net in Caffe on the same random input, and the file is refused (removed) if
@@ -50,6 +51,7 @@ def main(argv=None):
     caffe_setup.use_device(None)
     try:
         outputs.writable_file(args.out, '--out')
+        outputs.writable_file(onnx_engine.data_path(args.out), '--out\'s weights file')
         try:
             model = nets.load(args.model)
         except (FileNotFoundError, TypeError) as e:
