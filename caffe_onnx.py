@@ -303,23 +303,17 @@ def prototxt_layers(net_param, net):
     return [(name, params.get(name), layer) for name, layer in zip(net._layer_names, net.layers)]
 
 
-# The weights' file beside an exported .onnx: path + DATA_SUFFIX.
-DATA_SUFFIX = '.data'
-DATA_SHA256 = 'data_sha256'  # the metadata key recording that file's sha256
-
-
-def save(model, path):
-    """Write `model` to `path` and its weights to path + DATA_SUFFIX beside
-    it (engines memory-map them: reading them out of one protobuf held the
-    protobuf and the weights built from it at once), the weights file's
-    sha256 recorded in the metadata (DATA_SHA256); checked with ONNX's
+def save(model, path, data, digest_key):
+    """Write `model` to `path` and its weights to `data`, a file in the same
+    folder (engines memory-map it: reading the weights out of one protobuf
+    held the protobuf and the weights built from it at once), its sha256
+    recorded in the metadata under `digest_key`; checked with ONNX's
     checker (reading the file: checking the ModelProto in memory would
     serialize its weights once more)."""
-    data = path + DATA_SUFFIX
     onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
                     location=os.path.basename(data))
-    # saving moved the weights out of `model`: written again, small, with the weights' digest
-    set_metadata(model, path, {DATA_SHA256: file_sha256(data)})
+    # saving moved the weights out of `model`: written again, small, with their digest
+    set_metadata(model, path, {digest_key: file_sha256(data)})
 
 
 def set_metadata(model, path, metadata):

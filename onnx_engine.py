@@ -41,8 +41,8 @@ CHECK_SEED = 0
 # Part of the cache key: a cached export made by an older converter is redone.
 # 2: the weights in a file of their own beside the graph.
 EXPORT_FORMAT = '2'
-DATA_SUFFIX = '.data'  # caffe_onnx.DATA_SUFFIX, without importing onnx to read a cache
-DATA_SHA256 = 'data_sha256'  # caffe_onnx.DATA_SHA256
+DATA_SUFFIX = '.data'  # an export's weights' file: its path + DATA_SUFFIX
+DATA_SHA256 = 'data_sha256'  # the metadata key of that file's sha256
 # What runs a model's net: Caffe, or its ONNX export in ONNX Runtime.
 ENGINES = ('caffe', 'onnx')
 CACHE_DIGITS = 16  # of the weights' sha256 in the cached file's name
@@ -198,7 +198,7 @@ def export_net(net_param, net, out, metadata=None, check=True, opset=None, where
         raise ExportError(f'{where}: {e}') from None
     with written_pair(out) as tmp:
         try:
-            caffe_onnx.save(model, tmp)
+            caffe_onnx.save(model, tmp, data_path(tmp), DATA_SHA256)
         except OSError as e:
             raise ExportError(f'cannot write {out}: {e.strerror or e}') from None
         del model  # ONNX Runtime reads the file: the weights are held once more, not twice
@@ -210,7 +210,7 @@ def export_net(net_param, net, out, metadata=None, check=True, opset=None, where
 
 
 def data_path(path):
-    """The weights' file of the ONNX file `path` (caffe_onnx.save)."""
+    """The weights' file of the ONNX file `path`."""
     return path + DATA_SUFFIX
 
 
@@ -431,7 +431,7 @@ def optimize(path, out):
                                          os.path.basename(data_path(tmp)))
         options.add_session_config_entry('session.optimized_model_external_initializers_min_size_in_bytes',
                                          '1024')
-        try:
+        try:  # creating the session writes the optimized model
             ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
         except Exception as e:  # noqa: BLE001 -- ONNX Runtime's errors have no common type
             raise ExportError(f'{path}: ONNX Runtime cannot optimize it ({str(e).splitlines()[0]})') from None
