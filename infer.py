@@ -3,7 +3,7 @@ of pixels per class for each image.
 
     python infer.py PHOTO_OR_FOLDER [...] [--model voc-fcn8s] [--weights W]
         [--gpu N] [--out DIR] [--recursive] [--max-side N] [--scores]
-        [--json FILE] [--memory GB] [--engine caffe|onnx]
+        [--json FILE] [--memory GB] [--engine caffe|onnx] [--allow-module NAME]
 
 Photos are read as viewers show them: the EXIF orientation is applied;
 16-bit, palette, CMYK, grayscale and transparent images become 8-bit RGB
@@ -51,13 +51,13 @@ caffe_setup.quiet_caffe_log()  # before layers imports caffe
 
 import caffe  # noqa: E402
 
+import engines  # noqa: E402
 import layers  # noqa: E402
-import nets  # noqa: E402
-import onnx_engine  # noqa: E402
-from common import datasets, locations, outputs, weightfiles  # noqa: E402
-from common.snapshots import SnapshotError  # noqa: E402
+import loading  # noqa: E402
+from common import datasets, locations, outputs  # noqa: E402
+from common.snapshots import file_sha256  # noqa: E402
 
-DEFAULT_MODEL = 'voc-fcn8s'
+DEFAULT_MODEL = cli.DEFAULT_MODEL
 OVERLAY_ALPHA = 0.5  # weight of the class colour over object pixels
 # The nets learned from PASCAL-sized images (at most 500 px a side): photos
 # resized to 1000 px keep objects near the scale the nets know, and FCN-8s
@@ -72,7 +72,7 @@ TRANSPARENT_BACKGROUND = (255, 255, 255)  # what transparent pixels show, as mos
 GB = 2 ** 30
 
 
-class InferError(Exception):
+class InferError(cli.InputError):
     """A problem the user must act on; the message says what."""
 
 
@@ -93,17 +93,19 @@ class Result(NamedTuple):
     error: Optional[str] = None
 
 
+class Prediction(NamedTuple):
+    """Segmenter.predict's answer for one image, at the image's own size."""
+    labels: np.ndarray                     # H x W uint8 class indices (as infer.py's label PNG)
+    classes: Tuple[str, ...]               # the class names, in index order
+    probabilities: Optional[np.ndarray] = None  # C x H x W float32, with probabilities=True
+
+
 # ------------------------------------------------------------------ the net
 def net_scores(net, rgb, mean, score_blob='score'):
-    """C x H x W float32 class scores of the net (a caffe.Net or an
-    onnx_engine.OnnxNet) for an H x W x 3 RGB image (any size)."""
-    data = layers.preprocess(rgb, mean)
-    if isinstance(net, onnx_engine.OnnxNet):
-        return net.run({'data': data[np.newaxis]})[score_blob][0]
-    net.blobs['data'].reshape(1, *data.shape)
-    net.blobs['data'].data[...] = data
-    net.forward()
-    return net.blobs[score_blob].data[0].copy()
+    """C x H x W float32 class scores of the net (an engines.Engine, or a
+    caffe.Net as the release's scripts pass it) for an H x W x 3 RGB image
+    (any size)."""
+    return engines.scores(engines.as_engine(net), layers.preprocess(rgb, mean), score_blob)
 
 
 def segment(net, rgb, mean, score_blob='score'):
@@ -119,43 +121,31 @@ def check_rgb_model(model):
                          f'{"/".join(getattr(source, "modalities", source.inputs))}')
 
 
-def default_weights(model):
-    """The published caffemodel if fetched, else the latest snapshot
-    (weightfiles.resolve); an InferError saying how to get weights otherwise."""
-    try:
-        return weightfiles.resolve(model.folder, prefer='published')
-    except weightfiles.WeightsError as e:
-        raise InferError(f'{e} (or pass --weights)') from None
-    except SnapshotError as e:
-        raise InferError(str(e)) from None
-
-
 def load_net(model, weights):
-    """The model's deploy net with `weights`, checked before Caffe reads them."""
-    try:
-        return weightfiles.net_with_weights(locations.deploy_prototxt(model.folder), weights)
-    except weightfiles.CheckError as e:
-        raise InferError(str(e)) from e
+    """The model's deploy net (a caffe.Net) with `weights`, checked before
+    Caffe reads them."""
+    return engines.load(model.folder, weights, 'caffe').net
 
 
-
-
-def load_engine(model, weights, engine='caffe', gpu=None):
-    """(net, MemoryModel or None) of the model's deploy net with `weights`
-    on `engine`: Caffe's net, or ONNX Runtime's (onnx_engine.load: exported
-    once, cached beside the weights). The memory model is for CPU runs only
-    (GPU memory is not the host's)."""
+def memory_model(engine, model, gpu=None):
+    """What a photo costs in memory on `engine` (None on a GPU, whose
+    memory is not the host's): Caffe's blobs (MemoryModel), else the
+    measured fraction of them another engine's tensors take."""
+    if gpu is not None:
+        return None
     classes = len(model.source.heads[0].classes)
-    if engine == 'caffe':
-        net = load_net(model, weights)
-        return net, MemoryModel(net, classes) if gpu is None else None
-    try:
-        net = onnx_engine.load(model.folder, weights, gpu)
-    except onnx_engine.ExportError as e:
-        raise InferError(str(e)) from e
+    if engine.name == 'caffe':
+        return MemoryModel(engine.net, classes)
     # the deploy net without weights, for its blob shapes only
     shapes = caffe.Net(locations.deploy_prototxt(model.folder), caffe.TEST)
-    return net, OnnxMemoryModel(shapes, classes, model.trunk)
+    return OnnxMemoryModel(shapes, classes, model.trunk)
+
+
+def load_engine(model, weights, engine='caffe', gpu=None, allow_modules=(), **options):
+    """(engines.Engine, memory model or None) of the model's deploy net with
+    `weights` on `engine` (engines.load)."""
+    runner = engines.load(model.folder, weights, engine, gpu, allow_modules=allow_modules, **options)
+    return runner, memory_model(runner, model, gpu)
 
 
 # ------------------------------------------------------------------ photos
@@ -193,6 +183,23 @@ def load_photo(path):
         raise ImageError(f'{path}: not enough memory to decode it') from None
     except Exception as e:  # noqa: BLE001 -- any decoder failure means: this file is unreadable
         raise ImageError(f'{path}: cannot read image ({type(e).__name__}: {e})') from e
+
+
+def image_rgb(image):
+    """(H x W x 3 uint8 RGB array, what to call it in messages) of what
+    Segmenter.predict takes: a path, a PIL image, or an array (H x W x 3
+    uint8 RGB, or H x W grayscale)."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_photo(image), str(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(image)), 'the PIL image'
+    rgb = np.asarray(image)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or not rgb.size:
+        raise InferError(f'an image array must be H x W x 3 uint8 RGB (or H x W), got '
+                         f'{" x ".join(map(str, rgb.shape))} {rgb.dtype}')
+    return rgb, 'the image array'
 
 
 def net_size(height, width, max_side):
@@ -243,6 +250,17 @@ def upsample_labels(probs, size, scores_file=None):
         if scores_file is not None:
             p.astype(SCORES_DTYPE).tofile(scores_file)
     return label
+
+
+def upsample_probabilities(probs, size):
+    """C x H x W float32 probabilities of C x h x w ones, upsampled (bilinear,
+    as upsample_labels) to size (H, W)."""
+    height, width = size
+    full = np.empty((len(probs), height, width), np.float32)
+    for c, p in enumerate(probs):
+        full[c] = p if p.shape == size else np.asarray(
+            Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR))
+    return full
 
 
 # ------------------------------------------------------------------ memory
@@ -435,8 +453,7 @@ def check_outputs_apart(todo, out, scores=False, json_path=None, reads=()):
     if json_path:
         writes.append((json_path, '--json'))
     try:
-        outputs.check_apart(writes, [(path, f'the input photo {path}') for path, _ in todo]
-                            + list(reads))
+        outputs.guard(writes, [(path, f'the input photo {path}') for path, _ in todo] + list(reads))
     except outputs.OutputError as e:
         raise InferError(f'{e}; choose another --out' if 'input photo' in str(e) else str(e)) from None
 
@@ -494,29 +511,73 @@ def image_paths(inputs, recursive=False):
 
 # ------------------------------------------------------------------ command
 class Segmenter:
-    """A model's deploy net, loaded once, and what segmenting a photo needs."""
+    """A model's deploy net, loaded once (the one way: loading.py, then
+    engines.load), and what segmenting a photo needs: the Python API.
 
-    def __init__(self, model, weights=None, gpu=None, max_side=DEFAULT_MAX_SIDE, memory=None,
-                 engine='caffe'):
-        try:
-            self.model = nets.load(model)
-        except (FileNotFoundError, TypeError) as e:
-            raise InferError(str(e)) from e
+        seg = Segmenter('voc-fcn8s')            # or a model folder; weights=None: its default
+        r = seg.predict('photo.jpg')            # a path, a PIL image or an H x W x 3 uint8 array
+        r.labels, r.classes                     # H x W uint8 class indices, the class names
+        seg.predict(image, probabilities=True).probabilities   # C x H x W float32
+
+    `predict` writes nothing; calling the Segmenter with a path and an
+    output base writes infer.py's files (label PNG, overlay, scores), from
+    the same segmentation. `engine_options` go to the engine's loader
+    (engines.ENGINES)."""
+
+    def __init__(self, model, weights=None, engine='caffe', gpu=None, max_side=DEFAULT_MAX_SIDE,
+                 memory=None, allow_modules=(), **engine_options):
+        _, self.model = loading.folder_model(model)
+        if self.model is None:
+            raise InferError(f'{locations.model_folder(model)}: no net.py (infer.py needs the model\'s '
+                             'classes and mean)')
         check_rgb_model(self.model)
-        try:
-            caffe_setup.use_device(gpu)
-        except caffe_setup.DeviceError as e:
-            raise InferError(str(e)) from e
-        weights = weights or default_weights(self.model)
-        self.net, self.memory_model = load_engine(self.model, weights, engine, gpu)
+        if not weights:
+            weights = loading.default_weights(self.model.folder)
+            print(f'{self.model.name}: weights {weights} (its default)')
+        self.weights = weights
+        self.engine, self.memory_model = load_engine(self.model, weights, engine, gpu, allow_modules,
+                                                     **engine_options)
+        self.net = self.engine  # the name earlier callers use
         # What the net was read from: no output may overwrite them.
         self.inputs = [(weights, f'the weights {weights}'),
-                       (locations.deploy_prototxt(self.model.folder), 'the deploy net')]
+                       (locations.deploy_prototxt(self.model.folder), 'the deploy net'),
+                       (os.path.join(self.model.folder, 'net.py'), "the model's net.py")]
         self.head = self.model.source.heads[0]
         self.mean = self.model.source.mean
         self.max_side = max_side
         self.memory = memory  # bytes for one photo; None: what the system has available
         self.held = 0.0  # bytes of blobs already allocated (Caffe's blobs never shrink)
+
+    def probabilities(self, rgb, path='the image'):
+        """(C x h x w class probabilities at the net's size, that size) of
+        an H x W x 3 RGB array, memory checked first."""
+        photo_size = rgb.shape[:2]
+        size = net_size(*photo_size, self.max_side)
+        self.check_memory(path, photo_size, size)
+        probs = net_scores(self.engine, resize(rgb, size), self.mean, self.head.score)
+        check_finite_scores(probs, path)
+        if self.memory_model is not None:
+            self.held = max(self.held, self.memory_model.held(*size))
+        return probabilities(probs), size
+
+    def predict(self, image, probabilities=False):
+        """The Prediction of an image: a path (read as viewers show it, as
+        infer.py reads photos), a PIL image, or an H x W x 3 uint8 RGB
+        array (H x W: grayscale). Writes nothing."""
+        rgb, where = image_rgb(image)
+        probs, _ = self.probabilities(rgb, where)
+        classes = tuple(self.head.classes)
+        if not probabilities:
+            return Prediction(upsample_labels(probs, rgb.shape[:2]), classes)
+        full = upsample_probabilities(probs, rgb.shape[:2])
+        return Prediction(full.argmax(axis=0).astype(np.uint8), classes, full)
+
+    def describe(self):
+        """What ran: the model, its classes, the weights (and their
+        sha256), the engine (engines.Engine.describe) - for --json."""
+        return dict(model=self.model.name, model_folder=os.path.abspath(self.model.folder),
+                    classes=list(self.head.classes), weights=os.path.abspath(self.weights),
+                    weights_sha256=file_sha256(self.weights), **self.engine.describe())
 
     def check_memory(self, path, photo_size, size):
         """An ImageError if the photo would not fit in memory at net size `size`."""
@@ -546,13 +607,7 @@ class Segmenter:
         the images done counts every image whose outputs were written."""
         rgb = load_photo(path)
         photo_size = rgb.shape[:2]
-        size = net_size(*photo_size, self.max_side)
-        self.check_memory(path, photo_size, size)
-        probs = net_scores(self.net, resize(rgb, size), self.mean, self.head.score)
-        check_finite_scores(probs, path)
-        probs = probabilities(probs)
-        if self.memory_model is not None:
-            self.held = max(self.held, self.memory_model.held(*size))
+        probs, size = self.probabilities(rgb, path)
         paths = output_paths(out_base, scores)
         # A full disk or a read-only --out stops the run: no other photo would fare better.
         try:
@@ -577,27 +632,33 @@ class Segmenter:
         return result
 
 
-def write_json(results, path):
-    """The --json summary, written whole (outputs.write_atomically)."""
+def write_json(results, path, about):
+    """The --json summary, written whole (outputs.write_atomically): what
+    ran (`about`: Segmenter.describe(): model, classes, weights and their
+    sha256, engine) and one entry per image, its sizes as width and height,
+    its outputs and the share of its pixels per class (or its error)."""
     entries = []
     for r in results:
         entry = dict(image=r.path)
         if r.error:
             entry['error'] = r.error
         else:
-            entry.update(size=list(r.size), net_size=list(r.net_size), label=r.label,
-                         overlay=r.overlay, scores=r.scores, classes=dict(r.shares))
+            (width, height), (net_width, net_height) = r.size, r.net_size
+            entry.update(width=width, height=height, net_width=net_width, net_height=net_height,
+                         label=r.label, overlay=r.overlay, scores=r.scores,
+                         class_shares=dict(r.shares))
         entries.append(entry)
-    outputs.write_atomically(path, json.dumps(entries, indent=1), 'the --json summary')
+    outputs.write_atomically(path, json.dumps(dict(about, images=entries), indent=1),
+                             'the --json summary')
 
 
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True,
         recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None, json_path=None,
-        engine='caffe'):
+        engine='caffe', allow_modules=()):
     """Segment every image with one net; returns a Result per image (those
     that failed carry their error, which is also reported on stderr).
-    Checked before any work: --out (and json_path, written by the caller)
-    can be written, and no output would overwrite an input or another
+    Checked before any work: --out and json_path (the --json summary,
+    write_json, written at the end) can be written, and no output would overwrite an input or another
     output. An interruption (KeyboardInterrupt, cli.Interrupted) propagates
     with `done` and `total` set on it: the images finished, and all."""
     try:
@@ -607,7 +668,7 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     except outputs.OutputError as e:
         raise InferError(str(e)) from e
     todo = image_paths(inputs, recursive)
-    segmenter = Segmenter(model, weights, gpu, max_side, memory, engine)
+    segmenter = Segmenter(model, weights, engine, gpu, max_side, memory, allow_modules)
     check_outputs_apart(todo, out, scores, json_path, segmenter.inputs)
     if scores:
         scores_space(todo, out, len(segmenter.head.classes))
@@ -626,18 +687,16 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     except KeyboardInterrupt as e:
         e.done, e.total = sum(1 for r in results if not r.error), len(todo)
         raise
+    if json_path:
+        write_json(results, json_path, segmenter.describe())
     return results
 
 
 def main(argv=None):
     parser = cli.ArgumentParser(prog='infer.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('images', nargs='+', help='image files or folders of images')
-    parser.add_argument('--model', default=DEFAULT_MODEL,
-                        help=f'a model (e.g. voc-fcn8s) or a path to a model folder '
-                             f'(default {DEFAULT_MODEL})')
-    parser.add_argument('--weights', help="caffemodel (default: the model's published weights, "
-                                          'else its latest snapshot)')
-    parser.add_argument('--gpu', type=cli.gpu_id, help='GPU id (default: CPU)')
+    cli.add_model_options(parser)
+    cli.add_engine_options(parser, engines.ENGINES)
     parser.add_argument('--out', default=os.path.join('out', 'infer'), help='output folder')
     parser.add_argument('--recursive', action='store_true', help="also segment folders' subfolders")
     parser.add_argument('--max-side', type=cli.number(int, minimum=0), default=DEFAULT_MAX_SIDE,
@@ -650,24 +709,17 @@ def main(argv=None):
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
     parser.add_argument('--memory', type=cli.number(float, above=0),
                         help='GB one photo may take (default: what the system has available)')
-    parser.add_argument('--engine', choices=onnx_engine.ENGINES, default='caffe',
-                        help='run the net in Caffe (default) or in ONNX Runtime on the CPU '
-                             '(exported once, cached beside the weights)')
     args = parser.parse_args(argv)
-    if args.engine == 'onnx' and args.gpu is not None:
-        parser.error('--engine onnx runs on the CPU: not with --gpu')
-    with cli.stop_on_signals():
-        try:
-            results = run(args.images, args.model, args.weights, args.out, args.gpu,
-                          recursive=args.recursive, max_side=args.max_side, scores=args.scores,
-                          memory=None if args.memory is None else args.memory * GB,
-                          json_path=args.json, engine=args.engine)
-            if args.json:
-                write_json(results, args.json)
-        except (InferError, outputs.OutputError) as e:  # OutputError: writing --json
-            sys.exit(f'infer.py: error: {e}')
-        except KeyboardInterrupt as e:
-            cli.exit_interrupted('infer.py', e, interrupted_summary(e, args.out))
+    if args.engine != 'caffe' and args.gpu is not None:
+        parser.error(f'--engine {args.engine} runs on the CPU: not with --gpu')
+
+    def work():
+        results = run(args.images, args.model, args.weights, args.out, args.gpu,
+                      recursive=args.recursive, max_side=args.max_side, scores=args.scores,
+                      memory=None if args.memory is None else args.memory * GB,
+                      json_path=args.json, engine=args.engine, allow_modules=args.allow_module)
+        return results
+    results = cli.run('infer.py', work, lambda e: interrupted_summary(e, args.out))
     failed = [r for r in results if r.error]
     done = len(results) - len(failed)
     print(f'segmented {done} of {len(results)} images into {args.out}')

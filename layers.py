@@ -41,6 +41,7 @@ file, its files per example and how to load one file.
 """
 import ast
 import atexit
+import contextlib
 import json
 import os
 import random
@@ -59,7 +60,7 @@ MAX_JITTER = 32
 # (each a one-line module in layers_aliases/ that re-exports this one).
 RELEASE_MODULES = ('voc_layers', 'nyud_layers', 'siftflow_layers', 'pascalcontext_layers')
 # File name endings SegDataLayer treats as images when pairing two folders.
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.tif', '.tiff')
+IMAGE_EXTENSIONS = datasets.IMAGE_EXTENSIONS
 
 
 class ParamError(ValueError):
@@ -333,8 +334,7 @@ def read_split(path):
     UTF-8 byte order mark (as Windows editors save) are tolerated."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'split file not found: {path}')
-    with open(path, encoding='utf-8-sig') as f:
-        ids = [line.strip() for line in f if line.strip()]
+    ids = datasets.split_ids(path)
     if not ids:
         raise DataError(f'{path}: split file lists no examples')
     return ids
@@ -370,6 +370,7 @@ PARAM_CHECKS = {
     'nyud_dir': (_is_str, 'a folder path'),
     'siftflow_dir': (_is_str, 'a folder path'),
     'context_dir': (_is_str, 'a folder path'),
+    'data_dir': (_is_str, 'a folder path'),
     'image_dir': (_is_str, 'a folder path'),
     'label_dir': (_is_str, 'a folder path'),
     'list_file': (_is_str, 'a file path'),
@@ -447,7 +448,8 @@ _PREFETCH_THREADS = weakref.WeakSet()
 @atexit.register
 def _join_prefetch_threads():
     for thread in list(_PREFETCH_THREADS):
-        thread.join(timeout=10)
+        with contextlib.suppress(RuntimeError):  # a signal cut its start() short: never started
+            thread.join(timeout=10)
 
 
 class _Prefetch:
@@ -472,10 +474,16 @@ class _Prefetch:
             self.error = err
 
     def get(self):
-        self.thread.join()
+        self.join()
         if self.error is not None:
             raise self.error
         return self.result
+
+    def join(self):
+        """Wait for the load (a thread a signal kept from starting has
+        nothing to wait for)."""
+        with contextlib.suppress(RuntimeError):  # "cannot join thread before it is started"
+            self.thread.join()
 
 
 # ---------------------------------------------------------------- layers
@@ -570,7 +578,7 @@ class SegDataLayerBase(caffe.Layer):
         training loop resumes the data order with the iteration)."""
         p = self.params
         if getattr(self, '_pending', None) is not None:
-            self._pending.thread.join()  # its example is discarded
+            self._pending.join()  # its example is discarded
         # Separate streams, so switching augmentation on leaves the order alone.
         self._order_rng = random.Random(p['seed'])
         self._augment_rng = random.Random(None if p['seed'] is None else f'augment-{p["seed"]}')
@@ -605,7 +613,7 @@ class SegDataLayerBase(caffe.Layer):
         the next one served); later examples load in the calling thread."""
         self.prefetch = False
         if self._pending is not None:
-            self._pending.thread.join()
+            self._pending.join()
 
     # --- order, augmentation and loading
     def _next_plan(self):
@@ -813,36 +821,64 @@ class SegDataLayer(SegDataLayerBase):
     """A user's own data: images and label images (palette, grayscale or
     16-bit index PNGs, or VOC-coloured RGB).
 
-    Keys: either list_file (lines 'image label', whitespace-separated, paths
-    relative to the list file's folder or absolute) or image_dir + label_dir
-    (paired by file stem); num_classes; mean (default VOC mean); label_map
-    (dict old -> new, applied before the class check). Trains (shuffles and
-    prefetches by default) when the net's phase is TRAIN.
+    Keys: one of data_dir + split (a data folder: images/<stem>.<jpg|png|...>,
+    labels/<stem>.png, <split>.txt listing stems; or the PASCAL VOC layout;
+    datasets.layout_of), list_file (lines 'image label', whitespace-separated,
+    paths relative to the list file's folder or absolute) or image_dir +
+    label_dir (paired by file stem); num_classes; mean (default VOC mean);
+    label_map (dict old -> new, applied before the class check); seed.
+    Trains (shuffles and prefetches by default) when the net's phase is TRAIN.
     """
-    defaults = {'list_file': None, 'image_dir': None, 'label_dir': None,
-                'mean': datasets.VOC_MEAN, 'label_map': None}
+    defaults = {'data_dir': None, 'split': None, 'list_file': None, 'image_dir': None,
+                'label_dir': None, 'mean': datasets.VOC_MEAN, 'label_map': None}
     required = ('num_classes',)
+    WAYS = (('data_dir', 'split'), ('list_file',), ('image_dir', 'label_dir'))
 
     def configure(self):
         p = self.params
-        folders = p['image_dir'] is not None or p['label_dir'] is not None
-        if (p['list_file'] is None) == (not folders) or \
-                folders and (p['image_dir'] is None or p['label_dir'] is None):
-            raise ParamError('SegDataLayer: give either list_file or both image_dir and '
-                             f'label_dir, got list_file={p["list_file"]!r}, '
-                             f'image_dir={p["image_dir"]!r}, label_dir={p["label_dir"]!r}')
+        given = [way for way in self.WAYS if any(p[k] is not None for k in way)]
+        if len(given) != 1 or any(p[k] is None for k in given[0]):
+            ways = '; '.join(' + '.join(way) for way in self.WAYS)
+            got = ', '.join(f'{k}={p[k]!r}' for way in self.WAYS for k in way if p[k] is not None)
+            raise ParamError(f'SegDataLayer: give one of {ways}; got {got or "none"}')
 
     def training(self):
         return self.phase == caffe.TRAIN
 
     @classmethod
+    def split_path(cls, params):
+        return datasets.layout_of(params['data_dir']).split_file(params['data_dir'], params['split'])
+
+    @classmethod
     def input_paths(cls, params):
+        if params['data_dir'] is not None:
+            # The folder: which layout it has (so where its split files are)
+            # is seen from the model folder, where the layer runs.
+            return [params['data_dir']]
         return [params['list_file']] if params['list_file'] else [params['image_dir'], params['label_dir']]
 
     def list_examples(self):
         p = self.params
+        if p['data_dir'] is not None:
+            return self._folder_examples(os.path.abspath(p['data_dir']), p['split'])
         return self._read_list(p['list_file']) if p['list_file'] else \
             self._pair_folders(p['image_dir'], p['label_dir'])
+
+    @classmethod
+    def _folder_examples(cls, data_dir, split):
+        """(image, label) of each stem a data folder's split lists."""
+        layout = datasets.layout_of(data_dir)
+        split_file = layout.split_file(data_dir, split)
+        images = layout.image_files(data_dir)
+        pairs = []
+        for stem in read_split(split_file):
+            found = images.get(stem, [])
+            if len(found) != 1:
+                raise (FileNotFoundError if not found else DataError)(
+                    f'{split_file}: {stem}: ' + (f'no image {layout.missing_image(data_dir, stem)}'
+                                                 if not found else f'several images {found}'))
+            pairs.append((found[0], layout.label(data_dir, stem)))
+        return pairs
 
     @staticmethod
     def _read_list(path):

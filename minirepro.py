@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 
@@ -42,7 +43,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import caffe_setup  # noqa: E402
+from common import caffe_setup, cli  # noqa: E402
 
 caffe_setup.quiet_caffe_log([])  # its own progress replaces Caffe's log
 
@@ -53,6 +54,7 @@ import infer  # noqa: E402
 import layers  # noqa: E402
 import nets  # noqa: E402
 from nets import ilsvrc  # noqa: E402
+from nets.scaffold import SCRATCH_SOLVER  # noqa: E402
 import score  # noqa: E402
 import surgery  # noqa: E402
 import synthetic  # noqa: E402
@@ -158,10 +160,12 @@ UPPER_BOUND_STRIDES = (32, 16, 8)
 # their all-at-once nets at 34.4-47.3; at the end, at 46.9-48.2 and
 # 52.9-55.8 (data seed 0). (The finer stages start from zero-initialised
 # skips, so they begin as the coarser net's predictions at any rate.)
-FCN_SOLVER = 'Adam'
-FCN_LR = 1e-3
-FCN_LR_DECAY_POWER = 1.0
-FCN_MOMENTUM = 0.9  # Adam's first-moment decay
+# The same settings are what `python -m nets new` gives a narrow trunk
+# trained from scratch: their values live there (nets/scaffold.py).
+FCN_SOLVER = SCRATCH_SOLVER['solver_type']  # 'Adam'
+FCN_LR = SCRATCH_SOLVER['base_lr']  # 1e-3
+FCN_LR_DECAY_POWER = SCRATCH_SOLVER['lr_decay_power']  # 1.0
+FCN_MOMENTUM = SCRATCH_SOLVER['momentum']  # 0.9: Adam's first-moment decay
 # All-at-once FCN-8s scales its pool4 and pool3 features by fixed constants
 # so that their scores start small beside fc7's. The published 0.01 and
 # 0.0001 damp VGG16's skips over 100,000 SGD steps; this narrow trunk's pool3,
@@ -229,8 +233,9 @@ def train_classifier(folder, crops_dir, mean, seed, schedule, quiet=True):
     with locations.working_dir(folder):
         solver = caffe.get_solver('solver.prototxt')
         net = solver.net
-        for it in tqdm(range(schedule.classifier_iter), desc='classifier', unit='it', disable=quiet,
-                       dynamic_ncols=True):
+        # The bar only on a terminal (None): a piped log gets main's lines.
+        for it in tqdm(range(schedule.classifier_iter), desc='classifier', unit='it',
+                       disable=True if quiet else None, dynamic_ncols=True):
             batch = []
             while len(batch) < schedule.classifier_batch:
                 if not order:  # a new epoch in a new order
@@ -324,6 +329,14 @@ def run_seed(seed, out, data_dir, mean, classifier, schedule=FULL, quiet=True, s
         curves[stage.folder] = records
         seconds[stage.folder] = time.time() - t
         cpu_seconds[stage.folder] = time.process_time() - c
+        # On the run's own output, also from a worker whose stdout goes to
+        # its run.log (redirect_stdout moves sys.stdout only): one whole line.
+        iu = metrics['mean_iu']
+        sys.__stdout__.write(f'seed {seed}: {stage.title}: mean IU '
+                             f'{"-" if iu is None else f"{100 * iu:.1f}"} '
+                             f'after {stage.iterations(schedule)} iterations, '
+                             f'{seconds[stage.folder]:.0f} s\n')
+        sys.__stdout__.flush()
     seconds['total'] = time.time() - t0
     cpu_seconds['total'] = time.process_time() - c0
     # Wall time, and CPU time (this process's, BLAS threads included), which
@@ -704,8 +717,21 @@ def cpu_time():
 
 
 def main(argv=None):
+    """The command: its work through the one runner (cli.run): a signal or
+    an error ends it in one line."""
     args = parse_args(argv)
+    return cli.run('minirepro.py', lambda: reproduce(args),
+                   lambda e: f'what was written so far stays in {os.path.abspath(args.out)}')
+
+
+def reproduce(args):
+    """The mini-reproduction for parsed arguments; returns (summary,
+    checks, findings)."""
+    # Each line as it comes, in order with the workers' (a piped log too).
+    if hasattr(sys.stdout, 'reconfigure'):  # a real stream (not a test's capture)
+        sys.stdout.reconfigure(line_buffering=True)
     schedule = QUICK if args.quick else FULL
+    stages = STAGES + ABLATIONS if args.ablations else STAGES
     out = os.path.abspath(args.out)
     seeds = list(range(args.seed, args.seed + args.seeds))
     workers = min(args.jobs or len(seeds), len(seeds))
@@ -723,11 +749,12 @@ def main(argv=None):
     # One classifier for every seed, as the paper fine-tunes one ILSVRC net:
     # the seeds vary the FCNs' training (the order of the scenes).
     t = time.time()
+    print(f'classifier: {schedule.classifier_iter} steps of {schedule.classifier_batch} crops, then '
+          f'{len(seeds)} seed(s) x {len(stages)} nets (a line as each net is done)')
     classifier = train_classifier(os.path.join(out, 'classifier'), os.path.join(data_dir, 'crops'),
                                   mean, args.data_seed, schedule, args.quick)
     print(f"classifier: {100 * classifier['val_accuracy']:.1f}% right on the val crops; "
           f'{time.time() - t:.0f} s')
-    stages = STAGES + ABLATIONS if args.ablations else STAGES
     jobs = [(seed, os.path.join(out, f'seed-{seed}'), data_dir, mean, classifier['fcn_weights'], schedule,
              stages) for seed in seeds]
     for job in jobs:

@@ -11,8 +11,6 @@ against Caffe, cached beside its weights, and run on the CPU.
                                              an export for this CPU, made once:
                                              <export>.ort-<cpu key>.onnx (+ .data)
     load(folder, weights)                    OnnxNet of the optimized file
-    FedNet(feeder, onnx_net)                 an OnnxNet fed by a Caffe net's
-                                             data layers (score.py)
 
 The check runs the written model in ONNX Runtime and the deploy net in Caffe
 on the same random input (CHECK_SIZE, odd on purpose) and refuses the file
@@ -32,7 +30,7 @@ import tempfile
 
 import numpy as np
 
-from common import locations, outputs, weightfiles
+from common import cli, locations, outputs, prototxts, weightfiles
 from common.snapshots import file_sha256
 
 CHECK_SIZE = (67, 83)    # (height, width) of the check's random input
@@ -43,8 +41,6 @@ CHECK_SEED = 0
 EXPORT_FORMAT = '2'
 DATA_SUFFIX = '.data'  # an export's weights' file: its path + DATA_SUFFIX
 DATA_SHA256 = 'data_sha256'  # the metadata key of that file's sha256
-# What runs a model's net: Caffe, or its ONNX export in ONNX Runtime.
-ENGINES = ('caffe', 'onnx')
 CACHE_DIGITS = 16  # of the weights' sha256 in the cached file's name
 
 
@@ -87,7 +83,9 @@ DISABLED_OPTIMIZERS = ['NchwcTransformer']
 
 class OnnxNet:
     """An exported net in an ONNX Runtime session (CPU): an export, or its
-    `optimized` model (cached_optimized), run as it is."""
+    `optimized` model (cached_optimized), run as it is; an engine as
+    engines.py describes them."""
+    name = 'onnx'
 
     def __init__(self, path, optimized=False):
         ort = onnxruntime()
@@ -114,12 +112,15 @@ class OnnxNet:
         feed = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in inputs.items()}
         return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
 
+    def describe(self):
+        return {'engine': self.name, 'device': 'cpu', 'onnxruntime': onnxruntime().__version__,
+                'file': self.path}
+
 
 # ------------------------------------------------------------------ exporting
 def read_deploy(deploy):
     """The NetParameter of a deploy prototxt, checked before Caffe reads it
     (prototxts.check_net: Caffe aborts on an unknown layer type)."""
-    from common import prototxts  # deferred: it loads Caffe, which running a cached export does not need
     try:
         return prototxts.check_net(deploy)
     except prototxts.PrototxtError as e:
@@ -226,15 +227,19 @@ class written_pair:
 
     def __enter__(self):
         folder = os.path.dirname(os.path.abspath(self.out))
-        self.folder = tempfile.mkdtemp(dir=folder, prefix='.' + os.path.basename(self.out) + '.', suffix='.part')
+        # made and known together: a signal between would leave it behind
+        with cli.signals_deferred():
+            self.folder = tempfile.mkdtemp(dir=folder, prefix='.' + os.path.basename(self.out) + '.',
+                                           suffix='.part')
         return os.path.join(self.folder, os.path.basename(self.out))
 
     def __exit__(self, kind, error, traceback):
         try:
             if kind is None:
                 tmp = os.path.join(self.folder, os.path.basename(self.out))
-                os.replace(data_path(tmp), data_path(self.out))
-                os.replace(tmp, self.out)
+                with cli.signals_deferred():  # the pair lands together
+                    os.replace(data_path(tmp), data_path(self.out))
+                    os.replace(tmp, self.out)
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
         return False
@@ -357,28 +362,48 @@ def read_export(path):
     return metadata
 
 
+def expected_metadata(folder, weights, deploy):
+    """What a cached export of `weights` with the folder's deploy net must
+    record to be used: the metadata export() would write now (model,
+    classes, inputs and their mean, layout, the caffemodel's and deploy
+    net's sha256, the export format)."""
+    return dict(model_metadata(folder), caffemodel_sha256=file_sha256(weights),
+                deploy_sha256=file_sha256(deploy), export_format=EXPORT_FORMAT)
+
+
+def cache_mismatch(metadata, expected):
+    """The first metadata key whose value in a cached export's `metadata`
+    differs from `expected` (None where all match)."""
+    return next((key for key, value in expected.items() if metadata.get(key) != value), None)
+
+
+def cached_file(path):
+    """Whether `path` and its weights' file are plain files, not links."""
+    return all(os.path.isfile(f) and not os.path.islink(f) for f in (path, data_path(path)))
+
+
 def cached_export(folder, weights, refresh=False):
     """The path of the checked ONNX export of a model folder's deploy net
     with `weights`, the one file every engine that runs ONNX reads
-    (onnx, openvino): the cached export beside the weights if it was made
-    from the same weights, deploy net and converter and its weights' file
-    is whole, else a new one (exported, checked against Caffe, cached);
-    `refresh` makes it anew (a cached file an engine could not load)."""
+    (onnx, openvino): the cached export beside the weights if what it
+    records (weights' and deploy net's sha256, classes, mean, format:
+    expected_metadata) matches what would be exported now and its weights'
+    file is whole, else a new one (exported, checked against Caffe, cached,
+    replacing it); `refresh` makes it anew (a cached file an engine could
+    not load)."""
     deploy = locations.deploy_prototxt(folder)
     if not os.path.isfile(weights):
         raise ExportError(f'weights not found: {weights}')
     if not os.path.isfile(deploy):
         raise ExportError(f'no deploy.prototxt in {folder}: the exported engines run the deploy net')
-    digest = file_sha256(weights)
-    path = cache_path(weights, digest)
-    if os.path.isfile(path) and not refresh:
+    expected = expected_metadata(folder, weights, deploy)
+    path = cache_path(weights, expected['caffemodel_sha256'])
+    if cached_file(path) and not refresh:
         try:
             metadata = read_export(path)
         except ExportError:  # damaged since it was written: made again below
             metadata = {}
-        if metadata.get('caffemodel_sha256') == digest and \
-                metadata.get('deploy_sha256') == file_sha256(deploy) and \
-                metadata.get('export_format') == EXPORT_FORMAT:
+        if cache_mismatch(metadata, expected) is None:
             return path
     writable(path)
     _, checked = export(deploy, weights, path, model_metadata(folder))
@@ -451,7 +476,7 @@ def cached_optimized(path, refresh=False):
     this export's weights for this CPU and ONNX Runtime and is whole, else
     a new one; `refresh` makes it anew."""
     out = optimized_path(path)
-    if os.path.isfile(out) and not refresh:
+    if cached_file(out) and not refresh:
         try:
             metadata, made = read_export(out), read_metadata(path)
         except ExportError:  # damaged since it was written: made again below
@@ -477,50 +502,3 @@ def load(folder, weights, gpu=None):
     except ExportError:  # their metadata reads but a graph does not: made again
         path = cached_export(folder, weights, refresh=True)
         return OnnxNet(cached_optimized(path, refresh=True), optimized=True)
-
-
-# ------------------------------------------------------------------ scoring
-def feeder_param(net_param, blobs):
-    """The first layers of an evaluation NetParameter, up to those that
-    produce all of `blobs` (the data layer; early fusion's Concat)."""
-    from caffe.proto import caffe_pb2  # deferred, as in read_deploy
-    feeder = caffe_pb2.NetParameter(name=net_param.name)
-    produced = set()
-    for lp in net_param.layer:
-        if set(blobs) <= produced:
-            break
-        feeder.layer.add().CopyFrom(lp)
-        produced |= set(lp.top)
-    missing = set(blobs) - produced
-    if missing:
-        raise ExportError(f'the evaluation net produces no {", ".join(sorted(missing))} for '
-                          'the deploy net\'s inputs')
-    return feeder
-
-
-class OutputBlob:
-    """An ONNX output where score.py reads a Caffe blob: its class count
-    (known before the first run) and its last values."""
-
-    def __init__(self, channels):
-        self.channels = channels
-        self.data = None
-
-
-class FedNet:
-    """An OnnxNet fed by `feeder` (a Caffe net of an evaluation net's data
-    layers: inputs and labels), with the Caffe net's interface that scoring
-    uses: forward(), blobs (the feeder's and the outputs) and layer_dict."""
-
-    def __init__(self, feeder, onnx_net):
-        self.feeder = feeder
-        self.onnx_net = onnx_net
-        self.outputs = {name: OutputBlob(channels) for name, channels in onnx_net.channels.items()}
-        self.blobs = {**feeder.blobs, **self.outputs}
-        self.layer_dict = feeder.layer_dict
-
-    def forward(self):
-        self.feeder.forward()
-        scores = self.onnx_net.run({name: self.feeder.blobs[name].data for name in self.onnx_net.inputs})
-        for name, array in scores.items():
-            self.outputs[name].data = array

@@ -491,6 +491,13 @@ def head_json(result, images, figures):
     return entry
 
 
+def output_files(folder, heads):
+    """The paths write() writes into `folder` for the score blobs `heads`:
+    what a command declares to the output guard before any work."""
+    return [os.path.join(folder, name) for name in ('report.json', 'report.html')] + \
+        [os.path.join(folder, name) for head in heads for name in figure_names(head).values()]
+
+
 def write(folder, scoring, images=None, sha256=None, curves=None):
     """Write the report of one scoring into `folder` (made if missing);
     returns the path of report.html.

@@ -15,10 +15,11 @@ semantic and geometric), and prints the paper's table. A score or loss that
 is not finite (NaN weights are refused before that) stops it with an error
 naming the image, not a table; predictions and --json are written whole and
 never over a file the net reads; Ctrl-C or SIGTERM stops it in one line. --engine onnx
-computes the scores with the folder's deploy net exported to ONNX
-(onnx_engine.py) in ONNX Runtime, fed by the evaluation net's data layer in
-Caffe: the published numbers, checked on the exported model (the deploy net
-has no loss layer: the loss column is nan).
+(or another engine of engines.py) computes the scores with the folder's
+deploy net in that engine (ONNX Runtime: exported once, onnx_engine.py), fed by the evaluation net's data layer in
+Caffe: the published numbers, checked on the exported model; the deploy net
+has no loss layer, so the loss is computed from its scores as the evaluation
+net's SoftmaxWithLoss layer computes it in Caffe.
 
     python score.py --model voc-fcn8s --upper-bound 8 16 32 [--split S] [--limit N]
 
@@ -30,7 +31,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import tempfile
 from datetime import datetime
 
@@ -49,9 +49,10 @@ from google.protobuf import text_format  # noqa: E402
 
 import layers  # noqa: E402
 import nets  # noqa: E402
-import onnx_engine  # noqa: E402
+import engines  # noqa: E402
+import loading  # noqa: E402
 import report  # noqa: E402
-from common import datasets, locations, outputs, prototxts, weightfiles  # noqa: E402
+from common import datasets, locations, outputs, weightfiles  # noqa: E402
 from common.metrics import METRICS, class_note, coarsen, fast_hist, metrics  # noqa: E402,F401 (the release's score.fast_hist)
 from fetch.install import fetch_hint  # noqa: E402
 from nets.sources import source_of_data_layer  # noqa: E402
@@ -222,18 +223,23 @@ def model_heads(model_dir, layer):
     """The heads (nets.Head) of a model folder: its net.py's dataset's, else
     those of the dataset whose data layer its net reads (a folder holding
     only prototxts), else one unnamed head (a user's own data)."""
-    if os.path.isfile(os.path.join(model_dir, 'net.py')):
-        return nets.load(model_dir).source.heads
+    if loading.has_net_py(model_dir):
+        return loading.model(model_dir).source.heads
     source = source_of_data_layer(layer.python_param.layer)
     return source.heads if source else (nets.Head('', ()),)
 
 
-def eval_net_param(model, split=None):
+def eval_net_param(model, split=None, allow_modules=()):
     """A model folder's evaluation net prepared for scoring `split`: (model
     folder, prototxt path, NetParameter with the data layer's params
-    rewritten (split, EVAL_PARAMS), that data layer, its params)."""
-    model_dir, proto = model_net(model)
-    net_param = prototxts.read_net(proto)
+    rewritten (split, EVAL_PARAMS), that data layer, its params). Loaded
+    the one way (loading.py): net.py, the prototxt fresh against it and
+    sound, its Python modules allowed."""
+    model_dir, m = loading.folder_model(model)
+    proto = locations.eval_prototxt(model_dir)
+    net_param = loading.check_net(proto, allow=allow_modules)  # a typo named by its line first
+    if m is not None:
+        loading.check_fresh(m, [os.path.basename(proto)])
     layer = data_layer(net_param)
     params = eval_params(layer, split)
     check_inputs(model_dir, layer, params)
@@ -256,21 +262,108 @@ def eval_net(net_param, model_dir, weights=None, name=''):
         yield net
 
 
+def feeder_param(net_param, blobs):
+    """The first layers of an evaluation NetParameter, up to those that
+    produce all of `blobs` (the data layer; early fusion's Concat)."""
+    feeder = caffe_pb2.NetParameter(name=net_param.name)
+    produced = set()
+    for lp in net_param.layer:
+        if set(blobs) <= produced:
+            break
+        feeder.layer.add().CopyFrom(lp)
+        produced |= set(lp.top)
+    missing = set(blobs) - produced
+    if missing:
+        raise ValueError(f'the evaluation net produces no {", ".join(sorted(missing))} for '
+                         'the deploy net\'s inputs')
+    return feeder
+
+
+class OutputBlob:
+    """An engine's output where scoring reads a Caffe blob: its class count
+    (known before the first run) and its last values."""
+
+    def __init__(self, channels):
+        self.channels = channels
+        self.data = None
+
+
+class FedEngine:
+    """An engine (engines.Engine, running the deploy net) fed by `feeder`, a
+    Caffe net of the evaluation net's data layers (inputs and labels), seen
+    as the evaluation net that compute_hists runs: forward(), blobs (the
+    feeder's and the engine's outputs, and the evaluation net's
+    SoftmaxWithLoss losses computed as Caffe does) and layer_dict."""
+
+    def __init__(self, feeder, engine, net_param):
+        self.feeder = feeder
+        self.engine = engine
+        self.outputs = {name: OutputBlob(channels) for name, channels in engine.channels.items()}
+        # (loss top, score bottom, label bottom, loss_param) of each loss the
+        # engine's outputs and the feeder's labels allow
+        self.losses = [(layer.top[0], *layer.bottom[:2], layer.loss_param)
+                       for layer in net_param.layer
+                       if layer.type == 'SoftmaxWithLoss' and len(layer.bottom) >= 2 and layer.top
+                       and layer.bottom[0] in self.outputs and layer.bottom[1] in feeder.blobs]
+        self.outputs.update({top: OutputBlob(1) for top, *_ in self.losses})
+        self.blobs = {**feeder.blobs, **self.outputs}
+        self.layer_dict = feeder.layer_dict
+
+    def forward(self):
+        self.feeder.forward()
+        scores = self.engine.run({name: self.feeder.blobs[name].data for name in self.engine.inputs})
+        for name, array in scores.items():
+            self.outputs[name].data = array
+        for top, score, label, loss_param in self.losses:
+            self.outputs[top].data = np.array([softmax_loss(scores[score], self.feeder.blobs[label].data,
+                                                            loss_param)], np.float32)
+
+
+def softmax_loss(scores, labels, loss_param):
+    """What Caffe's SoftmaxWithLoss layer outputs for N x C x H x W scores
+    and N x 1 x H x W labels: the summed -log softmax probability of each
+    pixel's label, pixels labelled ignore_label left out, divided as its
+    normalization says (Caffe's default VALID: by the pixels counted; the
+    release's `normalize: false`: by the batch size), at least by 1."""
+    norm = caffe_pb2.LossParameter
+    if loss_param.HasField('normalization'):
+        normalization = loss_param.normalization
+    elif loss_param.HasField('normalize'):
+        normalization = norm.VALID if loss_param.normalize else norm.BATCH_SIZE
+    else:
+        normalization = norm.VALID
+    scores = scores.astype(np.float64)
+    labels = labels[:, 0].astype(np.int64)
+    valid = np.ones(labels.shape, bool)
+    if loss_param.HasField('ignore_label'):
+        valid = labels != loss_param.ignore_label
+    log_probs = scores - scores.max(axis=1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+    n, _, h, w = scores.shape
+    picked = np.take_along_axis(log_probs, np.where(valid, labels, 0)[:, None], axis=1)[:, 0]
+    # Caffe floors each probability at FLT_MIN before the log
+    loss = -np.maximum(picked, np.log(np.finfo(np.float32).tiny))[valid].sum()
+    divisor = {norm.FULL: n * h * w, norm.VALID: valid.sum(), norm.BATCH_SIZE: n,
+               norm.NONE: 1}[normalization]
+    return loss / max(1.0, divisor)
+
+
 @contextlib.contextmanager
-def engine_net(engine, net_param, model_dir, weights, name, data):
-    """The net that scoring runs: the evaluation net `net_param` in Caffe
-    (eval_net), or for engine 'onnx' the model folder's deploy net in ONNX
-    Runtime (exported once, cached beside `weights`) fed by the evaluation
-    net's first layers in Caffe: the data layer `data` and any layer
-    between it and the deploy net's inputs (early fusion's Concat)."""
+def engine_net(engine, net_param, model_dir, weights, name, data, gpu=None, allow_modules=()):
+    """The net that scoring runs: for engine 'caffe' the evaluation net
+    `net_param` itself (eval_net: its losses too, as the release scores);
+    for any other engine of engines.ENGINES the model folder's deploy net
+    in that engine, fed by the evaluation net's first layers in Caffe: the
+    data layer `data` and any layer between it and the deploy net's inputs
+    (early fusion's Concat)."""
     if engine == 'caffe':
         with eval_net(net_param, model_dir, weights, name) as net:
             yield net
         return
-    onnx_net = onnx_engine.load(model_dir, weights)
-    feeder = onnx_engine.feeder_param(net_param, set(data.top) | set(onnx_net.inputs))
+    runner = engines.load(model_dir, weights, engine, gpu, allow_modules=allow_modules)
+    feeder = feeder_param(net_param, set(data.top) | set(runner.inputs))
     with eval_net(feeder, model_dir) as net:
-        yield onnx_engine.FedNet(net, onnx_net)
+        yield FedEngine(net, runner, net_param)
 
 
 def progress_bar(ids, model_dir, params, progress):
@@ -281,14 +374,15 @@ def progress_bar(ids, model_dir, params, progress):
 
 
 def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True,
-             on_image=None, writes=(), engine='caffe'):
+             on_image=None, writes=(), engine='caffe', gpu=None, allow_modules=(), report_dir=None):
     """Score `weights` with a model folder's evaluation net on `split`.
 
     The data layer's params are rewritten (split, EVAL_PARAMS) in a temporary
     copy of the prototxt; the net runs with cwd = the model folder, since the
     data layer's paths are relative to it. The images scored are the data
     layer's own list of examples (its split file), the first `limit` of them.
-    Returns {'model', 'weights', 'split', 'images', 'heads': {score blob:
+    Returns {'model', 'weights', 'split', 'images', 'engine' (what ran the
+    net: engines.Engine.describe()), 'heads': {score blob:
     metrics + 'loss', 'hist', 'excluded'}}, heads in compute_hists' order
     (`on_image` as it takes it). Caffe's mode is the caller's; `engine`
     'onnx' computes the scores in ONNX Runtime (engine_net).
@@ -298,7 +392,7 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     is not finite is a NonFiniteError naming the image, not metrics.
     An interruption propagates with `done` and `total` set on it.
     """
-    model_dir, proto, net_param, layer, params = eval_net_param(model, split)
+    model_dir, proto, net_param, layer, params = eval_net_param(model, split, allow_modules)
     weights = os.path.abspath(weights)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f'weights not found: {weights}')
@@ -307,7 +401,9 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         outputs.writable_dir(save_dir, '--save-dir')
 
     all_heads = model_heads(model_dir, layer)
-    with engine_net(engine, net_param, model_dir, weights, proto, layer) as net:
+    with engine_net(engine, net_param, model_dir, weights, proto, layer, gpu, allow_modules) as net:
+        described = net.engine.describe() if isinstance(net, FedEngine) else \
+            {'engine': 'caffe', 'device': 'cpu' if gpu is None else f'gpu {gpu}'}
         ids = [layers.example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
         heads = [h for h in all_heads if h.score in net.blobs and h.label in net.blobs]
         if not heads:
@@ -317,8 +413,11 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
                      for h in heads] if save_dir else [None] * len(heads)
         predictions = [(os.path.join(d, f'{i}.png'), f'the prediction of {i}')
                        for d in save_dirs if d for i in ids]
-        outputs.check_apart(predictions + list(writes),
-                            net_inputs(net.layer_dict[layer.name], ids, proto, weights))
+        reports = [(path, f'--report {report_dir} ({os.path.basename(path)})')
+                   for path in report.output_files(report_dir, [h.score for h in heads])] \
+            if report_dir else []
+        outputs.guard(predictions + list(writes) + reports,
+                      net_inputs(net.layer_dict[layer.name], ids, proto, weights))
         try:
             results = compute_hists(net, progress_bar(ids, model_dir, params, progress),
                                     [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)],
@@ -331,13 +430,13 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
             raise
 
     split = params.get('split')
-    report = {'model': os.path.basename(os.path.normpath(model_dir)), 'weights': weights,
-              'split': split, 'images': len(ids), 'heads': {}}
+    scored = {'model': os.path.basename(os.path.normpath(model_dir)), 'weights': weights,
+              'split': split, 'images': len(ids), 'engine': described, 'heads': {}}
     for head, (hist, mean_loss) in zip(heads, results):
         result = head_metrics(hist, head, split)
         result['loss'] = mean_loss
-        report['heads'][head.score] = result
-    return report
+        scored['heads'][head.score] = result
+    return scored
 
 
 def net_inputs(data_layer, ids, proto, weights=None):
@@ -345,7 +444,9 @@ def net_inputs(data_layer, ids, proto, weights=None):
     weights, the data layer's split file or lists, and each of the first
     len(ids) examples' files (the data layer's paths are relative to the
     current directory)."""
-    reads = [(proto, f'the net {proto}')] + ([(weights, f'the weights {weights}')] if weights else [])
+    net_py = os.path.join(os.path.dirname(proto), 'net.py')
+    reads = [(proto, f'the net {proto}'), (net_py, f'the model\'s {net_py}')] + \
+        ([(weights, f'the weights {weights}')] if weights else [])
     reads += [(os.path.abspath(path), f'the data layer\'s input {os.path.abspath(path)}')
               for path in data_layer.input_paths(data_layer.params)]
     for example in data_layer.examples[:len(ids)]:
@@ -369,7 +470,7 @@ def head_metrics(hist, head, split):
 
 # --- upper bounds from the output stride (PAMI ablation) --------------------
 
-def upper_bounds(model, factors, split=None, limit=None, progress=True, writes=()):
+def upper_bounds(model, factors, split=None, limit=None, progress=True, writes=(), allow_modules=()):
     """Mean IU etc. of coarsen()-ed ground truth for each output stride in
     `factors`, over the images a model folder's evaluation net lists for
     `split` (only its data layer runs: no weights), classes as the model's
@@ -378,7 +479,7 @@ def upper_bounds(model, factors, split=None, limit=None, progress=True, writes=(
     factors = [int(f) for f in factors]
     if any(f < 1 for f in factors):
         raise ValueError(f'upper bound factors must be positive integers, got {factors}')
-    model_dir, proto, _, layer, params = eval_net_param(model, split)
+    model_dir, proto, _, layer, params = eval_net_param(model, split, allow_modules)
     labels_net = caffe_pb2.NetParameter()
     labels_net.layer.add().CopyFrom(layer)  # the data layer alone: its label tops
     split = params.get('split')
@@ -390,7 +491,7 @@ def upper_bounds(model, factors, split=None, limit=None, progress=True, writes=(
     hists = {(f, gt): np.zeros((classes[gt],) * 2, np.int64) for f in factors for gt in heads}
     with eval_net(labels_net, model_dir) as net:
         ids = [layers.example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
-        outputs.check_apart(writes, net_inputs(net.layer_dict[layer.name], ids, proto))
+        outputs.guard(writes, net_inputs(net.layer_dict[layer.name], ids, proto))
         done = 0
         try:
             for _ in progress_bar(ids, model_dir, params, progress):
@@ -448,14 +549,13 @@ def main(argv=None):
         prog='score.py',
         description='Score a model folder\'s evaluation net on a dataset split '
                     '(pixel acc., mean acc., mean IU, f.w. IU).')
-    parser.add_argument('--model', required=True,
-                        help='a model (e.g. voc-fcn8s) or a path to a model folder')
-    parser.add_argument('--weights', help='caffemodel to score')
+    cli.add_model_options(parser, model_required=True,
+                          weights_help="caffemodel to score (default: the model's published weights, "
+                                       'else its latest snapshot, as infer.py and export.py)')
     parser.add_argument('--upper-bound', type=cli.number(int, minimum=1), nargs='+', metavar='FACTOR',
                         help='score ground truth coarsened to these output strides instead '
                              'of a net (upper bounds; no --weights)')
     parser.add_argument('--split', help="split to score (default: the prototxt's)")
-    parser.add_argument('--gpu', type=cli.gpu_id, help='GPU id (default: CPU)')
     parser.add_argument('--save-dir', help='write predictions as palette PNGs here')
     parser.add_argument('--json', help='write the metrics (fractions) here')
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
@@ -465,33 +565,26 @@ def main(argv=None):
                         help='write report.html (self-contained), report.json and figures here')
     parser.add_argument('--report-images', type=cli.number(int, minimum=0), metavar='N',
                         help='the report shows the N worst and N best images (default 8)')
-    parser.add_argument('--engine', choices=onnx_engine.ENGINES, default='caffe',
-                        help='compute the scores in Caffe (default) or with the deploy net exported '
-                             'to ONNX, in ONNX Runtime on the CPU (cached beside the weights)')
+    cli.add_engine_options(parser, engines.ENGINES, 'compute the scores')
     args = parser.parse_args(argv)
-    if (args.weights is None) == (args.upper_bound is None):
-        parser.error('give --weights (score a net) or --upper-bound (score coarsened ground truth)')
-    if args.engine == 'onnx' and args.gpu is not None:
-        parser.error('--engine onnx runs on the CPU: not with --gpu')
+    if args.weights and args.upper_bound:
+        parser.error('--upper-bound scores coarsened ground truth: not with --weights')
+    if args.engine != 'caffe' and args.gpu is not None:
+        parser.error(f'--engine {args.engine} runs on the CPU: not with --gpu')
     if args.upper_bound and args.save_dir:
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
     if args.upper_bound and args.report:
         parser.error('--report reports on a net\'s predictions: not with --upper-bound')
 
-    with cli.stop_on_signals():
-        try:
-            run(args)
-        except (OSError, ValueError) as e:
-            sys.exit(f'score.py: error: {e}')
-        except KeyboardInterrupt as e:
-            cli.exit_interrupted('score.py', e, interrupted_summary(e, args.save_dir))
+    cli.run('score.py', lambda: run(args), lambda e: interrupted_summary(e, args.save_dir))
 
 
 def run(args):
     """The command's work for parsed arguments: check the outputs, score
     (a net, or the upper bounds), print the table, write --json and
     --report."""
-    caffe_setup.use_device(args.gpu)
+    if args.engine == 'caffe':
+        caffe_setup.use_device(args.gpu)
     collector = None
     if args.report:
         collector = report.Collector(report.DEFAULT_IMAGES if args.report_images is None
@@ -503,10 +596,15 @@ def run(args):
             check(path, option)
     writes = [(args.json, '--json')] if args.json else []
     if args.upper_bound:
-        scores = upper_bounds(args.model, args.upper_bound, args.split, args.limit, writes=writes)
+        scores = upper_bounds(args.model, args.upper_bound, args.split, args.limit, writes=writes,
+                              allow_modules=args.allow_module)
     else:
-        scores = evaluate(args.model, args.weights, args.split, args.save_dir, args.limit,
-                          on_image=collector, writes=writes, engine=args.engine)
+        weights = args.weights or loading.default_weights(locations.model_folder(args.model))
+        if not args.weights:
+            print(f'{args.model}: weights {weights} (its default)')
+        scores = evaluate(args.model, weights, args.split, args.save_dir, args.limit,
+                          on_image=collector, writes=writes, engine=args.engine, gpu=args.gpu,
+                          allow_modules=args.allow_module, report_dir=args.report)
     print(format_upper_bounds(scores) if args.upper_bound else format_report(scores))
     if args.json:
         outputs.write_atomically(args.json, json.dumps(outputs.jsonable(scores), indent=1,

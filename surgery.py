@@ -16,7 +16,6 @@ model folders start from:
 All functions take pycaffe nets; only the command imports caffe itself.
 """
 import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,7 +173,8 @@ def init_early_fusion(new_net, net, rgb_layer='conv1_1',
         new_blob.data[...] = old_blob.data
 
 
-def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False, verbose=True):
+def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False, verbose=True,
+                     allow_modules=()):
     """Transplant a classifier's weights into its fully convolutional twin.
 
     Writes `out` (a caffemodel, through a temporary file renamed when whole)
@@ -190,14 +190,18 @@ def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False, ver
     for what, path in inputs:
         if not os.path.isfile(path):
             raise FileNotFoundError(f'{what} not found: {path}')
-    outputs.check_apart([(out, f'--out {out}')], [(path, f'the {what} {path}') for what, path in inputs])
+    outputs.guard([(out, f'--out {out}')], [(path, f'the {what} {path}') for what, path in inputs])
     if os.path.exists(out) and not force:
         raise FileExistsError(f'{out} exists (use --force to overwrite)')
     if os.path.isdir(out):
         raise outputs.OutputError(f'--out {out}: a folder, not a file')
     outputs.writable_dir(os.path.dirname(os.path.abspath(out)), f'--out {out}: its folder')
 
-    import caffe
+    import caffe  # deferred: the library API above runs on nets its callers made
+
+    import loading  # deferred with caffe, which it loads
+    for proto in (classifier_proto, fcn_proto):  # the one way: checked before Caffe sees them
+        loading.check_net(proto, allow=allow_modules)
     caffe_setup.use_device(None)  # a one-off conversion: the CPU will do
     classifier = caffe.Net(classifier_proto, caffe.TEST)
     weightfiles.load_weights(classifier, weights, net_name=classifier_proto)
@@ -209,6 +213,7 @@ def convolutionalize(weights, classifier_proto, fcn_proto, out, force=False, ver
         os.makedirs(os.path.dirname(out), exist_ok=True)
     with outputs.atomic_path(out, 'the caffemodel') as tmp:
         fcn.save(tmp)
+        outputs.check_written(tmp, out, weightfiles.read_caffemodel, 'the caffemodel')
     return report
 
 
@@ -226,6 +231,8 @@ def main(argv=None):
     convert.add_argument('--classifier-proto', help='override the classifier prototxt')
     convert.add_argument('--fcn-proto', help='override the fully convolutional prototxt')
     convert.add_argument('--force', action='store_true', help='overwrite --out')
+    convert.add_argument('--allow-module', action='append', default=[], metavar='MODULE',
+                         help="let the prototxts' Python layers import MODULE")
     convert.add_argument('--verbose', action='store_true',
                          help="show Caffe's own log and each blob transplanted")
     args = parser.parse_args(argv)
@@ -239,16 +246,11 @@ def main(argv=None):
         else:
             parser.error(f'give --net or --{key}-proto')
     before = outputs.file_key(args.out)  # a new file gets a new inode: written or not
-    with cli.stop_on_signals():
-        try:
-            report = convolutionalize(args.weights, protos['classifier'], protos['fcn'],
-                                      args.out, force=args.force, verbose=args.verbose)
-        except (OSError, ValueError) as e:
-            sys.exit(f'surgery.py convert: error: {e}')
-        except KeyboardInterrupt as e:
-            written = outputs.file_key(args.out) != before
-            cli.exit_interrupted('surgery.py convert', e, f'{args.out} ' + (
-                'was written whole just before' if written else 'not written; no partial file left'))
+    report = cli.run('surgery.py convert', lambda: convolutionalize(
+        args.weights, protos['classifier'], protos['fcn'], args.out, force=args.force,
+        verbose=args.verbose, allow_modules=args.allow_module),
+        lambda e: f'{args.out} ' + ('was written whole just before' if outputs.file_key(args.out) != before
+                                    else 'not written; no partial file left'))
     print(f'wrote {args.out}: {len(report.copied)} copied, {len(report.coerced)} '
           f'coerced, {len(report.dropped)} dropped, {len(report.kept)} kept as initialised')
 

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 import nets
-from common import datasets
+from common import cli, datasets
 
 CLASSES = ('background', 'disc', 'triangle', 'ring', 'cross')
 CROP_SIZE = 224           # the VGG16 classifier's input (fc6 sees a 7x7 pool5)
@@ -346,7 +346,9 @@ def main(argv=None):
     parser.add_argument('--val', type=int, default=60, help='validation scenes')
     parser.add_argument('--crops', type=int, default=1000, help='training crops (val: a tenth)')
     args = parser.parse_args(argv)
-    _, _, mean = write(args.out, args.seed, args.train, args.val, args.crops, args.crops // 10)
+    _, _, mean = cli.run('synthetic.py', lambda: write(args.out, args.seed, args.train, args.val,
+                                                       args.crops, args.crops // 10),
+                         lambda e: f'{args.out} holds a part of the set; run again to write it whole')
     print(f'wrote {args.out}: voc/ ({args.train} train, {args.val} val scenes, BGR mean {mean}), '
           f'crops/ ({args.crops} train, {args.crops // 10} val)')
 

@@ -15,7 +15,9 @@ corrupt "latest". `--resume` restarts from it at its iteration; the data
 order and Caffe's random state are re-derived from the iteration, so a
 resumed run ends with the same weights as an uninterrupted one.
 Progress: snapshot/log.jsonl (one JSON object per line) and
-snapshot/curves.png (loss and mean IU against iteration).
+snapshot/curves.png (loss and mean IU against iteration); on stdout a
+header, the scorings in percent, a closing line naming the weights, and
+where it is not a terminal progress lines instead of a bar (Log).
 """
 import argparse
 import contextlib
@@ -31,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 import numpy as np
 from tqdm import tqdm
@@ -44,6 +45,7 @@ import caffe  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 import layers  # noqa: E402
+import loading  # noqa: E402
 import nets  # noqa: E402
 import report  # noqa: E402
 import score  # noqa: E402
@@ -56,7 +58,7 @@ from common.snapshots import Snapshots, SnapshotError  # noqa: E402
 from nets import SEED  # noqa: E402
 
 
-class TrainingError(Exception):
+class TrainingError(cli.InputError):
     """A problem the user must act on; the message says what to do."""
 
 
@@ -64,14 +66,14 @@ class Diverged(TrainingError):
     pass
 
 
-class Interrupted(Exception):
+class Interrupted(cli.Interrupted):
     """Training stopped by a stop signal (Ctrl-C, SIGTERM, SIGHUP: number
-    `signum`) after snapshotting `entry`."""
+    `signum`) after snapshotting `entry`; `what` says so."""
 
     def __init__(self, entry, signum):
-        self.entry, self.signum = entry, signum
+        super().__init__(signum)
+        self.entry = entry
         self.what = kept(entry)
-        super().__init__(self.what)
 
 
 def kept(entry):
@@ -80,18 +82,9 @@ def kept(entry):
 
 
 def load_model(folder):
-    """The Model of a folder's net.py (nets.load), a mistake in net.py as
-    one TrainingError naming the file and line."""
-    path = os.path.join(os.path.abspath(folder), 'net.py')
-    try:
-        return nets.load(folder)
-    except SyntaxError as e:
-        raise TrainingError(f'{e.filename}:{e.lineno}:{e.offset}: {e.msg}') from None
-    except Exception as e:
-        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
-        if not lines:
-            raise
-        raise TrainingError(f'{path}:{lines[-1]}: {type(e).__name__}: {e}') from None
+    """The Model of a folder's net.py, loaded the one way (loading.model:
+    a mistake in net.py named by file and line)."""
+    return loading.model(folder)
 
 
 # ------------------------------------------------------------------ weights
@@ -106,8 +99,8 @@ def init_folder(model, name):
 def trained_weights(folder):
     """The trained weights of a model folder, the latest complete snapshot
     first (weightfiles.resolve)."""
-    try:
-        return weightfiles.resolve(folder, prefer='snapshot')
+    try:  # the log's header names them
+        return weightfiles.resolve(folder, prefer='snapshot', announce=False)
     except (weightfiles.WeightsError, SnapshotError) as e:
         raise TrainingError(str(e)) from None
 
@@ -288,9 +281,11 @@ def evaluate(solver, model, examples, details=None):
         collector = None
         if details is not None:
             collector = report.Collector()
-        result = score.seg_tests(solver, False, examples, layer=head.score, gt=head.label,
-                                 loss=head.loss, class_names=head.classes,
-                                 exclude=head.excluded(split), on_image=collector)
+        # The reference's '>>>' lines print fractions; the log has Log.scores' percent.
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = score.seg_tests(solver, False, examples, layer=head.score, gt=head.label,
+                                     loss=head.loss, class_names=head.classes,
+                                     exclude=head.excluded(split), on_image=collector)
         if collector is not None:
             details[head.score] = ({**result, 'excluded': list(head.excluded(split))},
                                    collector.outputs[0] if collector.outputs else None)
@@ -340,7 +335,8 @@ def start(solver, param, model, snapshots, weights=None, resume=None):
     """Load where training starts: a snapshot (`resume` True: the latest
     complete one; or a solverstate path), else the start weights (`weights`,
     or the model's reference start) with the upsampling layers filled; then
-    put the data where that iteration is."""
+    put the data where that iteration is. Returns where it started, in words
+    (the log's header)."""
     if resume:
         state = resume_point(snapshots, resume)
         try:
@@ -348,9 +344,99 @@ def start(solver, param, model, snapshots, weights=None, resume=None):
         except weightfiles.CheckError as e:
             raise TrainingError(f'cannot resume: {e}') from e
         solver.restore(state)
+        where = f'resumes from {os.path.abspath(state)} at iteration {solver.iter}'
     else:
-        initialize(solver, model, {'': weights} if weights else start_weights(model))
+        paths = {'': weights} if weights else start_weights(model)
+        initialize(solver, model, paths)
+        where = 'starts from ' + (', '.join(os.path.abspath(p) for p in paths.values()) or
+                                  f'scratch ({model.trunk_filler or "default"} fillers)')
     position_data(solver, param, solver.iter)
+    return where
+
+
+def say(line):
+    """A line of the log on stdout, above a progress bar if one is shown."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def duration(seconds):
+    """'42 s', '12 min', '3.5 h'."""
+    if seconds < 100:
+        return f'{seconds:.0f} s'
+    return f'{seconds / 60:.0f} min' if seconds < 6000 else f'{seconds / 3600:.1f} h'
+
+
+def learning_rate(param, iteration):
+    """The rate Caffe's SGD-family solvers use at `iteration` under the
+    solver's lr_policy (None for a policy not computed here)."""
+    base, policy = param.base_lr, param.lr_policy
+    if policy == 'fixed':
+        return base
+    if policy == 'poly':
+        return base * (1 - iteration / param.max_iter) ** param.power
+    if policy == 'step':
+        return base * param.gamma ** (iteration // param.stepsize)
+    if policy == 'exp':
+        return base * param.gamma ** iteration
+    if policy == 'inv':
+        return base * (1 + param.gamma * iteration) ** -param.power
+    return None
+
+
+# Where no bar is shown, a progress line at least every PROGRESS_SECONDS,
+# and every `display` iterations (or a tenth of the test interval, if more)
+# if that comes first.
+PROGRESS_SECONDS = 30
+PROGRESS_PER_INTERVAL = 10
+
+
+class Log:
+    """What training prints for a person reading it afterwards: progress
+    lines (iteration, loss, learning rate, speed, time left) where no bar is
+    shown (`lines`), and the scorings in percent, as score.py prints them."""
+
+    def __init__(self, model, param, max_iter, test_interval, start_iter, quiet, lines):
+        self.model, self.param, self.max_iter = model, param, max_iter
+        self.quiet, self.lines = quiet, lines
+        self.every = max(param.display or 1, test_interval // PROGRESS_PER_INTERVAL)
+        self.start_iter = self.last_iter = start_iter
+        self.t0 = self.last_time = time.time()
+        self.losses = []
+
+    def step(self, iteration, loss):
+        self.losses.append(loss)
+        now = time.time()
+        if self.quiet or not self.lines or not (
+                iteration - self.last_iter >= self.every or now - self.last_time >= PROGRESS_SECONDS):
+            return
+        rate = (iteration - self.start_iter) / max(now - self.t0, 1e-9)
+        lr = learning_rate(self.param, iteration)
+        say(f'{self.model.name}: iteration {iteration}/{self.max_iter}, loss {np.mean(self.losses):.4g}'
+            + (f', lr {lr:.3g}' if lr is not None else '')
+            + f', {rate:.3g} it/s, {duration((self.max_iter - iteration) / rate) if rate else "?"} left')
+        self.last_iter, self.last_time, self.losses = iteration, now, []
+
+    def scoring(self, iteration, images):
+        """Where no bar is shown: that a scoring begins (it may take long)."""
+        if not self.quiet and self.lines:
+            say(f'{self.model.name}: iteration {iteration}: scoring {images} '
+                f'{self.model.source.val_split} images')
+
+    def scores(self, iteration, metrics, images):
+        """One line per head: the paper's metrics in percent, and the loss."""
+        if self.quiet:
+            return
+        for head, result in metrics.items():
+            values = ', '.join(f'{title} {_percent(result[key])}' for key, title in METRICS)
+            loss = result.get('loss')
+            say(f'{self.model.name}: iteration {iteration}, {head} on {images} '
+                f'{self.model.source.val_split} images (%): {values}'
+                + (f', loss {loss:.4g}' if loss is not None else ''))
+
+
+def _percent(fraction):
+    return '-' if fraction is None else f'{100 * fraction:.2f}'
 
 
 def step_loop(solver, param, model, snapshots, progress, examples, max_iter, test_interval,
@@ -362,9 +448,11 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
     written a signal waits (cli.signals_deferred)."""
     losses = [h.loss for h in model.source.heads]
     t0 = time.time()
-    # The bar only on a terminal (None): a log file keeps log.jsonl's records.
+    # The bar only on a terminal (None); elsewhere Log's progress lines.
     bar = tqdm(total=max_iter, initial=solver.iter, desc=model.name, unit='it',
                disable=True if quiet or not leader else None, dynamic_ncols=True)
+    log = Log(model, param, max_iter, test_interval, solver.iter,
+              quiet=quiet or not leader, lines=not sys.stdout.isatty())
     window = []
     try:
         while solver.iter < max_iter:
@@ -382,6 +470,7 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
                 window.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f'{loss:.4g}')
+                log.step(solver.iter, loss)
                 if param.display and solver.iter % param.display == 0:
                     with cli.signals_deferred():
                         progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)),
@@ -392,7 +481,10 @@ def step_loop(solver, param, model, snapshots, progress, examples, max_iter, tes
             # Log before snapshotting: a kill in between resumes from the
             # previous snapshot and drops this record with the work.
             details = {}
+            if examples:
+                log.scoring(solver.iter, len(examples))
             metrics = evaluate(solver, model, examples, details) if examples else {}
+            log.scores(solver.iter, metrics, len(examples))
             with cli.signals_deferred():  # the snapshot, its log and report whole, then a signal
                 progress.add(dict(iteration=solver.iter, loss=float(np.mean(window)) if window else None,
                                   metrics=metrics, seconds=round(time.time() - t0, 3)))
@@ -434,7 +526,7 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
     with locations.working_dir(model.folder):  # prototxt paths are relative to the folder
         solver, param = make_solver(model, test_interval, max_iter)
         snapshots = Snapshots(SNAPSHOT_DIR, param.snapshot_prefix)
-        start(solver, param, model, snapshots, weights, resume)
+        where = start(solver, param, model, snapshots, weights, resume)
         if solver.iter > max_iter:
             raise TrainingError(f'--max-iter {max_iter}: training resumes at iteration {solver.iter}, '
                                 'past it; give a larger --max-iter')
@@ -445,8 +537,23 @@ def train(folder, weights=None, max_iter=None, test_interval=None, resume=None, 
             if solver.param.layer_wise_reduce:
                 solver.net.after_backward(reducer)
         progress = Progress(SNAPSHOT_DIR, resume_iter=solver.iter if resume else None)
-        step_loop(solver, param, model, snapshots, progress, val_examples(solver, val_limit),
-                  max_iter, test_interval, leader=nccl is None or nccl[1] == 0, quiet=quiet)
+        leader = nccl is None or nccl[1] == 0
+        examples = val_examples(solver, val_limit)
+        if leader and not quiet:
+            say(f'{model.name}: FCN-{model.stride}s, {model.trunk} x{model.trunk_width:g}, '
+                f'{sum(h.num_classes for h in model.source.heads)} classes; {where}; '
+                f'{"CPU" if gpu is None else f"GPU {gpu}"}; iterations {solver.iter} to '
+                f'{max_iter}, scoring {len(examples)} {model.source.val_split} images and '
+                f'snapshotting every {test_interval}; log {os.path.abspath(progress.log_path)}')
+        started = time.time()
+        step_loop(solver, param, model, snapshots, progress, examples,
+                  max_iter, test_interval, leader=leader, quiet=quiet)
+        latest = snapshots.latest()
+        if leader and not quiet and latest:
+            report_path = os.path.join(progress.folder, 'report.html')
+            say(f'{model.name}: done at iteration {latest["iteration"]} in '
+                f'{duration(time.time() - started)}: weights {os.path.abspath(latest["caffemodel"])}'
+                + (f'; report {os.path.abspath(report_path)}' if os.path.exists(report_path) else ''))
     return progress.records
 
 
@@ -515,6 +622,8 @@ def parse_args(argv):
     parser.add_argument('--val-limit', type=cli.number(int, minimum=1),
                         help='score only the first N val images')
     parser.add_argument('--verbose', action='store_true', help="show Caffe's own log")
+    parser.add_argument('--allow-module', action='append', default=[], metavar='MODULE',
+                        help="let the nets' Python layers import MODULE too")
     args = parser.parse_args(argv)
     if args.weights and args.resume:
         parser.error("--weights and --resume: a resumed run continues with its snapshot's "
@@ -545,17 +654,18 @@ def gpu_ids(text):
 
 def check_prototxts(model):
     """Before any net is built: the folder's net prototxts are what its
-    net.py defines (not older than an edit of it). solver.prototxt is left
-    out: users edit it by hand (base_lr after a divergence)."""
-    generated = {os.path.join(model.folder, name): text for name, text in model.prototxts().items()
-                 if name in model.net_files().values()}
-    for path in nets.stale(generated):
-        problem = 'is missing' if not os.path.exists(path) else \
-            'differs from what net.py defines (net.py edited since it was written?)'
-        again = f' (or `python -m nets {model.name}`)' \
-            if os.path.abspath(locations.model_dir(model.name)) == model.folder else ''
-        raise TrainingError(f'{path} {problem}: regenerate the prototxts with `python net.py` in '
-                            f'{model.folder}{again}')
+    net.py defines (loading.check_fresh). solver.prototxt is left out:
+    users edit it by hand (base_lr after a divergence)."""
+    loading.check_fresh(model, model.net_files().values())
+
+
+def check_net_modules(model, param, allow=()):
+    """The Python layers of the nets the solver names import only the
+    project's modules (loading.check_modules), before Caffe imports them."""
+    names = [param.train_net, param.net] + list(param.test_net)
+    for name in filter(None, names):
+        path = os.path.join(model.folder, name)
+        loading.check_modules(path, prototxts.read_net(path), allow)
 
 
 def check_snapshot_folders(model, param):
@@ -565,7 +675,19 @@ def check_snapshot_folders(model, param):
     probed with a file that has no name (O_TMPFILE), which works for root
     and read-only mounts alike, where permission bits do not tell."""
     folders = [os.path.join(model.folder, SNAPSHOT_DIR)]
+    # The run's own files there: never written through a link planted at one.
+    outputs.guard([(os.path.join(folders[0], name), f'the training {what}') for name, what in (
+        ('latest.json', 'pointer'), ('log.jsonl', 'log'), ('curves.png', 'curves'),
+        ('report.json', 'report'), ('report.html', 'report'))])
     prefix_folder = os.path.dirname(os.path.join(model.folder, param.snapshot_prefix))
+    held = {os.path.realpath(model.folder), os.path.realpath(folders[0])}  # snapshot/ may be a link
+    if not any(os.path.commonpath([root, os.path.realpath(prefix_folder)]) == root for root in held):
+        # The lock (one_run) holds the model folder: snapshots elsewhere are
+        # not held, and another folder's run could overwrite them.
+        raise TrainingError(f'snapshot_prefix "{param.snapshot_prefix}" (solver.prototxt) writes '
+                            f'snapshots outside the model folder {model.folder}, where another run '
+                            'could overwrite them; give a prefix inside it, e.g. '
+                            f'"{SNAPSHOT_DIR}/{locations.SNAPSHOT_PREFIX}"')
     if os.path.abspath(prefix_folder) != os.path.abspath(folders[0]):
         folders.append(prefix_folder)
     for folder in folders:
@@ -622,7 +744,7 @@ def _take_lock(model, folder, path):
     for _ in range(10):
         try:
             os.makedirs(folder, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = outputs.open_no_follow(path, os.O_RDWR | os.O_CREAT, 0o644, 'the lock file')
         except OSError as e:
             raise TrainingError(f'cannot write into the snapshot folder {folder}: {e.strerror}') from None
         try:
@@ -692,36 +814,39 @@ def main(folder, argv=None):
     one run per model folder (one_run); Ctrl-C, SIGTERM or SIGHUP, once or
     repeated, end in one line naming the snapshot that keeps the work, exit
     status 128 + the signal (130, 143, 129)."""
-    with cli.stop_on_signals():
-        written = None  # latest.json as this run found it
-        try:
-            args = parse_args(argv)
-            folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
-            model = load_model(folder)
-            check_prototxts(model)
-            param = prototxts.read_solver(os.path.join(model.folder, 'solver.prototxt'))
-            check_snapshot_folders(model, param)
-            with one_run(model):
-                written = _pointer_stamp(model)
-                check_start(model, args.weights, args.resume, args.max_iter)
-                if len(args.gpus) > 1:
-                    train_parallel(folder, args.gpus, args)
-                else:
-                    train(folder, weights=args.weights, max_iter=args.max_iter,
-                          test_interval=args.test_interval, resume=args.resume,
-                          gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
-        except (TrainingError, SnapshotError, prototxts.PrototxtError, outputs.OutputError,
-                FileNotFoundError, TypeError, layers.DataError, layers.ParamError) as e:
-            sys.exit(f'solve.py: {e}')  # data errors name the file, value and class count
-        except Interrupted as e:
-            cli.exit_interrupted('solve.py', e, e.what)
-        except KeyboardInterrupt as e:  # cli.Interrupted too: outside the steps
-            if written is not None and _pointer_stamp(model) != written:
-                # after a snapshot this run wrote (a signal as training ended)
-                latest = Snapshots(os.path.join(model.folder, SNAPSHOT_DIR)).latest()
-                if latest:
-                    cli.exit_interrupted('solve.py', e, kept(latest))
-            cli.exit_interrupted('solve.py', e, 'before training began; nothing was written')
+    state = dict(written=None, model=None)  # latest.json as this run found it
+
+    def work():
+        nonlocal folder
+        args = parse_args(argv)
+        folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
+        model = state['model'] = load_model(folder)
+        # the nets parsed first: a typo is named by its line, not as "stale"
+        param = prototxts.read_solver(os.path.join(model.folder, 'solver.prototxt'))
+        check_net_modules(model, param, args.allow_module)
+        check_prototxts(model)
+        check_snapshot_folders(model, param)
+        with one_run(model):
+            state['written'] = _pointer_stamp(model)
+            check_start(model, args.weights, args.resume, args.max_iter)
+            if len(args.gpus) > 1:
+                train_parallel(folder, args.gpus, args)
+            else:
+                train(folder, weights=args.weights, max_iter=args.max_iter,
+                      test_interval=args.test_interval, resume=args.resume,
+                      gpu=args.gpus[0] if args.gpus else None, val_limit=args.val_limit)
+
+    def interrupted(e):
+        if isinstance(e, Interrupted):
+            return e.what
+        model, written = state['model'], state['written']
+        if written is not None and _pointer_stamp(model) != written:
+            # after a snapshot this run wrote (a signal as training ended)
+            latest = Snapshots(os.path.join(model.folder, SNAPSHOT_DIR)).latest()
+            if latest:
+                return kept(latest)
+        return 'before training began; nothing was written'
+    cli.run('solve.py', work, interrupted)
 
 
 def _pointer_stamp(model):

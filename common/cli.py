@@ -1,6 +1,10 @@
-"""What the commands (infer.py, score.py, surgery.py, python -m fetch) share
-on their command lines: option types that check a number's range as
-argparse reads it, and how a signal stops a command.
+"""What every command shares on its command line, and how every command
+ends: option types that check a number's range as argparse reads it, the
+options several commands take (model, weights, engine, gpu), and the one
+runner, `run(prog, work, interrupted)`, that every command's main goes
+through: a stop signal (once or repeated) ends it in one line with 130/143,
+a bad input in one line `prog: error: ...` with exit status 1, never a
+traceback.
 
 Signals: Python turns SIGINT (Ctrl-C) into KeyboardInterrupt, which a
 command can clean up after, but SIGTERM (what process managers, schedulers
@@ -17,10 +21,20 @@ import os
 import signal
 import sys
 import threading
+import traceback
 
 from common import caffe_setup
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class InputError(ValueError):
+    """A bad input the user must act on (a file, an option, a model); the
+    message (one line) names it and what to do. The commands' own errors
+    derive from it, so that the runner reports them all alike."""
+
+
+DEFAULT_MODEL = 'voc-fcn8s'  # what infer.py and export.py run without --model
 
 
 # ------------------------------------------------------------------ option types
@@ -110,9 +124,9 @@ def stop_on_signals():
     process is then ending) or they were quit_while_starting()'s: the work
     is done then, and the signals are ignored while the process exits."""
     if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread
+        yield []  # signal handlers belong to the main thread
         return
-    received = []
+    received = []  # yielded: the signal that came, if one did
 
     def handler(signum, frame):
         if not received:
@@ -129,7 +143,7 @@ def stop_on_signals():
             raise Interrupted(signum)
     previous = {s: signal.signal(s, handler) for s in _handled_signals()}
     try:
-        yield
+        yield received
     finally:
         for s, old in previous.items():
             if received or getattr(old, 'while_starting', False):
@@ -186,3 +200,80 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+# ------------------------------------------------------------------ shared options
+def add_model_options(parser, model_required=False, weights_help=None):
+    """--model and --weights as every command that runs a model folder's net
+    takes them."""
+    if model_required:
+        parser.add_argument('--model', required=True,
+                            help='a model (e.g. voc-fcn8s) or a path to a model folder')
+    else:
+        parser.add_argument('--model', default=DEFAULT_MODEL,
+                            help=f'a model (e.g. voc-fcn8s) or a path to a model folder '
+                                 f'(default {DEFAULT_MODEL})')
+    parser.add_argument('--weights', help=weights_help or "caffemodel (default: the model's "
+                                                          'published weights, else its latest snapshot)')
+    parser.add_argument('--allow-module', action='append', default=[], metavar='MODULE',
+                        help='let a prototxt\'s Python layers import MODULE too (by default only '
+                             "the project's data layers, under their own or the release's names)")
+
+
+def add_engine_options(parser, engines, what='run the net'):
+    """--engine (one of `engines`, the rows of engines.ENGINES) and --gpu."""
+    parser.add_argument('--gpu', type=gpu_id, help='GPU id (default: CPU)')
+    parser.add_argument('--engine', choices=list(engines), default='caffe',
+                        help=f'{what} in Caffe (default) or another engine: '
+                             f'{", ".join(e for e in engines if e != "caffe")} '
+                             '(exported once to ONNX, cached beside the weights)')
+
+
+# ------------------------------------------------------------------ the one way a command ends
+def one_line(error):
+    """An exception's message on one line; an OSError as 'file: reason'."""
+    if isinstance(error, OSError) and error.strerror:
+        names = ' -> '.join(str(f) for f in (error.filename, error.filename2) if f is not None)
+        text = f'{names}: {error.strerror}' if names else error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    return ' '.join(text.split())
+
+
+# Exceptions that are a bad input or a failing disk, not a bug: their
+# message is the line. Anything else is reported in one line too, named as
+# unexpected (DEBUG_VARIABLE=1 shows its traceback).
+INPUT_ERRORS = (ValueError, OSError, LookupError, RuntimeError, MemoryError)
+DEBUG_VARIABLE = 'FCN_TRACEBACK'
+
+
+def run(prog, work, interrupted=None):
+    """Run `work()` (a command's work, its arguments parsed) the one way
+    every command ends: stop signals raise cli.Interrupted within
+    (stop_on_signals); a KeyboardInterrupt ends in one line `prog:
+    interrupted (SIGNAL): what` (`interrupted(exception)` says what was
+    kept; default: nothing was written) and exit status 128 + the signal;
+    any error in one line `prog: error: message` and exit status 1.
+    Returns what `work` returns (an exit status, or None)."""
+    try:
+        with stop_on_signals() as received:  # a signal as it ends is caught below too
+            try:
+                return work()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception:
+                if received:  # what the signal caused (an import it cut: an ImportError)
+                    raise Interrupted(received[0]) from None
+                raise
+    except KeyboardInterrupt as e:
+        what = interrupted(e) if interrupted else None
+        exit_interrupted(prog, e, what or 'stopped; nothing was written')
+    except INPUT_ERRORS as e:
+        if os.environ.get(DEBUG_VARIABLE):
+            traceback.print_exc()
+        raise SystemExit(f'{prog}: error: {one_line(e)}') from None
+    except Exception as e:  # noqa: BLE001 -- a bug still ends in one line
+        if os.environ.get(DEBUG_VARIABLE):
+            traceback.print_exc()
+        raise SystemExit(f'{prog}: error: unexpected {type(e).__name__}: {one_line(e)} '
+                         f'({DEBUG_VARIABLE}=1 shows where)') from None

@@ -5,6 +5,7 @@ its on-disk layout, and the PASCAL VOC colour palette and label format. Data lay
 read these; nothing else should repeat them.
 """
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -122,6 +123,70 @@ def voc_label(voc_dir, idx):
 def voc_split(voc_dir, split, task='Segmentation'):
     """A VOC split file: ImageSets/Segmentation (or Main, PASCAL-Context's)/<split>.txt."""
     return os.path.join(voc_dir, 'ImageSets', task, split + '.txt')
+
+
+# --- a data folder of your own -------------------------------------------------
+# File name endings read as images (any case), in a folder of one's own data
+# and in folders of photos.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.tif', '.tiff', '.gif', '.webp')
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a data folder keeps its images, labels and split lists: images
+    `<images>/<stem>.<one of image_endings>`, labels `<labels>/<stem>.png`
+    (class indices 0..n-1 in a palette or grayscale PNG, VOID ignored),
+    splits `<splits>/<split>.txt` (one stem a line)."""
+    name: str
+    images: str
+    labels: str
+    splits: str
+    image_endings: tuple
+
+    def split_file(self, data_dir, split):
+        return os.path.join(data_dir, self.splits, split + '.txt')
+
+    def label(self, data_dir, stem):
+        return os.path.join(data_dir, self.labels, stem + '.png')
+
+    def image_files(self, data_dir):
+        """{stem: [image paths]} of the images folder (a stem with several
+        files is ambiguous: the caller says so)."""
+        folder = os.path.join(data_dir, self.images)
+        found = {}
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+            stem, ending = os.path.splitext(name)
+            if ending.lower() in self.image_endings:
+                found.setdefault(stem, []).append(os.path.join(folder, name))
+        return found
+
+    def missing_image(self, data_dir, stem):
+        """How to say where the image of `stem` was looked for."""
+        return os.path.join(data_dir, self.images, f'{stem}.<{"|".join(e[1:] for e in self.image_endings)}>')
+
+
+# The layout of your own data (docs/nets.md), and PASCAL VOC's.
+OWN_LAYOUT = Layout('images/ labels/ train.txt val.txt', 'images', 'labels', '', IMAGE_EXTENSIONS)
+VOC_LAYOUT = Layout('PASCAL VOC', 'JPEGImages', 'SegmentationClass',
+                    os.path.join('ImageSets', 'Segmentation'), ('.jpg',))
+LAYOUTS = (OWN_LAYOUT, VOC_LAYOUT)
+OWN_SPLITS = ('train', 'val')  # the splits a model of your own trains and scores on
+
+
+def layout_of(data_dir):
+    """The Layout of a data folder: PASCAL VOC's where it has JPEGImages/,
+    else the own layout (images/, labels/)."""
+    if os.path.isdir(os.path.join(data_dir, VOC_LAYOUT.images)):
+        return VOC_LAYOUT
+    return OWN_LAYOUT
+
+
+def split_ids(path):
+    """The stems a split file lists, one a line, in order: blank lines,
+    surrounding spaces, CRLF line ends and a UTF-8 byte order mark (as
+    Windows editors save) are tolerated."""
+    with open(path, encoding='utf-8-sig') as f:
+        return [line.strip() for line in f if line.strip()]
 
 
 def save_label_png(path, label):

@@ -1,8 +1,14 @@
-"""Where commands write: checks made before any work starts, and writes that
-leave either the whole new file or the previous state (a temporary file in
-the same folder, renamed into place), never half a file.
+"""Where commands write: the one output guard. Each command declares what it
+reads and what it will write; before any work `guard(writes, reads)`
+refuses an output that is, or resolves to, an input or another output, or
+that is a symbolic link planted where a file goes (never written through);
+`writable_file`/`writable_dir` refuse a place that cannot be written, in
+one line. Writes leave either the whole new file or the previous state (a
+temporary file in the same folder, renamed into place), never half a file,
+and no temporary file on an error or a signal.
 """
 import contextlib
+import errno
 import math
 import os
 import shutil
@@ -39,9 +45,13 @@ def writable_dir(path, option):
 
 def writable_file(path, option):
     """Check, before any work, that file `path` (given as `option`) can be
-    written: not a folder, in an existing writable folder."""
+    written: not a folder, not a name ending in a separator (a folder
+    meant), not a symbolic link, in an existing writable folder."""
     if os.path.isdir(path):
         raise OutputError(f'{option} {path}: a folder, not a file')
+    if str(path).endswith(('/', os.sep)):
+        raise OutputError(f'{option} {path}: names a folder (it ends in "/"); give a file name')
+    refuse_link(path, option)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise OutputError(f'{option} {path}: no folder {folder}')
@@ -65,8 +75,9 @@ def _new_file_mode(path):
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
+        with cli.signals_deferred():  # never left at 0 by a signal
+            umask = os.umask(0)
+            os.umask(umask)
         return 0o666 & ~umask
 
 
@@ -103,8 +114,9 @@ def atomic_paths(paths, what='the files', on_written=None):
     never lost to an interruption."""
     tmps = {}
     try:
-        for key, path in paths.items():
-            tmps[key] = _temp_beside(path)
+        with cli.signals_deferred():  # each made and recorded together: none left behind
+            for key, path in paths.items():
+                tmps[key] = _temp_beside(path)
         yield dict(tmps)
         for key, path in paths.items():
             os.chmod(tmps[key], _new_file_mode(path))
@@ -190,6 +202,55 @@ def check_apart(writes, reads=()):
         if key in planned:
             raise OutputError(f'{planned[key]} and {what} would both be {path}')
         planned[key] = what
+
+
+def check_written(tmp, path, read, what):
+    """After a writer that reports no error (Caffe's save ignores a full
+    disk): `read(tmp)` must take the file back whole, else an OutputError
+    naming `path`, the folder's free space and the likely cause."""
+    try:
+        read(tmp)
+    except (ValueError, OSError):
+        folder = os.path.dirname(os.path.abspath(path))
+        free = shutil.disk_usage(folder).free
+        raise OutputError(f'{folder}: cannot write {what} ({os.path.basename(path)}): written '
+                          f'incomplete ({os.path.getsize(tmp)} bytes), {_size(free)} free: No space '
+                          'left on device?') from None
+
+
+def refuse_link(path, what):
+    """An OutputError if `path` is a symbolic link: an output is replaced,
+    never written through a link someone planted where it goes (its
+    target could be any file)."""
+    if os.path.islink(path):
+        named = what if str(path) in what else f'{what} {path}'
+        raise OutputError(f'{named} is a symbolic link (to {os.readlink(path)}): an output '
+                          'is never written through a link; remove it or choose another path')
+
+
+def guard(writes, reads=()):
+    """The output guard, before any work: `writes` and `reads` are (path,
+    description) pairs of everything the command will write and read.
+    Refuses (OutputError, naming both parties) an output that is a planted
+    symbolic link (refuse_link), that is or resolves to an input, or that
+    two outputs share (check_apart)."""
+    writes = list(writes)
+    for path, what in writes:
+        refuse_link(path, what)
+    check_apart(writes, reads)
+
+
+def open_no_follow(path, flags, mode=0o644, what='the file'):
+    """os.open of `path` that never follows a symbolic link at it
+    (O_NOFOLLOW): a link planted at a lock or output path is an OutputError
+    naming it, not a write into its target."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f'{what} {path} is a symbolic link (to {os.readlink(path)}): never '
+                              'followed; remove it') from None
+        raise
 
 
 def jsonable(x):

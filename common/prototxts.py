@@ -106,18 +106,38 @@ def check_net(path, phases=(caffe_pb2.TEST,)):
     known = set(caffe.layer_type_list())
     for layer in net.layer:
         if layer.type not in known:
-            raise PrototxtError(f'{path}: layer "{layer.name}" has type "{layer.type}", which this '
-                                f'Caffe does not have; its layer types are {", ".join(sorted(known))}')
+            raise PrototxtError(f'{path}:{_at(path, layer.name)} layer "{layer.name}" has type '
+                                f'"{layer.type}", which this Caffe does not have; its layer types '
+                                f'are {", ".join(sorted(known))}')
     for phase in phases:
         tops = set(net.input)
         for layer in (layer for layer in net.layer if _in_phase(layer, phase)):
             for bottom in layer.bottom:
                 if bottom not in tops:
                     raise PrototxtError(
-                        f'{path}: layer "{layer.name}" reads "{bottom}", which no layer before it '
-                        f'writes (in the {caffe_pb2.Phase.Name(phase)} net)')
+                        f'{path}:{_at(path, layer.name)} layer "{layer.name}" reads "{bottom}", which '
+                        f'no layer before it writes (in the {caffe_pb2.Phase.Name(phase)} net)')
             tops.update(layer.top)
     return net
+
+
+def line_of_layer(path, name):
+    """The line of the layer called `name` (its `name: "..."` line) in a
+    prototxt, for messages (0 if not found)."""
+    try:
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if re.fullmatch(rf'\s*name\s*:\s*"{re.escape(name)}"\s*', line):
+                    return i
+    except OSError:
+        pass
+    return 0
+
+
+def _at(path, name):
+    """'N:' for the line of layer `name` (line_of_layer), '' if unknown."""
+    line = line_of_layer(path, name)
+    return f'{line}:' if line else ''
 
 
 def _in_phase(layer, phase):

@@ -21,8 +21,14 @@ HISTORY_PER_PARAM = {'SGD': 1, 'Nesterov': 1, 'AdaGrad': 1, 'RMSProp': 1,
                      'AdaDelta': 2, 'Adam': 2}
 
 
-class SnapshotError(Exception):
-    """A snapshot that cannot be used or written; the message says what to do."""
+class SnapshotError(ValueError):
+    """A snapshot that cannot be used or written; the message says what to do
+    (training's advice), `problem` only what is wrong, for commands whose
+    advice differs."""
+
+    def __init__(self, message, problem=None):
+        super().__init__(message)
+        self.problem = problem or message
 
 
 class Snapshots:
@@ -55,7 +61,7 @@ class Snapshots:
             kind = type(e).__name__ if not isinstance(e, OSError) else e.strerror
             problem = f'{path}: not a readable snapshot manifest ({kind}: {e})'
             raise SnapshotError(problem if listing else
-                                f'{problem}; {self._alternatives(exclude=path)}') from None
+                                f'{problem}; {self._alternatives(exclude=path)}', problem) from None
         return entry
 
     def check(self, entry, full=True, listing=False):
@@ -74,7 +80,7 @@ class Snapshots:
                 continue
             problem = f'snapshot {path} {problem}'
             raise SnapshotError(problem if listing else
-                                f'{problem}; {self._alternatives(exclude=entry[key])}')
+                                f'{problem}; {self._alternatives(exclude=entry[key])}', problem)
 
     def latest(self, full=False):
         """{'iteration', 'solverstate', 'caffemodel', ...} of the newest

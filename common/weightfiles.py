@@ -13,7 +13,6 @@ layer, shapes or counts at fault. The files are parsed with Caffe's own
 protobuf messages (caffe.proto.caffe_pb2).
 """
 import os
-import sys
 
 import numpy as np
 
@@ -254,7 +253,8 @@ def resolve(folder, prefer='snapshot', announce=True):
     """The trained weights of the model folder `folder`: its latest complete
     snapshot and its published caffemodel (python -m fetch weights NAME),
     looked for in the order RESOLVE_ORDERS[prefer]. With `announce`, the
-    chosen file is printed (to stderr, so that outputs stay clean).
+    chosen file is printed (to stdout: stderr holds only a failure's one
+    line).
     WeightsError says how to get weights where there are none;
     snapshots.SnapshotError names a latest snapshot that fails its check."""
     folder = os.path.abspath(folder)
@@ -270,7 +270,7 @@ def resolve(folder, prefer='snapshot', announce=True):
             what = 'published caffemodel'
         if path:
             if announce:
-                print(f'{name}: weights {path} ({what})', file=sys.stderr)
+                print(f'{name}: weights {path} ({what})')  # stderr holds only a failure's line
             return path
     fetch = (f' or fetch its published caffemodel {published} (python -m fetch weights {name})'
              if published else '')

@@ -71,7 +71,8 @@ def cmd_weights(args):
     files = _overrides(args.file, names, '--file')
     for name in names:
         fetch_weights(name, args.dest, url=urls.get(name), file=files.get(name),
-                      convert=not args.no_convert, force=args.force, **_download_args(args))
+                      convert=not args.no_convert, force=args.force,
+                      allow_modules=args.allow_module, **_download_args(args))
 
 
 def cmd_classes(args):
@@ -134,6 +135,8 @@ def build_parser():
                    help=f'models root, holding <model>/ and nets/ilsvrc-nets/ (default {MODELS_ROOT})')
     p.add_argument('--no-convert', action='store_true',
                    help='do not run surgery.py convert on ILSVRC nets')
+    p.add_argument('--allow-module', action='append', default=[], metavar='MODULE',
+                   help="let the model folder's deploy prototxt name this Python module")
     downloading(p)
     p.set_defaults(run=cmd_weights)
 
@@ -167,19 +170,9 @@ def build_parser():
 def main(argv=None):
     caffe_setup.quiet_caffe_log(argv)
     args = build_parser().parse_args(argv)
-    with cli.stop_on_signals():
-        try:
-            return args.run(args) or 0
-        except FetchError as e:
-            print(f'fetch: error: {e}', file=sys.stderr)
-            return 1
-        except OSError as e:  # the disk's: full, read-only, a file where a folder goes
-            where = f'{e.filename}: ' if e.filename else ''
-            print(f'fetch: error: {where}{e.strerror or e}', file=sys.stderr)
-            return 1
-        except KeyboardInterrupt as e:
-            return cli.report_interrupted('fetch', e, 'run the same command again to resume '
-                                          '(downloads go on from where they stopped)')
+    return cli.run('fetch', lambda: args.run(args) or 0,
+                   lambda e: 'run the same command again to resume (downloads go on from where '
+                             'they stopped)') or 0
 
 
 if __name__ == '__main__':

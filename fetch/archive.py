@@ -142,8 +142,9 @@ def _unpack(archive_path, dest, marker, root_name, staging, progress):
         staging.mkdir(parents=True)
         inside = [(parts[len(root):], is_dir, member) for parts, is_dir, member in entries
                   if parts[:len(root)] == root and len(parts) > len(root)]
+        _check_kinds(archive_path, root, inside)
         for rel, is_dir, member in tqdm(inside, desc=f'unpack {dest.name}', unit='file',
-                                        mininterval=0.5, disable=not progress):
+                                        mininterval=0.5, disable=None if progress else True):
             target = staging.joinpath(*rel)
             if is_dir:
                 target.mkdir(parents=True, exist_ok=True)
@@ -153,6 +154,21 @@ def _unpack(archive_path, dest, marker, root_name, staging, progress):
                 shutil.copyfileobj(src, out, 1 << 20)
     finally:
         archive.close()
+
+
+def _check_kinds(archive_path, root, inside):
+    """An ArchiveLayoutError naming the archive and the member if a path is
+    both a file and a folder in it (a file member, and a folder member or a
+    member inside it): it cannot be unpacked as it is."""
+    files = {rel for rel, is_dir, _ in inside if not is_dir}
+    folders = {rel for rel, is_dir, _ in inside if is_dir} | \
+        {rel[:i] for rel, _, _ in inside for i in range(1, len(rel))}
+    both = sorted(files & folders)
+    if both:
+        member = '/'.join(root + both[0])
+        raise ArchiveLayoutError(f'{archive_path}: member {member} is both a file and a folder '
+                                 'in the archive; it cannot be unpacked (a damaged or '
+                                 'hand-made archive?)')
 
 
 def _move_in(staging, dest, first_part, force):

@@ -5,11 +5,13 @@ with an HTTP Range request (in the same run after a retry, or in a later
 run). Only a complete file that passes the size and checksum checks is
 renamed to the final name, so a file under the final name is always whole.
 """
+import errno
 import hashlib
 import http.client
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import urllib.error
@@ -19,12 +21,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from common import outputs
+
 from . import FetchError
 
 CHUNK = 1 << 20
 USER_AGENT = 'fcn-fetch/1.0 (+python urllib)'
 # HTTP statuses worth retrying; anything else (404, 403, ...) will not change.
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
+# Failures that say the host cannot be reached from here at all (offline, no
+# name server, nothing listening): retrying in a few seconds would not help.
+UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
 
 
 class VerificationError(FetchError):
@@ -120,7 +127,8 @@ def _fetch_into(url, part, expected_size, timeout, progress):
         with open(part, mode) as f, tqdm(total=total, initial=offset, unit='B',
                                          unit_scale=True, unit_divisor=1024,
                                          desc=part.name[:-len('.part')],
-                                         disable=not progress, mininterval=0.5) as bar:
+                                         disable=None if progress else True,  # a bar on a terminal only
+                                         mininterval=0.5) as bar:
             while block := response.read(CHUNK):
                 f.write(block)
                 received += len(block)
@@ -137,6 +145,22 @@ def _checked(key, path, check):
             check(path)
         except ValueError as e:
             raise VerificationError(f'{key}: {e}') from e
+
+
+def unreachable(error):
+    """Whether a urllib error says the host cannot be reached from here."""
+    reason = getattr(error, 'reason', error)
+    return isinstance(reason, socket.gaierror) or \
+        isinstance(reason, OSError) and reason.errno in UNREACHABLE_ERRNOS
+
+
+def elsewhere(key, source, url):
+    """How to use a copy fetched on another machine: the --file option, the
+    URL, and the checksum it must match."""
+    digests = ', '.join(f'{name} {value}' for name, value in source.digests.items())
+    return (f'to use a copy fetched elsewhere, download {url} and give it with --file {key}=PATH '
+            + (f'(it must match {digests})' if digests else
+               '(no checksum is recorded for it: it is checked as it is used)'))
 
 
 def check_url(key, url):
@@ -188,11 +212,12 @@ def download(key, source, dest, url=None, retries=3, backoff=5.0, timeout=60, pr
                 raise FetchError(f'{key}: {url}: HTTP {e.code} {e.reason}') from e
             failure = e
         except (OSError, http.client.HTTPException) as e:  # incl. URLError, timeouts
-            if attempt == retries:
+            if attempt == retries or unreachable(e):
                 kept = part.stat().st_size if part.exists() else 0
                 hint = (f'{kept} bytes kept in {part}, run the same command again to resume'
                         if kept else 'run the same command again to retry')
-                raise FetchError(f'{key}: {url}: {e}; {hint}') from e
+                raise FetchError(f'{key}: {url}: {e}; {hint}; '
+                                 f'{elsewhere(key, source, url)}') from e
             failure = e
         print(f'{key}: {failure}; resuming in {backoff:g} s', file=sys.stderr)
         time.sleep(backoff)
@@ -221,6 +246,6 @@ def adopt(key, source, path, dest=None, check=None):
         return path
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, part_path(dest))
-    os.replace(part_path(dest), dest)
+    with outputs.atomic_path(str(dest), f'{key}: the copy of {path}') as tmp:  # whole, or nothing
+        shutil.copyfile(path, tmp)
     return dest

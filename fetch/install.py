@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import datasets, locations, weightfiles
+from common import datasets, locations, outputs, weightfiles
 from common.catalog import DOWNLOADS, ILSVRC_CONVERTED, ILSVRC_NETS, MODELS
 
 from . import REPO, FetchError
@@ -198,7 +198,7 @@ def reference_net(name, models_root):
     return next((p for p in candidates if os.path.isfile(p)), candidates[-1])
 
 
-def weights_check(name, models_root):
+def weights_check(name, models_root, allow_modules=()):
     """A check (path -> None, raising ValueError) that a file is a caffemodel
     fitting the reference_net of `name`, as every command will load it."""
     proto = reference_net(name, models_root)
@@ -210,14 +210,22 @@ def weights_check(name, models_root):
         if not os.path.isfile(proto):
             raise weightfiles.CheckError(f'no net definition {proto} to check {path} against')
         import caffe  # deferred: fetching data needs no Caffe
+
+        import loading  # deferred with caffe, which it loads
+        if os.path.basename(proto) == locations.DEPLOY_PROTOTXT:  # a model folder: the one way
+            loading.deploy(os.path.dirname(proto), allow_modules)
+        else:
+            loading.check_net(proto, allow=allow_modules)
         weightfiles.check_weights(str(path), caffe.Net(proto, caffe.TEST), net_name=proto)
     return check
 
 
 def fetch_weights(name, models_root, url=None, file=None, convert=True, force=False,
-                  **download_args):
+                  allow_modules=(), **download_args):
     dest = weights_path(name, models_root)
-    check = weights_check(name, models_root)
+    outputs.guard([(str(dest), f'{name}: the weights'), (str(part_path(dest)), f'{name}: the download')],
+                  [(str(file), f'--file {file}')] if file is not None else [])
+    check = weights_check(name, models_root, allow_modules)
     if file is not None:
         adopt(name, DOWNLOADS[name], file, dest=dest, check=check)
     else:

@@ -261,6 +261,33 @@ class LMDB(Source):
         return ['data', self.heads[0].label], (image, label)
 
 
+@dataclass(frozen=True)
+class DataFolder(Source):
+    """Your own data (docs/nets.md): a folder with images/<stem>.<jpg|png|...>,
+    labels/<stem>.png (class indices, 255 void), train.txt and val.txt
+    (one stem a line), or in the PASCAL VOC layout (datasets.layout_of),
+    read by layers.SegDataLayer. Give the classes (one head) and data_dir,
+    relative to the model folder."""
+    name: str = 'folder'
+    train_split: str = datasets.OWN_SPLITS[0]
+    val_split: str = datasets.OWN_SPLITS[1]
+    train_file: str = 'train.prototxt'
+    val_file: str = 'val.prototxt'
+    heads: Tuple[Head, ...] = ()      # required: the classes
+    test_interval: int = VOC.test_interval
+    max_iter: int = VOC.max_iter
+    val_size: int = 1                 # images in the val split (the solver's test_iter)
+    data_dir: str = ''                # required
+    mean: Tuple[float, ...] = datasets.VOC_MEAN
+
+    def __post_init__(self):
+        if len(self.heads) != 1 or not self.data_dir:
+            raise ValueError('DataFolder: give data_dir and one head (the classes)')
+
+    def dataset_params(self, split):
+        return 'SegDataLayer', dict(data_dir=self.data_dir, seed=SEED, split=split, mean=self.mean)
+
+
 def _differs(value, held):
     """Whether a param value differs from what the layer holds; a dict (NYUD's
     means) is compared on the keys it gives."""

@@ -139,6 +139,13 @@ def googlenet(n, data, suffix='', train=True, param=LEARNED, fully_conv=True):
 
 
 TRUNKS = {'vgg16': vgg16, 'caffenet': caffenet, 'googlenet': googlenet}
+# The papers' other name of a trunk.
+TRUNK_ALIASES = {'alexnet': 'caffenet'}
+# The pooled features each trunk returns besides fc7: the skips it can
+# take (fcn.SKIPS), so the output strides it supports.
+SKIP_FEATURES = {'vgg16': ('pool3', 'pool4'), 'caffenet': (), 'googlenet': ()}
+# The trunks whose channels scale (width) and that train from scratch (filler).
+SCALABLE_TRUNKS = ('vgg16',)
 # The learning-rate and decay multipliers of a trunk's convolutions where they
 # are not blocks.LEARNED: the reference FCN-AlexNet leaves Caffe's defaults
 # there (its score layers still get blocks.LEARNED).

@@ -2,6 +2,7 @@
 module imports caffe, and the fixtures the test modules share. Plain helper
 functions live in helpers.py (pytest puts tests/ on the path)."""
 import os
+import subprocess
 import types
 
 import numpy as np
@@ -75,3 +76,18 @@ def tiny_val_images(tiny_model):
     write_voc(os.path.join(os.path.dirname(folder), 'data', 'voc'), {'val': ids},
               seed=3, learnable=True)  # scenes of TINY_CLASSES
     return ids
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 2 MB tmpfs (root only): a disk that really fills up."""
+    mount = tmp_path / 'disk'
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip('mounting a tmpfs needs root')
+    done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f'cannot mount a tmpfs here: {done.stderr.strip()}')
+    yield mount
+    subprocess.run(['umount', '-l', str(mount)], check=True)

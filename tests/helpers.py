@@ -209,3 +209,32 @@ def narrowed(net_param, path):
     with open(path, 'w') as f:
         f.write(str(net_param))
     return path
+
+
+OWN_CLASSES = ('background', 'red', 'blue')
+
+
+def write_own_data(root, train=8, val=2, seed=0):
+    """A data folder of one's own (docs/nets.md): images/<stem>.jpg,
+    labels/<stem>.png (palette and grayscale PNGs, alternately) of
+    synthetic.squares scenes (classes OWN_CLASSES), train.txt as Windows
+    saves it (BOM, CRLF, a blank line) and val.txt. Returns the stems
+    {split: [stem]}."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, 'images'), exist_ok=True)
+    os.makedirs(os.path.join(root, 'labels'), exist_ok=True)
+    splits = {'train': [f'scene{i:02d}' for i in range(train)],
+              'val': [f'scene{i:02d}' for i in range(train, train + val)]}
+    for k, stem in enumerate(splits['train'] + splits['val']):
+        rgb, label = synthetic.squares(rng)
+        Image.fromarray(rgb).save(os.path.join(root, 'images', stem + '.jpg'))
+        path = os.path.join(root, 'labels', stem + '.png')
+        if k % 2:
+            Image.fromarray(label, 'L').save(path)
+        else:
+            save_palette_png(path, label)
+    with open(os.path.join(root, 'train.txt'), 'w', encoding='utf-8-sig', newline='') as f:
+        f.write('\r\n'.join(splits['train'][:2]) + '\r\n\r\n' + '\r\n'.join(splits['train'][2:]) + '\r\n')
+    with open(os.path.join(root, 'val.txt'), 'w') as f:
+        f.write('\n'.join(splits['val']) + '\n')
+    return splits

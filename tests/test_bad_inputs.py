@@ -564,7 +564,7 @@ def test_solve_stops_on_a_training_label_outside_the_nets_classes(tmp_path, clas
     shutil.copy(os.path.join(REPO, 'voc-fcn8s', 'solve.py'), os.path.join(folder, 'solve.py'))
     before = tree(tmp_path)
     out = run('solve.py', '--cpu', '--max-iter', 1, cwd=folder)
-    assert_one_line_error(out, 'solve.py: ', voc / 'SegmentationClass' / 'train_0000.png',
+    assert_one_line_error(out, 'solve.py: error: ', voc / 'SegmentationClass' / 'train_0000.png',
                           f'label values {value}', f"the net's {len(classes)} classes")
     assert tree(tmp_path) == before
 

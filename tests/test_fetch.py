@@ -294,7 +294,19 @@ def test_missing_file_is_an_error(server, tmp_path):
 # ---------------------------------------------------------------- datasets
 
 def fetch_cli(*args):
-    return main([*map(str, args), '--quiet'])
+    return exit_status(main, [*map(str, args), '--quiet'])
+
+
+def exit_status(command, argv):
+    """The exit status of a command's main(argv) run in this process (an
+    error's one line, which cli.run raises as SystemExit, goes to stderr)."""
+    try:
+        return command(argv)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 1
+        return e.code
 
 
 @pytest.fixture(scope='module')
@@ -409,7 +421,7 @@ def test_nyud_siftflow_and_context_layouts_and_splits(server, tmp_path, capsys):
 
 
 def test_several_sources_need_keyed_urls(capsys):
-    assert main(['data', 'context', '--url', 'http://mirror/x.tar']) == 1
+    assert exit_status(main, ['data', 'context', '--url', 'http://mirror/x.tar']) == 1
     assert 'SOURCE=VALUE' in capsys.readouterr().err
 
 
@@ -630,3 +642,28 @@ def test_reproduce_md_covers_every_model():
             assert m.weights in text, m.weights
         if m.published and m.published.mean_iu is not None:
             assert f'{m.published.mean_iu:.1f}' in text, m.folder
+
+
+def closed_port():
+    """A local port nothing listens on (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize('name, checksum', [
+    ('caffenet', f"it must match sha1 {DOWNLOADS['caffenet'].sha1}"),
+    ('voc-fcn8s', 'no checksum is recorded for it')])
+def test_unreachable_host_is_not_retried_and_names_file(tmp_path, name, checksum):
+    """Offline (here: a refused connection), fetch gives up at once (no
+    'resuming in' retries) and ends with how to use a copy fetched
+    elsewhere: --file, the URL, the checksum or that none is known."""
+    url = f'http://127.0.0.1:{closed_port()}/{DOWNLOADS[name].filename}'
+    out = subprocess.run([sys.executable, '-m', 'fetch', 'weights', name, '--dest', str(tmp_path),
+                          '--url', url, '--quiet'], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 1
+    assert 'resuming in' not in out.stderr
+    last = out.stderr.splitlines()[-1]
+    assert last.startswith(f'fetch: error: {name}: {url}: ') and 'Connection refused' in last
+    assert last.endswith(f'download {url} and give it with --file {name}=PATH ({checksum}'
+                         + (')' if name == 'caffenet' else ': it is checked as it is used)')), last

@@ -225,6 +225,27 @@ def test_seg_data_layer_folders_paired_by_stem_and_rgb_labels(tmp_path, dataset_
         np.testing.assert_array_equal(step(net)['label'][0, 0], labels[stem])
 
 
+def test_seg_data_layer_reads_a_data_folder(tmp_path):
+    """data_dir + split: images/<stem>.<any image ending>, labels/<stem>.png
+    (palette and grayscale), a split file as Windows saves it; in file order
+    at TEST; a listed stem without an image is an error naming where it was
+    looked for."""
+    from helpers import write_own_data
+    splits = write_own_data(tmp_path / 'd', train=4, val=2)
+    stems = splits['train']
+    os.replace(tmp_path / 'd' / 'images' / f'{stems[1]}.jpg', tmp_path / 'd' / 'images' / f'{stems[1]}.PNG')
+    net = make_net(tmp_path, 'SegDataLayer', dict(data_dir=str(tmp_path / 'd'), split='train',
+                                                  num_classes=3), ['data', 'label'])
+    for stem in stems + stems[:1]:
+        with Image.open(tmp_path / 'd' / 'labels' / f'{stem}.png') as im:
+            expected = np.asarray(im)
+        np.testing.assert_array_equal(step(net)['label'][0, 0], expected)
+    (tmp_path / 'd' / 'val.txt').write_text('ghost\n')
+    with pytest.raises(FileNotFoundError, match=r'val.txt: ghost: no image .*/images/ghost.<jpg\|'):
+        make_net(tmp_path, 'SegDataLayer', dict(data_dir=str(tmp_path / 'd'), split='val',
+                                                num_classes=3), ['data', 'label'])
+
+
 def test_load_image_conversions(tmp_path, dataset_writers):
     rng = np.random.default_rng(5)
     gray = rng.integers(0, 256, (3, 4), dtype=np.uint8)
@@ -377,7 +398,7 @@ def test_wrong_top_count_and_nyud_tops(tmp_path):
                  ['a', 'b', 'c'])
     with pytest.raises(layers.ParamError, match="'tops' must list distinct names"):
         make_net(tmp_path, 'NYUDSegDataLayer', dict(nyud_dir='x', split='test', tops=['rgb']), ['a'])
-    with pytest.raises(layers.ParamError, match='either list_file or both image_dir and label_dir'):
+    with pytest.raises(layers.ParamError, match=r'give one of data_dir \+ split; list_file; image_dir \+ label_dir; got image_dir'):
         make_net(tmp_path, 'SegDataLayer', dict(image_dir='x', num_classes=2), ['a', 'b'])
 
 

@@ -90,7 +90,7 @@ def test_corrupted_snapshot_is_named_with_the_older_ones(trained):
     no_crash(run.err)
     older = os.path.join(trained, 'snapshot', 'train_iter_4.solverstate')
     assert run.err.strip().splitlines() == [
-        f'solve.py: snapshot {latest["caffemodel"]} does not match its recorded sha256 (corrupted); '
+        f'solve.py: error: snapshot {latest["caffemodel"]} does not match its recorded sha256 (corrupted); '
         f'other complete snapshots: {older} (resume one with --resume FILE)']
     # the older snapshot resumes, given as typed from the parent folder
     parent = os.path.dirname(trained)
@@ -113,7 +113,7 @@ def test_truncated_snapshot_is_named_with_the_older_ones(trained):
     no_crash(run.err)
     older = os.path.join(trained, 'snapshot', 'train_iter_4.solverstate')
     assert run.err.strip().splitlines() == [
-        f'solve.py: snapshot {latest["solverstate"]} has {size // 2} bytes, {size} recorded; '
+        f'solve.py: error: snapshot {latest["solverstate"]} has {size // 2} bytes, {size} recorded; '
         f'other complete snapshots: {older} (resume one with --resume FILE)']
 
 
@@ -128,7 +128,7 @@ def test_unreadable_latest_json_is_named(trained, content, problem):
     assert run.returncode == 1
     no_crash(run.err)
     (line,) = run.err.strip().splitlines()
-    assert line.startswith(f'solve.py: {pointer}: not a readable snapshot manifest ({problem}')
+    assert line.startswith(f'solve.py: error: {pointer}: not a readable snapshot manifest ({problem}')
     assert 'train_iter_8.solverstate' in line  # the complete snapshots it could use
 
 
@@ -137,7 +137,7 @@ def test_resume_given_a_caffemodel_names_the_solverstate(trained):
     run = resume_trials.solve(trained, '--resume', caffemodel)
     assert run.returncode == 1
     no_crash(run.err)
-    assert run.err.strip() == (f'solve.py: --resume {caffemodel}: not a solverstate; resume with the '
+    assert run.err.strip() == (f'solve.py: error: --resume {caffemodel}: not a solverstate; resume with the '
                                f"snapshot's solverstate {caffemodel[:-len('caffemodel')]}solverstate")
 
 
@@ -174,7 +174,7 @@ def test_disk_full_while_snapshotting_keeps_the_previous_snapshot(trained, small
     no_crash(run.err)
     assert len(run.err.strip().splitlines()) == 1, run.err
     line = run.err.strip()
-    assert line.startswith('solve.py: cannot ') and small_disk in line
+    assert line.startswith('solve.py: error: cannot ') and small_disk in line
     assert 'No space left on device' in line or 'disk full' in line
     assert sorted(os.listdir(small_disk)) == before  # no temp files, nothing half-written
     latest = training.Snapshots(small_disk).latest(full=True)

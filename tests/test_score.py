@@ -334,8 +334,9 @@ def siftflow_model(tmp_path):
 
 def test_command_scores_both_siftflow_heads(siftflow_model, tmp_path, capsys):
     out = tmp_path / 'metrics.json'
+    # its fake prediction layers live in this module: allowed by name
     score.main(['--model', str(siftflow_model), '--weights', str(tmp_path / 'tiny.caffemodel'),
-                '--split', 'test', '--limit', '2', '--json', str(out),
+                '--allow-module', __name__, '--split', 'test', '--limit', '2', '--json', str(out),
                 '--save-dir', str(tmp_path / 'pred')])
     report = json.loads(out.read_text())
     assert report['split'] == 'test' and report['images'] == 2
@@ -369,6 +370,10 @@ def test_command_scores_both_siftflow_heads(siftflow_model, tmp_path, capsys):
 
 def test_command_errors(siftflow_model, tmp_path):
     with pytest.raises(SystemExit, match='weights not found'):
+        score.main(['--model', str(siftflow_model), '--weights', str(tmp_path / 'none'),
+                    '--allow-module', __name__])
+    with pytest.raises(SystemExit, match=f'names the Python module "{__name__}", not one of the '
+                                         f'project.s .*pass --allow-module {__name__}$'):
         score.main(['--model', str(siftflow_model), '--weights', str(tmp_path / 'none')])
     with pytest.raises(SystemExit, match='no val.prototxt or test.prototxt'):
         score.main(['--model', str(tmp_path), '--weights', str(tmp_path / 'tiny.caffemodel')])
@@ -410,7 +415,7 @@ def test_coarsen_keeps_what_the_stride_resolves_and_loses_thin_parts():
 def test_upper_bound_command_scores_coarsened_ground_truth(siftflow_model, tmp_path, capsys):
     out = tmp_path / 'bounds.json'
     score.main(['--model', str(siftflow_model), '--upper-bound', '1', '2', '3', '--split', 'test',
-                '--json', str(out)])
+                '--json', str(out), '--allow-module', __name__])
     report = json.loads(out.read_text())
     assert report['split'] == 'test' and report['images'] == len(TEST_IDS)
     labels = [siftflow_labels(idx) for idx in TEST_IDS]

@@ -125,7 +125,7 @@ def test_solver_prototxt_mistakes_are_named_with_file_and_line(folder, capsys, c
     path = os.path.join(folder, 'solver.prototxt')
     text = edit(path, old, new)
     line = refused(folder, ['--cpu', '--max-iter', 1], capsys)
-    assert line == f'solve.py: {path}{message(text).format(folder=folder)}'
+    assert line == f'solve.py: error: {path}{message(text).format(folder=folder)}'
 
 
 NET_CASES = {
@@ -151,7 +151,8 @@ def test_net_mistakes_caffe_aborts_on_are_named_first(folder, capsys, case):
     edit(os.path.join(folder, 'solver.prototxt'), 'test_net: "val.prototxt"',
          'test_net: "other.prototxt"')
     line = refused(folder, ['--cpu', '--max-iter', 1], capsys)
-    assert line.startswith(f'solve.py: {other}: {message.format(layer=layer)}'), line
+    at = line_number(text, f'  name: "{layer}"')
+    assert line.startswith(f'solve.py: error: {other}:{at}: {message.format(layer=layer)}'), line
 
 
 NET_PY_CASES = {
@@ -171,7 +172,7 @@ def test_net_py_mistakes_are_named_with_file_and_line(folder, capsys, case):
     text = edit(path, old, new)
     n = line_number(text, 'model = ')
     assert refused(folder, ['--cpu'], capsys) == \
-        f'solve.py: {path}:{message(n, text.splitlines()[n - 1])}'
+        f'solve.py: error: {path}:{message(n, text.splitlines()[n - 1])}'
 
 
 def test_repository_models_also_name_python_m_nets(tmp_path, monkeypatch, capsys):
@@ -182,7 +183,7 @@ def test_repository_models_also_name_python_m_nets(tmp_path, monkeypatch, capsys
     shutil.copytree(os.path.join(REPO, 'voc-fcn8s'), folder)
     edit(os.path.join(folder, 'net.py'), 'stride=8', 'stride=16')
     assert refused(folder, ['--cpu'], capsys) == (
-        f'solve.py: {folder}/train.prototxt differs from what net.py defines (net.py edited since '
+        f'solve.py: error: {folder}/train.prototxt differs from what net.py defines (net.py edited since '
         f'it was written?): regenerate the prototxts with `python net.py` in {folder} (or '
         '`python -m nets voc-fcn8s`)')
 
@@ -192,12 +193,12 @@ def test_a_file_where_the_snapshot_folder_goes_is_refused(folder, capsys):
     with open(snapshot, 'w') as f:
         f.write('notes\n')
     assert refused(folder, ['--cpu', '--max-iter', 1], capsys) == (
-        f'solve.py: the snapshot folder {snapshot} is a file, not a folder: move it away '
+        f'solve.py: error: the snapshot folder {snapshot} is a file, not a folder: move it away '
         '(snapshots, latest.json and the training log go there)')
     os.remove(snapshot)
     os.symlink(os.path.join(folder, 'gone'), snapshot)
     assert refused(folder, ['--cpu', '--max-iter', 1], capsys) == (
-        f'solve.py: the snapshot folder {snapshot} is a link to {folder}/gone, which does not exist')
+        f'solve.py: error: the snapshot folder {snapshot} is a link to {folder}/gone, which does not exist')
 
 
 def test_a_read_only_snapshot_folder_is_refused(folder, capsys):
@@ -210,7 +211,7 @@ def test_a_read_only_snapshot_folder_is_refused(folder, capsys):
         pytest.skip('mounting a filesystem needs root')
     try:
         assert refused(folder, ['--cpu', '--max-iter', 1], capsys) == (
-            f'solve.py: cannot write into the snapshot folder {snapshot}: Read-only file system '
+            f'solve.py: error: cannot write into the snapshot folder {snapshot}: Read-only file system '
             f'({snapshot})')
     finally:
         subprocess.run(['umount', snapshot])
@@ -268,7 +269,7 @@ def test_one_run_per_folder_and_the_lock_outlives_no_process(folder):
     second = resume_trials.solve(folder, '--max-iter', 100000, '--resume')
     assert second.returncode == 1, second.err
     assert second.err.strip().splitlines() == [
-        f'solve.py: another solve.py (process {first.pid}) is training in {folder}: wait for it to '
+        f'solve.py: error: another solve.py (process {first.pid}) is training in {folder}: wait for it to '
         f'end, or stop it (kill {first.pid}) and --resume']
     with open(lock) as f:
         assert f.read() == f'{first.pid}\n'
@@ -295,7 +296,7 @@ def test_resuming_past_max_iter_is_refused_before_any_net(folder, capsys):
     run = resume_trials.solve(folder, '--max-iter', 2, '--test-interval', 2)
     assert run.returncode == 0, run.err
     assert refused(folder, ['--cpu', '--max-iter', 1, '--resume'], capsys) == (
-        'solve.py: --max-iter 1: training resumes at iteration 2, past it; give a larger --max-iter')
+        'solve.py: error: --max-iter 1: training resumes at iteration 2, past it; give a larger --max-iter')
 
 
 def send(proc, signals, rng):
@@ -411,13 +412,13 @@ def test_folders_a_user_cannot_write_are_refused_before_training(user_folder):
     os.chmod(snapshot, 0o555)
     run = solve_as_user(folder, home, '--max-iter', 1)
     assert run.returncode == 1 and run.stderr.splitlines() == [
-        f'solve.py: cannot write into the snapshot folder {snapshot}: Permission denied ({snapshot})']
+        f'solve.py: error: cannot write into the snapshot folder {snapshot}: Permission denied ({snapshot})']
     os.rmdir(snapshot)
     os.chmod(folder, 0o555)
     before = tree(folder)
     run = solve_as_user(folder, home, '--max-iter', 1)
     assert run.returncode == 1 and run.stderr.splitlines() == [
-        f'solve.py: cannot write into the snapshot folder {snapshot}: Permission denied ({folder})']
+        f'solve.py: error: cannot write into the snapshot folder {snapshot}: Permission denied ({folder})']
     assert tree(folder) == before
 
 

@@ -378,21 +378,6 @@ def test_atomic_path_leaves_the_previous_file_on_error_and_its_mode_on_success(t
     assert sorted(os.listdir(tmp_path)) == ['result.npy']
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 2 MB tmpfs (root only): a disk that really fills up."""
-    mount = tmp_path / 'disk'
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip('mounting a tmpfs needs root')
-    done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f'cannot mount a tmpfs here: {done.stderr.strip()}')
-    yield mount
-    subprocess.run(['umount', str(mount)], check=True)
-
-
 def fill(disk, leave):
     """Fill `disk` up to `leave` bytes free."""
     (disk / 'filler').unlink(missing_ok=True)

@@ -59,7 +59,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from common import caffe_setup, locations  # noqa: E402
+from common import caffe_setup, cli, locations, outputs  # noqa: E402
+
+if __name__ == '__main__':
+    cli.quit_while_starting('benchmark.py')  # until main() handles signals
 
 caffe_setup.quiet_caffe_log([])  # before a measurement imports caffe
 # Caffe, and the modules that load it (nets, infer, onnx_engine), are
@@ -267,6 +270,15 @@ def measure_exported(path, size, iters, engine, precision=None):
     return result
 
 
+def check_model(model_name, allow=()):
+    """Runs in its own process (--worker --mode check): the model folder
+    loaded the one way (loading.deploy: net.py, deploy prototxt, Python
+    modules but those `allow` names), before any measurement."""
+    import loading  # deferred, as every import of Caffe here
+    loading.deploy(model_name, allow)
+    return {}
+
+
 def worker(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument('--model')
@@ -276,8 +288,15 @@ def worker(argv):
     parser.add_argument('--gpu', type=int)
     parser.add_argument('--onnx', help='the exported model (modes export, onnx and openvino)')
     parser.add_argument('--precision', help='OpenVINO\'s precision (mode openvino)')
+    parser.add_argument('--allow-module', action='append', default=[])
     args = parser.parse_args(argv)
-    if args.mode == 'export':
+    if args.mode == 'check':
+        try:
+            result = check_model(args.model, args.allow_module)
+        except ValueError as e:
+            print('ERROR ' + cli.one_line(e), flush=True)
+            return 1
+    elif args.mode == 'export':
         result = export_onnx(args.model, args.onnx)
     elif args.mode in ('onnx', 'openvino'):
         result = measure_exported(args.onnx, args.size, args.iters, args.mode, args.precision)
@@ -347,7 +366,7 @@ def build_env(dist):
     return env
 
 
-def run_worker(build, dist, model, size, mode, iters, gpu, onnx=None, precision=None):
+def run_worker(build, dist, model, size, mode, iters, gpu, onnx=None, precision=None, allow=()):
     """One measurement in a new process; the result dict, or its failure.
     With `onnx` (a path), mode 'export' writes the model's export there and
     modes 'onnx' and 'openvino' (at `precision`) measure it."""
@@ -359,7 +378,12 @@ def run_worker(build, dist, model, size, mode, iters, gpu, onnx=None, precision=
         command += ['--onnx', onnx]
     if precision:
         command += ['--precision', precision]
+    for module in allow:
+        command += ['--allow-module', module]
     proc = subprocess.run(command, capture_output=True, text=True, env=build_env(dist))
+    for line in proc.stdout.splitlines():
+        if line.startswith('ERROR '):
+            raise cli.InputError(line[len('ERROR '):])
     base = dict(model=os.path.basename(os.path.normpath(model)), size=size_name(size), mode=mode, build=build)
     for line in proc.stdout.splitlines():
         if line.startswith('RESULT '):
@@ -436,7 +460,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ['--worker']:
         return worker(argv[1:])
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(prog='benchmark.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
                         help='models (e.g. voc-fcn8s) or paths to model folders')
     parser.add_argument('--sizes', nargs='*', type=parse_size, default=[parse_size(s) for s in DEFAULT_SIZES],
@@ -444,8 +468,9 @@ def main(argv=None):
     parser.add_argument('--train-sizes', nargs='*', type=parse_size,
                         default=[parse_size(s) for s in DEFAULT_TRAIN_SIZES],
                         help=f'sizes of the forward+backward step (default {" ".join(DEFAULT_TRAIN_SIZES)})')
-    parser.add_argument('--iters', type=int, default=2, help='timed runs after the first')
-    parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
+    parser.add_argument('--iters', type=cli.number(int, minimum=1), default=2,
+                        help='timed runs after the first')
+    parser.add_argument('--gpu', type=cli.number(int, minimum=0), help='GPU id (default: CPU)')
     stock = parser.add_mutually_exclusive_group()
     stock.add_argument('--stock', help='stock Caffe build to compare with (cache folder or its dist/; '
                                        'default: found in the build cache)')
@@ -455,10 +480,23 @@ def main(argv=None):
     parser.add_argument('--no-openvino', action='store_true',
                         help='measure no OpenVINO rows (forward, beside each Caffe forward)')
     parser.add_argument('--json', help='also write the figures here')
+    parser.add_argument('--allow-module', action='append', default=[], metavar='MODULE',
+                        help="let a deploy prototxt's Python layers import MODULE")
     args = parser.parse_args(argv)
-    if args.iters < 1:
-        parser.error('--iters must be positive')
+    return cli.run('benchmark.py', lambda: measure_all(args),
+                   lambda e: 'no figures written' if args.json else 'stopped')
 
+
+def measure_all(args):
+    """The command's work: check the models and --json, then measure."""
+    if args.json:
+        outputs.writable_file(args.json, '--json')
+        folders = [locations.model_folder(m) for m in args.models]
+        outputs.guard([(args.json, '--json')],
+                      [(os.path.join(f, name), f'{os.path.join(f, name)}') for f in folders
+                       for name in ('net.py', locations.DEPLOY_PROTOTXT)])
+    for model in args.models:  # each loaded the one way before any figure
+        run_worker('project', None, model, (1, 1), 'check', 1, None, allow=args.allow_module)
     builds = [('project', None)]
     if not args.no_stock:
         dist = dist_of(args.stock) if args.stock else find_stock_build()
@@ -496,9 +534,10 @@ def main(argv=None):
         exports = {os.path.basename(os.path.normpath(m)): {k: v for k, v in e.items()
                                                            if k not in ('path', 'optimized')}
                    for m, e in exported.items()}
-        with open(args.json, 'w') as f:
-            json.dump(dict(device=device, iters=args.iters, builds=dict(builds), load_average=[before, after],
-                           exports=exports, results=results), f, indent=1)
+        outputs.write_atomically(args.json, json.dumps(dict(device=device, iters=args.iters, builds=dict(builds),
+                                                            load_average=[before, after], exports=exports,
+                                                            results=results),
+                                                       indent=1), 'the --json figures')
     return results
 
 
