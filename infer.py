@@ -3,7 +3,8 @@ of pixels per class for each image.
 
     python infer.py PHOTO_OR_FOLDER [...] [--model voc-fcn8s] [--weights W]
         [--gpu N] [--out DIR] [--recursive] [--max-side N] [--scores]
-        [--json FILE] [--memory GB] [--engine caffe|onnx] [--allow-module NAME]
+        [--json FILE] [--memory GB] [--engine caffe|onnx|openvino]
+        [--precision bf16|f32] [--allow-module NAME]
 
 Photos are read as viewers show them: the EXIF orientation is applied;
 16-bit, palette, CMYK, grayscale and transparent images become 8-bit RGB
@@ -30,7 +31,10 @@ Default weights: the model's published caffemodel where `python -m fetch
 weights <model>` puts it (<model>/<file>), else its latest training
 snapshot. --engine onnx runs the net in ONNX Runtime (CPU) instead of Caffe:
 exported once, checked against Caffe, and cached beside the weights
-(onnx_engine.py).
+(onnx_engine.py); --engine openvino runs the same export in OpenVINO (CPU,
+the fastest), at --precision (default: the CPU's fastest that keeps the
+labels, bf16 where the CPU computes in it; f32: exact). The engine and its
+precision are printed first and recorded in --json.
 """
 import collections
 import contextlib
@@ -130,7 +134,8 @@ def load_net(model, weights):
 def memory_model(engine, model, gpu=None):
     """What a photo costs in memory on `engine` (None on a GPU, whose
     memory is not the host's): Caffe's blobs (MemoryModel), else the
-    measured fraction of them another engine's tensors take."""
+    measured fraction of them another engine's tensors take
+    (EXPORTED_MEMORY)."""
     if gpu is not None:
         return None
     classes = len(model.source.heads[0].classes)
@@ -138,7 +143,7 @@ def memory_model(engine, model, gpu=None):
         return MemoryModel(engine.net, classes)
     # the deploy net without weights, for its blob shapes only
     shapes = caffe.Net(locations.deploy_prototxt(model.folder), caffe.TEST)
-    return OnnxMemoryModel(shapes, classes, model.trunk)
+    return EXPORTED_MEMORY[engine.name](shapes, classes, model.trunk)
 
 
 def load_engine(model, weights, engine='caffe', gpu=None, allow_modules=(), **options):
@@ -320,9 +325,13 @@ class MemoryModel:
                 + photo_size[0] * photo_size[1] * PHOTO_BYTES_PER_PIXEL)
 
     def held(self, height, width):
-        """Bytes the net keeps after a run at height x width (Caffe's blobs
-        never shrink)."""
+        """Bytes the net keeps after a run at height x width."""
         return self.blob_bytes(height, width)
+
+    def held_after(self, held, height, width):
+        """Bytes held after a run at height x width when `held` were held
+        before it: the larger (Caffe's blobs never shrink)."""
+        return max(held, self.held(height, width))
 
     def workspace_held(self):
         """Bytes of convolution workspace held now (reused by the next run)."""
@@ -371,6 +380,34 @@ class OnnxMemoryModel(MemoryModel):
 
     def workspace_held(self):
         return 0.0
+
+
+class OpenvinoMemoryModel(OnnxMemoryModel):
+    """The memory of a forward pass in OpenVINO (openvino_engine's compiled
+    model, any precision): its tensors at their peak, a measured fraction
+    of Caffe's blob bytes, plus this module's arrays; after a forward it
+    keeps that size's buffers (HELD_SHARE of the peak) until a forward of
+    another size replaces them."""
+    # OpenVINO's (bf16) peak RSS increase during one forward over Caffe's
+    # blob bytes, measured with `python tools/onnx_memory.py --models
+    # voc-fcn8s --sizes 500x500 1000x750 2000x1500 --engine openvino`
+    # (openvino 2026.4, 2 cores; docs/performance.md): vgg16 0.281-0.291,
+    # rounded up by about a tenth. Other trunks, not measured: ONNX
+    # Runtime's (OnnxMemoryModel), which it stays below on vgg16.
+    BLOB_FRACTION = {**OnnxMemoryModel.BLOB_FRACTION, 'vgg16': 0.32}
+    # Kept after the forward over its peak: 171/190, 395/455 and 1325/1565
+    # MiB at those sizes.
+    HELD_SHARE = 0.9
+
+    def held(self, height, width):
+        return self.HELD_SHARE * self.fraction * self.blob_bytes(height, width)
+
+    def held_after(self, held, height, width):
+        return self.held(height, width)  # the last size's buffers only
+
+
+# The memory models of the engines that run the export (memory_model).
+EXPORTED_MEMORY = {'onnx': OnnxMemoryModel, 'openvino': OpenvinoMemoryModel}
 
 
 def available_memory():
@@ -546,7 +583,7 @@ class Segmenter:
         self.mean = self.model.source.mean
         self.max_side = max_side
         self.memory = memory  # bytes for one photo; None: what the system has available
-        self.held = 0.0  # bytes of blobs already allocated (Caffe's blobs never shrink)
+        self.held = 0.0  # bytes the engine holds from earlier photos (MemoryModel.held_after)
 
     def probabilities(self, rgb, path='the image'):
         """(C x h x w class probabilities at the net's size, that size) of
@@ -557,7 +594,7 @@ class Segmenter:
         probs = net_scores(self.engine, resize(rgb, size), self.mean, self.head.score)
         check_finite_scores(probs, path)
         if self.memory_model is not None:
-            self.held = max(self.held, self.memory_model.held(*size))
+            self.held = self.memory_model.held_after(self.held, *size)
         return probabilities(probs), size
 
     def predict(self, image, probabilities=False):
@@ -654,7 +691,7 @@ def write_json(results, path, about):
 
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True,
         recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None, json_path=None,
-        engine='caffe', allow_modules=()):
+        engine='caffe', allow_modules=(), **engine_options):
     """Segment every image with one net; returns a Result per image (those
     that failed carry their error, which is also reported on stderr).
     Checked before any work: --out and json_path (the --json summary,
@@ -668,7 +705,8 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     except outputs.OutputError as e:
         raise InferError(str(e)) from e
     todo = image_paths(inputs, recursive)
-    segmenter = Segmenter(model, weights, engine, gpu, max_side, memory, allow_modules)
+    segmenter = Segmenter(model, weights, engine, gpu, max_side, memory, allow_modules, **engine_options)
+    print(f'{segmenter.model.name}: engine {engines.summary(segmenter.engine.describe())}')
     check_outputs_apart(todo, out, scores, json_path, segmenter.inputs)
     if scores:
         scores_space(todo, out, len(segmenter.head.classes))
@@ -696,7 +734,7 @@ def main(argv=None):
     parser = cli.ArgumentParser(prog='infer.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('images', nargs='+', help='image files or folders of images')
     cli.add_model_options(parser)
-    cli.add_engine_options(parser, engines.ENGINES)
+    cli.add_engine_options(parser, engines.ENGINES, precisions=engines.PRECISIONS)
     parser.add_argument('--out', default=os.path.join('out', 'infer'), help='output folder')
     parser.add_argument('--recursive', action='store_true', help="also segment folders' subfolders")
     parser.add_argument('--max-side', type=cli.number(int, minimum=0), default=DEFAULT_MAX_SIDE,
@@ -710,14 +748,14 @@ def main(argv=None):
     parser.add_argument('--memory', type=cli.number(float, above=0),
                         help='GB one photo may take (default: what the system has available)')
     args = parser.parse_args(argv)
-    if args.engine != 'caffe' and args.gpu is not None:
-        parser.error(f'--engine {args.engine} runs on the CPU: not with --gpu')
+    cli.check_engine_options(parser, args, engines.PRECISIONS)
 
     def work():
         results = run(args.images, args.model, args.weights, args.out, args.gpu,
                       recursive=args.recursive, max_side=args.max_side, scores=args.scores,
                       memory=None if args.memory is None else args.memory * GB,
-                      json_path=args.json, engine=args.engine, allow_modules=args.allow_module)
+                      json_path=args.json, engine=args.engine, allow_modules=args.allow_module,
+                      precision=args.precision)
         return results
     results = cli.run('infer.py', work, lambda e: interrupted_summary(e, args.out))
     failed = [r for r in results if r.error]

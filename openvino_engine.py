@@ -105,8 +105,10 @@ class OpenvinoNet:
         return {name: results[name] for name in self.outputs}
 
     def describe(self):
-        """What commands print and record: the engine and its precision."""
-        return {'engine': self.name, 'precision': self.precision}
+        """What commands print and record: the engine, its precision, device
+        and version, the file it compiled."""
+        return {'engine': self.name, 'precision': self.precision, 'device': 'cpu',
+                'openvino': ov.__version__, 'file': self.path}
 
 
 def load(folder, weights, gpu=None, precision=None):
