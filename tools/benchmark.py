@@ -245,12 +245,12 @@ def measure_exported(path, size, iters, engine, precision=None):
 
     t = time.perf_counter()
     if engine == 'onnx':
-        import onnx_engine
+        import onnx_engine  # deferred: a measuring process loads its engine's module only
         net = onnx_engine.OnnxNet(path, optimized=True)
         result = dict(onnxruntime=onnx_engine.onnxruntime().__version__)
         channels = {i.name: i.shape[1] for i in net.session.get_inputs()}
     else:
-        import openvino_engine
+        import openvino_engine  # deferred: a measuring process loads its engine's module only
         net = openvino_engine.OpenvinoNet(path, precision)
         result = dict(openvino=openvino_engine.ov.__version__, precision=net.precision)
         channels = {i.get_any_name(): i.get_partial_shape()[1].get_length() for i in net.compiled.inputs}

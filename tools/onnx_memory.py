@@ -54,11 +54,11 @@ def forward_bytes(path, width, height, engine='onnx', precision=None):
     import numpy as np
 
     if engine == 'onnx':
-        import onnx_engine
+        import onnx_engine  # deferred: a measuring process loads its engine's module only
         net = onnx_engine.OnnxNet(onnx_engine.optimized_path(path), optimized=True)
         channels = {i.name: i.shape[1] for i in net.session.get_inputs()}
     else:
-        import openvino_engine
+        import openvino_engine  # deferred: a measuring process loads its engine's module only
         net = openvino_engine.OpenvinoNet(path, precision)
         channels = {i.get_any_name(): i.get_partial_shape()[1].get_length() for i in net.compiled.inputs}
     start = status_kib('VmRSS')
