@@ -10,6 +10,7 @@ stride-8 one from a stride-16 folder, and takes its data, classes and trunk
 from it. The data path is stored relative to the model folder, so the two
 may move together.
 """
+import contextlib
 import dataclasses
 import os
 
@@ -153,15 +154,30 @@ def write(folder, model, command):
                  f'{os.path.basename(folder)}: FCN-{model.stride}s on your own data, written by\n'
                  f'    {command}\nEdit it, then `python net.py` rewrites the prototxts; '
                  '`python solve.py` trains (docs/nets.md).')),
-             os.path.join(folder, 'solve.py'): solve_text}
-    # Through the output guard: never into a planted link, never onto the data.
+             os.path.join(folder, 'solve.py'): solve_text,
+             **{os.path.join(folder, name): text for name, text in model.prototxts().items()}}
+    # Through the output guard, every file before any is written: never
+    # into a planted link, never onto what it reads.
     outputs.guard([(path, os.path.basename(path)) for path in files],
                   [(solve_py, 'the solve.py it copies')])
-    os.makedirs(folder, exist_ok=True)
-    for path, text in files.items():
-        outputs.write_atomically(path, text, os.path.basename(path))
-    model.write(folder)
-    return ['net.py', 'solve.py', *model.prototxts()]
+    made_folder = not os.path.isdir(folder)
+    written = []
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for path, text in files.items():
+            outputs.write_atomically(path, text, os.path.basename(path))
+            written.append(path)
+    except BaseException:
+        # A folder is written whole or not at all (a full disk, a signal):
+        # the files of this run go again, and the folder if it made it.
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        if made_folder:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+    return [os.path.basename(path) for path in files]
 
 
 # Every model folder's solve.py is the same file: a new folder gets this one's.

@@ -28,7 +28,7 @@ from PIL import Image
 import caffe
 
 from common import datasets, locations
-from helpers import write_model, write_voc
+from helpers import OWN_CLASSES, write_model, write_own_data, write_voc
 
 sys.path.insert(0, os.path.join(locations.REPO_DIR, 'tools'))
 import resume_trials  # noqa: E402  (tools/ is not a package)
@@ -63,6 +63,7 @@ def world(tmp_path_factory):
     # for runs long enough to be interrupted at work: a split of 16 images, 16 photos, an archive
     write_voc(str(root / 'data' / 'voc'), {'many': [f'm{i}' for i in range(24)]}, seed=1,
               learnable=True)
+    write_own_data(root / 'own', train=4, val=2)  # a data folder of one's own (nets new, check-data)
     (root / 'photos').mkdir()
     for i in range(16):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(
@@ -127,7 +128,7 @@ class Case:
         """{path: bytes} of every file the commands read (model folder
         without snapshot/, weights, photo, the surgery pair, the data)."""
         out = {}
-        for folder in (self.model, self.world / 'data'):
+        for folder in (self.model, self.world / 'data', self.world / 'own'):
             for dirpath, dirs, names in os.walk(folder):
                 dirs[:] = [d for d in dirs if d != locations.SNAPSHOT_DIR]
                 for name in names:
@@ -184,6 +185,15 @@ def nets_argv(c, model=None):
     return ['-m', 'nets', model or c.model]
 
 
+def new_argv(c, folder=None, *extra):
+    return ['-m', 'nets', 'new', folder or c.root / 'my-fcn32s', '--data', c.world / 'own',
+            '--classes', ','.join(OWN_CLASSES), '--trunk-width', 1 / 32, '--max-iter', 4, *extra]
+
+
+def check_data_argv(c, data=None):
+    return ['-m', 'nets', 'check-data', data or c.world / 'own', '--classes', ','.join(OWN_CLASSES)]
+
+
 def benchmark_argv(c, json=None, model=None):
     return [os.path.join('tools', 'benchmark.py'), '--models', model or c.model, '--sizes', 37,
             '--train-sizes', '--iters', 1, '--no-stock', '--no-onnx', '--json', json or c.file('json')]
@@ -198,6 +208,8 @@ COMMANDS = {
     'solve.py': ('solve.py', solve_argv),
     'python -m fetch': ('fetch', fetch_argv),
     'python -m nets': ('python -m nets', nets_argv),
+    'python -m nets new': ('python -m nets new', new_argv),
+    'python -m nets check-data': ('python -m nets check-data', check_data_argv),
     'tools/benchmark.py': ('benchmark.py', benchmark_argv),
 }
 
@@ -275,6 +287,9 @@ CASES = {
         nets_argv(c) if os.remove(c.model / 'deploy.prototxt') is None and
         os.link(c.model / 'net.py', c.model / 'deploy.prototxt') is None else None,
         ['deploy.prototxt would overwrite', 'net.py']),
+    ('output onto input', 'python -m nets new'): lambda c: (new_argv(c, c.model),
+                                                            [c.model, 'already holds a model']),
+    ('output onto input', 'python -m nets check-data'): None,
     ('output onto input', 'tools/benchmark.py'): lambda c: (benchmark_argv(c, json=c.model / 'net.py'),
                                                             ['--json would overwrite', 'net.py']),
     # ---- an output folder that does not exist: made, or refused in one line
@@ -289,6 +304,8 @@ CASES = {
         ['-m', 'fetch', 'classes', '--dest', missing(c, 'data')], None),
     ('output folder missing', 'python -m nets'): lambda c: (nets_argv(c, model=missing(c, 'model')),
                                                             ['missing/model', 'no net.py']),
+    ('output folder missing', 'python -m nets new'): lambda c: (new_argv(c, missing(c, 'my-fcn32s')), None),
+    ('output folder missing', 'python -m nets check-data'): None,
     ('output folder missing', 'tools/benchmark.py'): lambda c: (benchmark_argv(c, json=missing(c, 'a.json')),
                                                                 ['--json', 'no folder']),
     # ---- a symbolic link planted where an output goes
@@ -309,6 +326,10 @@ CASES = {
     ('symlink at an output', 'python -m nets'): lambda c: (
         nets_argv(c) if plant_link(c.model / 'deploy.prototxt', c) else None,
         ['deploy.prototxt', 'symbolic link']),
+    ('symlink at an output', 'python -m nets new'): lambda c: (
+        new_argv(c) if plant_link(c.root / 'my-fcn32s' / 'train.prototxt', c) else None,
+        ['train.prototxt', 'symbolic link']),
+    ('symlink at an output', 'python -m nets check-data'): None,
     ('symlink at an output', 'tools/benchmark.py'): lambda c: (
         benchmark_argv(c, json=plant_link(c.file('json'), c)), ['--json', 'symbolic link']),
     # ---- a mistake in net.py
@@ -319,6 +340,9 @@ CASES = {
     ('net.py NameError', 'solve.py'): lambda c: (solve_argv(c), net_py_name_error(c)),
     ('net.py NameError', 'python -m fetch'): lambda c: (fetch_argv(c), net_py_name_error(c)),
     ('net.py NameError', 'python -m nets'): lambda c: (nets_argv(c), net_py_name_error(c)),
+    ('net.py NameError', 'python -m nets new'): lambda c: (
+        new_argv(c, c.root / 'my-fcn16s', '--stride', 16, '--from', c.model), net_py_name_error(c)),
+    ('net.py NameError', 'python -m nets check-data'): None,
     ('net.py NameError', 'tools/benchmark.py'): lambda c: (benchmark_argv(c), net_py_name_error(c)),
     # ---- a typo in a hand-edited prototxt
     ('prototxt typo', 'infer.py'): lambda c: (infer_argv(c), typo(c.model / 'deploy.prototxt')),
@@ -330,6 +354,8 @@ CASES = {
     ('prototxt typo', 'solve.py'): lambda c: (solve_argv(c), typo(c.model / 'train.prototxt')),
     ('prototxt typo', 'python -m fetch'): lambda c: (fetch_argv(c), typo(c.model / 'deploy.prototxt')),
     ('prototxt typo', 'python -m nets'): None,
+    ('prototxt typo', 'python -m nets new'): None,
+    ('prototxt typo', 'python -m nets check-data'): None,
     ('prototxt typo', 'tools/benchmark.py'): lambda c: (benchmark_argv(c), typo(c.model / 'deploy.prototxt')),
     # ---- a Python layer of a module other than the project's
     ('foreign module', 'infer.py'): lambda c: (infer_argv(c), foreign_module(c.model / 'deploy.prototxt', 'score')),
@@ -342,6 +368,8 @@ CASES = {
     ('foreign module', 'python -m fetch'): lambda c: (fetch_argv(c),
                                                       foreign_module(c.model / 'deploy.prototxt', 'score')),
     ('foreign module', 'python -m nets'): None,
+    ('foreign module', 'python -m nets new'): None,
+    ('foreign module', 'python -m nets check-data'): None,
     ('foreign module', 'tools/benchmark.py'): lambda c: (benchmark_argv(c),
                                                          foreign_module(c.model / 'deploy.prototxt', 'score')),
     # ---- weights that hold NaN or infinity
@@ -358,6 +386,8 @@ CASES = {
     ('NaN weights', 'python -m fetch'): lambda c: (fetch_argv(c, file=c.world / 'nan.caffemodel'),
                                                    ['nan.caffemodel', 'non-finite']),
     ('NaN weights', 'python -m nets'): None,
+    ('NaN weights', 'python -m nets new'): None,
+    ('NaN weights', 'python -m nets check-data'): None,
     ('NaN weights', 'tools/benchmark.py'): None,
 }
 KINDS = sorted({kind for kind, _ in CASES})
@@ -368,6 +398,13 @@ NOT_APPLICABLE = {
     ('foreign module', 'python -m nets'): 'it writes the prototxts, runs no net',
     ('NaN weights', 'python -m nets'): 'it reads no weights',
     ('NaN weights', 'tools/benchmark.py'): 'it measures nets without weights',
+    ('prototxt typo', 'python -m nets new'): 'it writes the prototxts',
+    ('foreign module', 'python -m nets new'): 'it writes the prototxts, runs no net',
+    ('NaN weights', 'python -m nets new'): 'it reads no weights (solve.py reads --from\'s)',
+    **{(kind, 'python -m nets check-data'): 'it reads a data folder (its problems: test_own_data) '
+       'and writes nothing' for kind in ('output onto input', 'output folder missing',
+                                        'symlink at an output', 'net.py NameError', 'prototxt typo',
+                                        'foreign module', 'NaN weights', 'full disk')},
 }
 
 
@@ -378,6 +415,7 @@ def test_every_command_meets_every_kind():
         for command in COMMANDS:
             if kind in ('full disk', 'signal'):
                 assert command in FULL_DISK and command in SIGNAL_RUNS, command
+                assert FULL_DISK[command] is not None or ('full disk', command) in NOT_APPLICABLE
                 continue
             assert (kind, command) in CASES, (kind, command)
             assert CASES[kind, command] is not None or (kind, command) in NOT_APPLICABLE
@@ -442,11 +480,13 @@ FULL_DISK = {
     'solve.py': lambda c, d: solve_argv(c),  # the snapshot folder is the disk
     'python -m fetch': lambda c, d: ['-m', 'fetch', 'classes', '--dest', d / 'data'],
     'python -m nets': nets_on_disk,
+    'python -m nets new': lambda c, d: new_argv(c, d / 'my-fcn32s'),
+    'python -m nets check-data': None,
     'tools/benchmark.py': lambda c, d: benchmark_argv(c, json=d / 'b.json'),
 }
 
 
-@pytest.mark.parametrize('command', FULL_DISK)
+@pytest.mark.parametrize('command', [command for command, argv in FULL_DISK.items() if argv])
 def test_full_disk(world, tiny_disk, command):
     c = Case(world, f'disk-{command.replace("/", "-").replace(" ", "-")}')
     if command == 'solve.py':

@@ -126,6 +126,18 @@ def test_scaffolded_32s_then_16s_train_outside_the_repository(tmp_path):
     assert f'; starts from {weights32}; ' in log[0]
     assert log[-1].startswith('my-fcn16s: done at iteration 4 ')
 
+    # scored without --weights (its latest snapshot, as infer.py), then
+    # segmented from Python as docs/nets.md shows
+    weights16 = str(tmp_path / 'my-fcn16s' / 'snapshot' / 'train_iter_4.caffemodel')
+    scored = run(os.path.join(locations.REPO_DIR, 'score.py'), '--model', 'my-fcn16s', cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    assert f'weights {weights16}' in scored.stdout and 'mean IU' in scored.stdout
+    predicted = run('-c', 'import infer; r = infer.Segmenter("my-fcn16s").predict('
+                          '"mydata/images/" + sorted(__import__("os").listdir("mydata/images"))[0]); '
+                          'print(r.labels.shape, r.labels.dtype, ",".join(r.classes))', cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.stdout.splitlines()[-1].endswith(f'uint8 {CLASSES}')
+
 
 def test_new_refuses_what_the_recipe_does_not_have(tmp_path):
     write_own_data(tmp_path / 'd', train=2, val=1)
