@@ -143,6 +143,12 @@ def test_export_command_errors(tiny_model, tmp_path):
     with pytest.raises(SystemExit):
         export.main(['--model', folder, '--weights', weights, '--out', str(tmp_path / 'a.onnx'),
                      '--opset', '9'])
+    # --out's weights file onto an input (here the weights): refused before any work
+    named = tmp_path / 'w.onnx.data'
+    named.write_bytes(open(weights, 'rb').read())
+    with pytest.raises(SystemExit, match="--out's weights file .*w.onnx.data.*the weights"):
+        export.main(['--model', folder, '--weights', str(named), '--out', str(tmp_path / 'w.onnx')])
+    assert named.read_bytes() == open(weights, 'rb').read() and not (tmp_path / 'w.onnx').exists()
 
 
 def test_infer_engines_give_the_same_labels(tiny_model, tmp_path, capsys):
