@@ -23,11 +23,14 @@ What makes the numbers agree with Caffe's:
   and its output size formula is ConvTranspose's with the same pads.
 - Dropout is the identity at test time (Caffe scales while training).
 """
+import os
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from caffe.proto import caffe_pb2
+from common.snapshots import file_sha256
 
 DEFAULT_OPSET = 17  # read by ONNX Runtime, TensorRT and OpenCV's importer
 MIN_OPSET = 15      # Shape's start attribute (Crop by the reference's runtime shape)
@@ -300,12 +303,33 @@ def prototxt_layers(net_param, net):
     return [(name, params.get(name), layer) for name, layer in zip(net._layer_names, net.layers)]
 
 
-def save(model, path):
-    """Write `model` to `path` (one file: the weights inside) and check it
-    with ONNX's checker (reading the file: checking the ModelProto in
-    memory would serialize its weights once more)."""
-    onnx.save_model(model, path)
+def save(model, path, data, digest_key):
+    """Write `model` to `path` and its weights to `data`, a file in the same
+    folder (engines memory-map it: reading the weights out of one protobuf
+    held the protobuf and the weights built from it at once), its sha256
+    recorded in the metadata under `digest_key`; checked with ONNX's
+    checker (reading the file: checking the ModelProto in memory would
+    serialize its weights once more)."""
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=os.path.basename(data))
+    # saving moved the weights out of `model`: written again, small, with their digest
+    set_metadata(model, path, {digest_key: file_sha256(data)})
+
+
+def set_metadata(model, path, metadata):
+    """Write `model` (its weights external, as written) to `path` with
+    `metadata` ({key: text}) set in its metadata_props, and check it."""
+    props = {p.key: p.value for p in model.metadata_props}
+    helper.set_model_props(model, {**props, **{k: str(v) for k, v in metadata.items()}})
+    with open(path, 'wb') as f:
+        f.write(model.SerializeToString())
     onnx.checker.check_model(path)
+
+
+def add_metadata(path, metadata):
+    """Add `metadata` to the ONNX file `path` whose weights are external (a
+    model another tool wrote), without reading the weights."""
+    set_metadata(onnx.load(path, load_external_data=False), path, metadata)
 
 
 def convert(net_param, net, opset=DEFAULT_OPSET, metadata=None):

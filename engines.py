@@ -2,7 +2,7 @@
 gives output arrays, whatever runs them (Caffe, ONNX Runtime, ...).
 
     class Engine
-        name: str                  'caffe' | 'onnx' | ...
+        name: str                  'caffe' | 'onnx' | 'openvino'
         inputs: list[str]          input blob names, e.g. ['data']
         outputs: list[str]         output blob names, e.g. ['score']
         channels: dict[str, int]   classes per output
@@ -10,6 +10,8 @@ gives output arrays, whatever runs them (Caffe, ONNX Runtime, ...).
         describe() -> dict         what commands print and record in --json
 
     ENGINES = {name: loader}       one row per engine
+    PRECISIONS = {name: (...)}     the engines with a choice of arithmetic
+                                   (--precision), their precisions
     load(folder, weights, engine='caffe', gpu=None, **options) -> Engine
 
 Every loader reads the model folder through loading.py (net.py, the deploy
@@ -24,6 +26,7 @@ import numpy as np
 import caffe
 import loading
 import onnx_engine
+import openvino_engine
 from common import caffe_setup, weightfiles
 
 
@@ -85,16 +88,44 @@ def load_onnx(folder, weights, gpu=None, allow_modules=(), **options):
     return onnx_engine.load(folder, weights, gpu)
 
 
-ENGINES = {'caffe': load_caffe, 'onnx': load_onnx}
+def load_openvino(folder, weights, gpu=None, allow_modules=(), precision=None, **options):
+    """The model folder's deploy net from the same cached export in
+    OpenVINO on the CPU, at `precision` (None: the CPU's fastest that keeps
+    the labels, openvino_engine.default_precision)."""
+    loading.deploy(folder, allow_modules)
+    return openvino_engine.load(folder, weights, gpu, precision)
+
+
+ENGINES = {'caffe': load_caffe, 'onnx': load_onnx, 'openvino': load_openvino}
+PRECISIONS = {'openvino': openvino_engine.PRECISIONS}
+
+
+def summary(described):
+    """One line of what ran a net, from an Engine's describe(): the engine,
+    then its precision and device, e.g. 'openvino (bf16, cpu)'."""
+    details = [described[key] for key in ('precision', 'device') if described.get(key)]
+    return described['engine'] + (f' ({", ".join(details)})' if details else '')
+
+
+def check_options(engine, options):
+    """loading.LoadError for an option `engine` has not: a precision for an
+    engine outside PRECISIONS (refused, not ignored: no figure is read as
+    another precision's)."""
+    if engine not in ENGINES:
+        raise loading.LoadError(f'engine {engine!r}: the engines are {", ".join(ENGINES)}')
+    precision = options.get('precision')
+    if precision is not None and engine not in PRECISIONS:
+        raise loading.LoadError(f'precision {precision}: the {engine} engine computes in f32 only '
+                                f'(a precision is an option of {", ".join(PRECISIONS)})')
 
 
 def load(folder, weights, engine='caffe', gpu=None, **options):
     """The Engine `engine` (a row of ENGINES) running the deploy net of the
     model folder `folder` with `weights`; every input checked first
     (loading.LoadError, weightfiles.CheckError, onnx_engine.ExportError: one
-    line naming the file)."""
-    if engine not in ENGINES:
-        raise loading.LoadError(f'engine {engine!r}: the engines are {", ".join(ENGINES)}')
+    line naming the file). `options` go to the engine's loader (precision:
+    an engine of PRECISIONS only)."""
+    check_options(engine, options)
     if not os.path.isfile(weights):
         raise loading.LoadError(f'weights not found: {weights}')
     return ENGINES[engine](folder, weights, gpu, **options)

@@ -5,12 +5,13 @@
 
 --model is a model (e.g. voc-fcn8s) or a path to a model folder, and
 --weights defaults as infer.py's does (the published caffemodel, else the
-latest snapshot). Every layer of the deploy net is mapped to ONNX operators
-(caffe_onnx.py); inputs and outputs keep the deploy net's blob names, and
-height and width are free, so one file runs any image size. The file's
-metadata (onnx metadata_props) names the model, the class names of each
-output, what each input holds (channel order and mean) and the caffemodel's
-sha256.
+latest snapshot). The weights go to a file beside the graph, --out plus
+'.data' (the engines memory-map it). Every layer of the deploy net is
+mapped to ONNX operators (caffe_onnx.py); inputs and outputs keep the
+deploy net's blob names, and height and width are free, so one file runs
+any image size. The file's metadata (onnx metadata_props) names the model,
+the class names of each output, what each input holds (channel order and
+mean) and the caffemodel's and the weights file's sha256.
 
 Unless --no-check, the written model runs in ONNX Runtime beside the deploy
 net in Caffe on the same random input, and the file is refused (removed) if
@@ -38,8 +39,10 @@ def export(model, weights, out, check=True, opset=None, allow_modules=()):
     m, deploy = loading.deploy(model, allow_modules)
     folder = os.path.dirname(deploy)
     weights = weights or loading.default_weights(folder)
+    data = onnx_engine.data_path(out)
     outputs.writable_file(out, '--out')
-    outputs.guard([(out, f'--out {out}')],
+    outputs.writable_file(data, "--out's weights file")
+    outputs.guard([(out, f'--out {out}'), (data, f"--out's weights file {data}")],
                   [(weights, f'the weights {weights}'), (deploy, f'the deploy net {deploy}')]
                   + ([(os.path.join(folder, 'net.py'), 'the model\'s net.py')] if m else []))
     worst, _ = onnx_engine.export(deploy, weights, out, onnx_engine.model_metadata(m or folder),
@@ -66,7 +69,7 @@ def main(argv=None):
         caffe_setup.use_device(None)
         return export(args.model, args.weights, args.out, not args.no_check, args.opset,
                       args.allow_module)
-    before = outputs.file_key(args.out)  # a new file gets a new inode: written or not
+    before = outputs.file_key(args.out)  # a new file gets a new inode: written or not (its .data first)
     worst, weights, name = cli.run('export.py', work, lambda e: f'{args.out} ' + (
         'was written whole just before' if outputs.file_key(args.out) != before
         else 'not written; no partial file left'))

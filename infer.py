@@ -3,7 +3,8 @@ of pixels per class for each image.
 
     python infer.py PHOTO_OR_FOLDER [...] [--model voc-fcn8s] [--weights W]
         [--gpu N] [--out DIR] [--recursive] [--max-side N] [--scores]
-        [--json FILE] [--memory GB] [--engine caffe|onnx] [--allow-module NAME]
+        [--json FILE] [--memory GB] [--engine caffe|onnx|openvino]
+        [--precision bf16|f32] [--allow-module NAME]
         [--ray ADDRESS] [--skip-done]
 
 Photos are read as viewers show them: the EXIF orientation is applied;
@@ -31,7 +32,10 @@ Default weights: the model's published caffemodel where `python -m fetch
 weights <model>` puts it (<model>/<file>), else its latest training
 snapshot. --engine onnx runs the net in ONNX Runtime (CPU) instead of Caffe:
 exported once, checked against Caffe, and cached beside the weights
-(onnx_engine.py).
+(onnx_engine.py); --engine openvino runs the same export in OpenVINO (CPU,
+the fastest), at --precision (default: the CPU's fastest that keeps the
+labels, bf16 where the CPU computes in it; f32: exact). The engine and its
+precision are printed first and recorded in --json.
 --ray ADDRESS spreads the photos over a Ray cluster's workers, each loading
 the net once through the same checks ('local': a cluster started on this
 machine; 'auto' or host:port: a running one; docs/cluster.md), with the
@@ -139,7 +143,8 @@ def load_net(model, weights):
 def memory_model(engine, model, gpu=None):
     """What a photo costs in memory on `engine` (None on a GPU, whose
     memory is not the host's): Caffe's blobs (MemoryModel), else the
-    measured fraction of them another engine's tensors take."""
+    measured fraction of them another engine's tensors take
+    (EXPORTED_MEMORY)."""
     if gpu is not None:
         return None
     classes = len(model.source.heads[0].classes)
@@ -147,7 +152,7 @@ def memory_model(engine, model, gpu=None):
         return MemoryModel(engine.net, classes)
     # the deploy net without weights, for its blob shapes only
     shapes = caffe.Net(locations.deploy_prototxt(model.folder), caffe.TEST)
-    return OnnxMemoryModel(shapes, classes, model.trunk)
+    return EXPORTED_MEMORY[engine.name](shapes, classes, model.trunk)
 
 
 def load_engine(model, weights, engine='caffe', gpu=None, allow_modules=(), **options):
@@ -329,9 +334,13 @@ class MemoryModel:
                 + photo_size[0] * photo_size[1] * PHOTO_BYTES_PER_PIXEL)
 
     def held(self, height, width):
-        """Bytes the net keeps after a run at height x width (Caffe's blobs
-        never shrink)."""
+        """Bytes the net keeps after a run at height x width."""
         return self.blob_bytes(height, width)
+
+    def held_after(self, held, height, width):
+        """Bytes held after a run at height x width when `held` were held
+        before it: the larger (Caffe's blobs never shrink)."""
+        return max(held, self.held(height, width))
 
     def workspace_held(self):
         """Bytes of convolution workspace held now (reused by the next run)."""
@@ -380,6 +389,34 @@ class OnnxMemoryModel(MemoryModel):
 
     def workspace_held(self):
         return 0.0
+
+
+class OpenvinoMemoryModel(OnnxMemoryModel):
+    """The memory of a forward pass in OpenVINO (openvino_engine's compiled
+    model, any precision): its tensors at their peak, a measured fraction
+    of Caffe's blob bytes, plus this module's arrays; after a forward it
+    keeps that size's buffers (HELD_SHARE of the peak) until a forward of
+    another size replaces them."""
+    # OpenVINO's (bf16) peak RSS increase during one forward over Caffe's
+    # blob bytes, measured with `python tools/onnx_memory.py --models
+    # voc-fcn8s --sizes 500x500 1000x750 2000x1500 --engine openvino`
+    # (openvino 2026.4, 2 cores; docs/performance.md): vgg16 0.281-0.291,
+    # rounded up by about a tenth. Other trunks, not measured: ONNX
+    # Runtime's (OnnxMemoryModel), which it stays below on vgg16.
+    BLOB_FRACTION = {**OnnxMemoryModel.BLOB_FRACTION, 'vgg16': 0.32}
+    # Kept after the forward over its peak: 171/190, 395/455 and 1325/1565
+    # MiB at those sizes.
+    HELD_SHARE = 0.9
+
+    def held(self, height, width):
+        return self.HELD_SHARE * self.fraction * self.blob_bytes(height, width)
+
+    def held_after(self, held, height, width):
+        return self.held(height, width)  # the last size's buffers only
+
+
+# The memory models of the engines that run the export (memory_model).
+EXPORTED_MEMORY = {'onnx': OnnxMemoryModel, 'openvino': OpenvinoMemoryModel}
 
 
 def available_memory():
@@ -558,7 +595,7 @@ class Segmenter:
         self.mean = self.model.source.mean
         self.max_side = max_side
         self.memory = memory  # bytes for one photo; None: what the system has available
-        self.held = 0.0  # bytes of blobs already allocated (Caffe's blobs never shrink)
+        self.held = 0.0  # bytes the engine holds from earlier photos (MemoryModel.held_after)
 
     def probabilities(self, rgb, path='the image'):
         """(C x h x w class probabilities at the net's size, that size) of
@@ -569,7 +606,7 @@ class Segmenter:
         probs = net_scores(self.engine, resize(rgb, size), self.mean, self.head.score)
         check_finite_scores(probs, path)
         if self.memory_model is not None:
-            self.held = max(self.held, self.memory_model.held(*size))
+            self.held = self.memory_model.held_after(self.held, *size)
         return probabilities(probs), size
 
     def predict(self, image, probabilities=False):
@@ -716,7 +753,7 @@ def write_json(results, path, about):
 
 def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, progress=True,
         recursive=False, max_side=DEFAULT_MAX_SIDE, scores=False, memory=None, json_path=None,
-        engine='caffe', allow_modules=(), ray=None, skip_done=False):
+        engine='caffe', allow_modules=(), ray=None, skip_done=False, **engine_options):
     """Segment every image with one net, here (segment_here) or on the
     Ray cluster `ray` (segment_on_cluster); with `skip_done` only the images
     whose outputs are not all whole (common/finished.py), the others left
@@ -733,7 +770,8 @@ def run(inputs, model=DEFAULT_MODEL, weights=None, out='out/infer', gpu=None, pr
     except outputs.OutputError as e:
         raise InferError(str(e)) from e
     todo = image_paths(inputs, recursive)
-    segmenter = Segmenter(model, weights, engine, gpu, max_side, memory, allow_modules)
+    segmenter = Segmenter(model, weights, engine, gpu, max_side, memory, allow_modules, **engine_options)
+    print(f'{segmenter.model.name}: engine {engines.summary(segmenter.engine.describe())}')
     check_outputs_apart(todo, out, scores, json_path, segmenter.inputs)
     if skip_done:
         left = finished.unfinished(todo, lambda item: output_paths(os.path.join(out, item[1]),
@@ -776,7 +814,7 @@ def main(argv=None):
     parser = cli.ArgumentParser(prog='infer.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('images', nargs='+', help='image files or folders of images')
     cli.add_model_options(parser)
-    cli.add_engine_options(parser, engines.ENGINES)
+    cli.add_engine_options(parser, engines.ENGINES, precisions=engines.PRECISIONS)
     cli.add_cluster_options(parser, 'the photos', skip_done=True)
     parser.add_argument('--out', default=os.path.join('out', 'infer'), help='output folder')
     parser.add_argument('--recursive', action='store_true', help="also segment folders' subfolders")
@@ -791,8 +829,7 @@ def main(argv=None):
     parser.add_argument('--memory', type=cli.number(float, above=0),
                         help='GB one photo may take (default: what the system has available)')
     args = parser.parse_args(argv)
-    if args.engine != 'caffe' and args.gpu is not None:
-        parser.error(f'--engine {args.engine} runs on the CPU: not with --gpu')
+    cli.check_engine_options(parser, args, engines.PRECISIONS)
     cli.check_cluster_options(parser, args)
 
     def work():
@@ -800,6 +837,7 @@ def main(argv=None):
                       recursive=args.recursive, max_side=args.max_side, scores=args.scores,
                       memory=None if args.memory is None else args.memory * GB,
                       json_path=args.json, engine=args.engine, allow_modules=args.allow_module,
+                      precision=args.precision,
                       ray=args.ray, skip_done=args.skip_done)
         return results
     results = cli.run('infer.py', work, lambda e: interrupted_summary(e, args.out))

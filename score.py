@@ -7,7 +7,8 @@ split lacks come from the model's dataset (nets.Head: classes, absent).
 The command evaluates a model folder's val/test net on a split:
 
     python score.py --model voc-fcn8s --weights W --split seg11valid \\
-        [--gpu N] [--save-dir D] [--json out.json] [--limit N] [--engine caffe|onnx]
+        [--gpu N] [--save-dir D] [--json out.json] [--limit N] [--engine caffe|onnx|openvino]
+        [--precision bf16|f32]
         [--ray ADDRESS]
 
 It scores the images the net's data layer (layers.py) lists for the split,
@@ -17,7 +18,8 @@ is not finite (NaN weights are refused before that) stops it with an error
 naming the image, not a table; predictions and --json are written whole and
 never over a file the net reads; Ctrl-C or SIGTERM stops it in one line. --engine onnx
 (or another engine of engines.py) computes the scores with the folder's
-deploy net in that engine (ONNX Runtime: exported once, onnx_engine.py), fed by the evaluation net's data layer in
+deploy net in that engine (ONNX Runtime or OpenVINO at --precision: exported
+once, onnx_engine.py, openvino_engine.py), fed by the evaluation net's data layer in
 Caffe: the published numbers, checked on the exported model; the deploy net
 has no loss layer, so the loss is computed from its scores as the evaluation
 net's SoftmaxWithLoss layer computes it in Caffe.
@@ -355,18 +357,20 @@ def softmax_loss(scores, labels, loss_param):
 
 
 @contextlib.contextmanager
-def engine_net(engine, net_param, model_dir, weights, name, data, gpu=None, allow_modules=()):
+def engine_net(engine, net_param, model_dir, weights, name, data, gpu=None, allow_modules=(),
+               precision=None):
     """The net that scoring runs: for engine 'caffe' the evaluation net
     `net_param` itself (eval_net: its losses too, as the release scores);
     for any other engine of engines.ENGINES the model folder's deploy net
     in that engine, fed by the evaluation net's first layers in Caffe: the
     data layer `data` and any layer between it and the deploy net's inputs
-    (early fusion's Concat)."""
+    (early fusion's Concat). `precision`: the engine's (engines.PRECISIONS)."""
+    engines.check_options(engine, {'precision': precision})
     if engine == 'caffe':
         with eval_net(net_param, model_dir, weights, name) as net:
             yield net
         return
-    runner = engines.load(model_dir, weights, engine, gpu, allow_modules=allow_modules)
+    runner = engines.load(model_dir, weights, engine, gpu, allow_modules=allow_modules, precision=precision)
     feeder = feeder_param(net_param, set(data.top) | set(runner.inputs))
     with eval_net(feeder, model_dir) as net:
         yield FedEngine(net, runner, net_param)
@@ -389,7 +393,7 @@ def progress_bar(ids, model_dir, params, progress):
 
 def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=True,
              on_image=None, writes=(), engine='caffe', gpu=None, allow_modules=(), report_dir=None,
-             ray=None):
+             precision=None, ray=None):
     """Score `weights` with a model folder's evaluation net on `split`.
 
     The data layer's params are rewritten (split, EVAL_PARAMS) in a temporary
@@ -400,7 +404,8 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
     net: engines.Engine.describe()), 'heads': {score blob:
     metrics + 'loss', 'hist', 'excluded'}}, heads in compute_hists' order
     (`on_image` as it takes it). Caffe's mode is the caller's; `engine`
-    'onnx' computes the scores in ONNX Runtime (engine_net).
+    'onnx' computes the scores in ONNX Runtime, 'openvino' in OpenVINO at
+    `precision` (engine_net).
     Before the first image: no prediction (nor any of `writes`, (path,
     description) pairs of the caller's outputs) may overwrite a file the
     net reads or another output (outputs.OutputError). A score or loss that
@@ -419,7 +424,8 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         outputs.writable_dir(save_dir, '--save-dir')
 
     all_heads = model_heads(model_dir, layer)
-    with engine_net(engine, net_param, model_dir, weights, proto, layer, gpu, allow_modules) as net:
+    with engine_net(engine, net_param, model_dir, weights, proto, layer, gpu, allow_modules,
+                    precision) as net:
         described = net.engine.describe() if isinstance(net, FedEngine) else \
             {'engine': 'caffe', 'device': 'cpu' if gpu is None else f'gpu {gpu}'}
         ids = [layers.example_id(e) for e in net.layer_dict[layer.name].examples[:limit]]
@@ -439,7 +445,8 @@ def evaluate(model, weights, split=None, save_dir=None, limit=None, progress=Tru
         try:
             if ray:
                 results = score_on_cluster(ray, model_dir, weights, params.get('split'), engine,
-                                           save_dirs, ids, progress, net, on_image, allow_modules)
+                                           save_dirs, ids, progress, net, on_image, allow_modules,
+                                           precision)
             else:
                 results = compute_hists(net, progress_bar(ids, model_dir, params, progress),
                                         [(h.score, h.label, h.loss, d) for h, d in zip(heads, save_dirs)],
@@ -490,7 +497,7 @@ class ImageScorer:
     driver's on_image (--report)."""
 
     def __init__(self, model, weights, split=None, engine='caffe', save_dirs=None, maps=False,
-                 allow_modules=()):
+                 allow_modules=(), precision=None):
         self.maps = maps
         model_dir, proto, net_param, layer, params = eval_net_param(model, split, allow_modules)
         layer.python_param.param_str = repr({**params, 'prefetch': False})
@@ -499,7 +506,7 @@ class ImageScorer:
         self._net = contextlib.ExitStack()
         self.net = self._net.enter_context(
             engine_net(engine, net_param, model_dir, os.path.abspath(weights), proto, layer,
-                       allow_modules=allow_modules))
+                       allow_modules=allow_modules, precision=precision))
         self.data = self.net.layer_dict[layer.name]
         heads = [h for h in model_heads(model_dir, layer)
                  if h.score in self.net.blobs and h.label in self.net.blobs]
@@ -523,7 +530,7 @@ class ImageScorer:
 
 
 def score_on_cluster(address, model_dir, weights, split, engine, save_dirs, ids, progress=True,
-                     net=None, on_image=None, allow_modules=()):
+                     net=None, on_image=None, allow_modules=(), precision=None):
     """compute_hists' [(hist, mean loss)] per head for the images `ids`
     (the first len(ids) of the split), each scored on a worker of the Ray
     cluster `address`. `on_image` (with the driver's `net`, as compute_hists
@@ -545,7 +552,7 @@ def score_on_cluster(address, model_dir, weights, split, engine, save_dirs, ids,
             os.makedirs(folder, exist_ok=True)  # the workers check they see it
     cluster.map_items(address, functools.partial(ImageScorer, os.path.abspath(model_dir), weights,
                                                  split, engine, save_dirs, on_image is not None,
-                                                 tuple(allow_modules)),
+                                                 tuple(allow_modules), precision),
                       list(range(len(ids))), on_result,
                       outputs_of=lambda k: [os.path.join(d, f'{ids[k]}.png') for d in save_dirs if d],
                       visible=[weights] + [d for d in save_dirs if d],
@@ -643,7 +650,7 @@ def format_upper_bounds(report):
 def format_report(report):
     """The paper's table (percent), then per-class IU and accuracy."""
     lines = [f"{report['model']} on {report['split']} ({report['images']} images), "
-             f"weights {report['weights']}",
+             f"weights {report['weights']}, engine {engines.summary(report['engine'])}",
              f"{'head':<12}" + metric_columns() + f"{'loss':>14}   (metrics in %)"]
     for layer, r in report['heads'].items():
         lines.append(f'{layer:<12}' + metric_columns(r) + f"{r['loss']:>14.6g}")
@@ -678,13 +685,12 @@ def main(argv=None):
                         help='write report.html (self-contained), report.json and figures here')
     parser.add_argument('--report-images', type=cli.number(int, minimum=0), metavar='N',
                         help='the report shows the N worst and N best images (default 8)')
-    cli.add_engine_options(parser, engines.ENGINES, 'compute the scores')
+    cli.add_engine_options(parser, engines.ENGINES, 'compute the scores', precisions=engines.PRECISIONS)
     cli.add_cluster_options(parser, 'the images to score')
     args = parser.parse_args(argv)
     if args.weights and args.upper_bound:
         parser.error('--upper-bound scores coarsened ground truth: not with --weights')
-    if args.engine != 'caffe' and args.gpu is not None:
-        parser.error(f'--engine {args.engine} runs on the CPU: not with --gpu')
+    cli.check_engine_options(parser, args, engines.PRECISIONS)
     if args.upper_bound and args.save_dir:
         parser.error('--save-dir saves a net\'s predictions: not with --upper-bound')
     if args.upper_bound and args.report:
@@ -721,7 +727,8 @@ def run(args):
             print(f'{args.model}: weights {weights} (its default)')
         scores = evaluate(args.model, weights, args.split, args.save_dir, args.limit,
                           on_image=collector, writes=writes, engine=args.engine, gpu=args.gpu,
-                          allow_modules=args.allow_module, report_dir=args.report, ray=args.ray)
+                          allow_modules=args.allow_module, report_dir=args.report,
+                          precision=args.precision, ray=args.ray)
     print(format_upper_bounds(scores) if args.upper_bound else format_report(scores))
     if args.json:
         outputs.write_atomically(args.json, json.dumps(outputs.jsonable(scores), indent=1,

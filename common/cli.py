@@ -220,13 +220,34 @@ def add_model_options(parser, model_required=False, weights_help=None):
                              "the project's data layers, under their own or the release's names)")
 
 
-def add_engine_options(parser, engines, what='run the net'):
-    """--engine (one of `engines`, the rows of engines.ENGINES) and --gpu."""
+def add_engine_options(parser, engines, what='run the net', precisions=None):
+    """--engine (one of `engines`, the rows of engines.ENGINES), --gpu, and
+    with `precisions` ({engine: its precisions}, engines.PRECISIONS)
+    --precision; check_engine_options refuses what does not go together."""
     parser.add_argument('--gpu', type=gpu_id, help='GPU id (default: CPU)')
     parser.add_argument('--engine', choices=list(engines), default='caffe',
                         help=f'{what} in Caffe (default) or another engine: '
                              f'{", ".join(e for e in engines if e != "caffe")} '
                              '(exported once to ONNX, cached beside the weights)')
+    if precisions:
+        choices = sorted({p for ps in precisions.values() for p in ps})
+        parser.add_argument('--precision', choices=choices,
+                            help=f'arithmetic of --engine {" or ".join(precisions)} (default: the '
+                                 "CPU's fastest that keeps the labels: bf16 where the CPU computes in "
+                                 'it, else f32; f32: exact)')
+
+
+def check_engine_options(parser, args, precisions=None):
+    """A usage error (parser.error, one line) for --gpu with an engine that
+    runs on the CPU, or --precision with an engine that has no choice of
+    arithmetic (`precisions`, as add_engine_options took it): refused, not
+    ignored, so that no figure is read as another precision's."""
+    if args.engine != 'caffe' and args.gpu is not None:
+        parser.error(f'--engine {args.engine} runs on the CPU: not with --gpu')
+    precision = getattr(args, 'precision', None)
+    if precision is not None and args.engine not in (precisions or {}):
+        parser.error(f'--precision {precision} is an option of --engine {" or ".join(precisions or {})}; '
+                     f'--engine {args.engine} computes in f32 only')
 
 
 def add_cluster_options(parser, what='the images', skip_done=False):

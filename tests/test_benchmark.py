@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+import openvino_engine
 from helpers import write_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,16 +28,29 @@ def test_benchmark_reports_speed_and_memory(benchmark, tmp_path, capsys):
                     '--iters', '1', '--no-stock', '--json', str(out)])
     report = json.loads(out.read_text())
     results = report['results']
-    onnx_rows = [r for r in results if r['build'] == 'onnxrt']
-    results = [r for r in results if r['build'] != 'onnxrt']
+    exported = {}
+    for r in results:
+        if r['build'] != 'project':
+            exported.setdefault(r['build'], []).append(r)
+    results = [r for r in results if r['build'] == 'project']
     assert [(r['model'], r['size'], r['mode']) for r in results] == [
         ('tiny-fcn8s', '37x37', 'forward'), ('tiny-fcn8s', '90x61', 'forward'),
         ('tiny-fcn8s-sigmoid', '37x37', 'forward'), ('tiny-fcn8s-sigmoid', '90x61', 'forward'),
         ('tiny-fcn8s', '37x37', 'train'), ('tiny-fcn8s-sigmoid', '37x37', 'train')]
-    # ONNX Runtime beside each Caffe forward, at the same size
-    assert [(r['model'], r['size']) for r in onnx_rows] == [(r['model'], r['size']) for r in results[:4]]
-    for r in onnx_rows:
-        assert 0 < r['best_ms'] <= r['mean_ms'] and r['first_ms'] > 0 and r['peak_rss_mib'] > 0
+    # ONNX Runtime and OpenVINO (its default precision here, and f32) beside each Caffe forward
+    default = f'ov-{openvino_engine.default_precision()}'
+    assert sorted(exported) == sorted({'onnxrt', default, 'ov-f32'})
+    for build, rows in exported.items():
+        assert [(r['model'], r['size']) for r in rows] == [(r['model'], r['size']) for r in results[:4]]
+        for r in rows:
+            assert 0 < r['best_ms'] <= r['mean_ms'] and r['first_ms'] > 0 and r['peak_rss_mib'] > 0
+            assert r['load_ms'] > 0
+            assert build == 'onnxrt' or r['precision'] == build[len('ov-'):]
+    # exported once per model, checked; the load average before and after
+    assert sorted(report['exports']) == ['tiny-fcn8s', 'tiny-fcn8s-sigmoid']
+    assert all(e['export_ms'] > 0 and e['optimize_ms'] > 0 and e['onnx_mib'] > 0
+               for e in report['exports'].values())
+    assert len(report['load_average']) == 2
     for r in results:
         assert r['build'] == 'project' and r['patched']
         assert 0 < r['best_ms'] <= r['mean_ms'] and r['first_ms'] > 0
@@ -49,6 +63,7 @@ def test_benchmark_reports_speed_and_memory(benchmark, tmp_path, capsys):
     assert results[4]['blobs_mib'] > 2 * small['blobs_mib'] * 0.99  # training: data and diffs
     printed = capsys.readouterr().out
     assert 'peak RSS GiB' in printed and printed.count('tiny-fcn8s') >= 10 and 'onnxrt' in printed
+    assert 'load average before: ' in printed and ', after: ' in printed and 'exported and checked in' in printed
     assert report['device'].startswith('CPU')
 
 
@@ -60,7 +75,7 @@ def test_benchmark_compares_with_another_build(benchmark, tmp_path):
     with open(os.path.join(os.path.dirname(caffe.__file__), '.build-cache')) as f:
         dist = os.path.join(f.read().strip(), 'dist')
     results = benchmark.main(['--models', folder, '--sizes', '33', '--train-sizes', '--iters', '1',
-                              '--stock', dist, '--no-onnx'])
+                              '--stock', dist, '--no-onnx', '--no-openvino'])
     assert [r['build'] for r in results] == ['project', 'stock']
     assert results[1]['caffe'] == os.path.join(dist, 'python', 'caffe')
     assert results[0]['caffe'] == os.path.dirname(caffe.__file__)

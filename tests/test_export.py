@@ -6,7 +6,7 @@ against their Caffe engine.
 A VGG16 deploy net holds 134 M parameters (fc6 alone 103 M), and making,
 converting and loading them takes 10-40 s a net on 2 cores: the nets of
 FULL_WIDTH run as they are, the others with their trunk's convolutions
-narrowed (NARROWING; same layers, kernels, strides, pads, groups, crops and
+narrowed (helpers.NARROWING; same layers, kernels, strides, pads, groups, crops and
 class counts, fewer channels). FCN_EXPORT_FULL_WIDTH=1 runs every net at
 full width (about 9 minutes on 2 busy cores).
 """
@@ -25,41 +25,23 @@ import export
 import infer
 import nets
 import onnx_engine
-from common import caffe_setup
+import openvino_engine
+from common import caffe_setup, snapshots
 import score
+from helpers import BF16_AGREEMENT, agreement, narrowed, random_weights
 
 caffe.set_mode_cpu()
-ENGINE_NAMES = ('caffe', 'onnx')  # rows of engines.ENGINES whose labels must agree exactly
+# (engine, precision): the rows of engines.ENGINES whose labels must agree
+# exactly, and OpenVINO's bf16, held to BF16_AGREEMENT (where the CPU has it)
+EXACT_RUNS = (('caffe', None), ('onnx', None), ('openvino', 'f32'))
+BF16_RUN = ('openvino', 'bf16')
 
 # Full-width nets, one per trunk.
 FULL_WIDTH = ('voc-fcn8s', 'voc-fcn-alexnet', 'voc-fcn-googlenet')
-NARROWING = 8  # channels of the trunk's convolutions divided by this
 SECOND_SIZE = (45, 71)  # (height, width): a second size where shapes must follow
 # Nets also run at SECOND_SIZE, a size the file was not checked at: every
 # skip crop (FCN-8s), two outputs (SIFT Flow), two inputs (late fusion).
 TWO_SIZES = ('voc-fcn8s', 'siftflow-fcn16s', 'nyud-fcn16s-color-hha')
-
-
-def random_weights(net, seed):
-    """Fill every parameter blob with random numbers scaled by its fan-in,
-    so that activations stay in range through the deep nets."""
-    rng = np.random.default_rng(seed)
-    for blobs in net.params.values():
-        for blob in blobs:
-            fan_in = int(np.prod(blob.data.shape[1:])) or 1
-            rng.standard_normal(out=blob.data, dtype=np.float32)
-            blob.data[...] *= np.float32(math.sqrt(2 / fan_in))
-
-
-def narrowed(net_param, path):
-    """Write `net_param` with the trunk's convolutions (those not named
-    score*) NARROWING times narrower to `path`."""
-    for lp in net_param.layer:
-        if lp.type == 'Convolution' and not lp.name.startswith('score'):
-            lp.convolution_param.num_output = max(1, lp.convolution_param.num_output // NARROWING)
-    with open(path, 'w') as f:
-        f.write(str(net_param))
-    return path
 
 
 @pytest.mark.parametrize('name', nets.model_names())
@@ -128,7 +110,14 @@ def test_export_command_writes_a_checked_file_with_metadata(tiny_model, tmp_path
     assert json.loads(meta['inputs'])['data']['channels'] == 'B,G,R'
     with open(weights, 'rb') as f:
         assert meta['caffemodel_sha256'] == hashlib.sha256(f.read()).hexdigest()
-    assert sorted(os.listdir(tmp_path)) == ['tiny.onnx']
+    # the weights in a file of their own beside the graph, its sha256 in the metadata
+    assert sorted(os.listdir(tmp_path)) == ['tiny.onnx', 'tiny.onnx.data']
+    graph = onnx.load(str(out), load_external_data=False).graph
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer if len(t.raw_data) >= 1024)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
+    with open(f'{out}.data', 'rb') as f:
+        assert meta['data_sha256'] == hashlib.sha256(f.read()).hexdigest()
+    assert os.path.getsize(out) < os.path.getsize(f'{out}.data')
 
 
 def test_a_mismatch_is_refused_and_removed(tiny_model, tmp_path, monkeypatch):
@@ -141,7 +130,7 @@ def test_a_mismatch_is_refused_and_removed(tiny_model, tmp_path, monkeypatch):
         export.main(['--model', folder, '--weights', weights, '--out', str(out)])
     assert os.listdir(tmp_path) == []
     export.main(['--model', folder, '--weights', weights, '--out', str(out), '--no-check'])
-    assert os.listdir(tmp_path) == ['tiny.onnx']
+    assert sorted(os.listdir(tmp_path)) == ['tiny.onnx', 'tiny.onnx.data']
 
 
 def test_export_command_errors(tiny_model, tmp_path):
@@ -154,6 +143,12 @@ def test_export_command_errors(tiny_model, tmp_path):
     with pytest.raises(SystemExit):
         export.main(['--model', folder, '--weights', weights, '--out', str(tmp_path / 'a.onnx'),
                      '--opset', '9'])
+    # --out's weights file onto an input (here the weights): refused before any work
+    named = tmp_path / 'w.onnx.data'
+    named.write_bytes(open(weights, 'rb').read())
+    with pytest.raises(SystemExit, match="--out's weights file .*w.onnx.data.*the weights"):
+        export.main(['--model', folder, '--weights', str(named), '--out', str(tmp_path / 'w.onnx')])
+    assert named.read_bytes() == open(weights, 'rb').read() and not (tmp_path / 'w.onnx').exists()
 
 
 def test_infer_engines_give_the_same_labels(tiny_model, tmp_path, capsys):
@@ -161,30 +156,78 @@ def test_infer_engines_give_the_same_labels(tiny_model, tmp_path, capsys):
     photo = tmp_path / 'photo.jpg'
     Image.fromarray(np.random.default_rng(4).integers(0, 256, (83, 121, 3), dtype=np.uint8)).save(photo)
     labels = {}
-    for engine in ENGINE_NAMES:
-        out = tmp_path / engine
+    runs = EXACT_RUNS + ((BF16_RUN,) if 'bf16' in openvino_engine.supported_precisions() else ())
+    for engine, precision in runs:
+        out = tmp_path / f'{engine}-{precision}'
         infer.main([str(photo), '--model', folder, '--weights', weights, '--out', str(out),
-                    '--engine', engine])
-        labels[engine] = np.asarray(Image.open(out / 'photo.png'))
-    assert len(np.unique(labels['caffe'])) > 1
-    np.testing.assert_array_equal(labels['onnx'], labels['caffe'])
+                    '--engine', engine, '--json', str(tmp_path / f'{engine}-{precision}.json')]
+                   + (['--precision', precision] if precision else []))
+        labels[engine, precision] = np.asarray(Image.open(out / 'photo.png'))
+        about = json.loads((tmp_path / f'{engine}-{precision}.json').read_text())
+        assert about['engine'] == engine and about.get('precision') == precision
+        printed = capsys.readouterr().out
+        assert f'tiny-fcn8s: engine {engine} ({precision + ", " if precision else ""}cpu)' in printed
+    caffe_labels = labels['caffe', None]
+    assert len(np.unique(caffe_labels)) > 1
+    for run in EXACT_RUNS:
+        np.testing.assert_array_equal(labels[run], caffe_labels)
+    if BF16_RUN in labels:
+        assert agreement(labels[BF16_RUN], caffe_labels) >= BF16_AGREEMENT[1]  # one image: the worst's share
+    labels = {'caffe': caffe_labels}
     with open(weights, 'rb') as f:
         cached = f'{weights}.{hashlib.sha256(f.read()).hexdigest()[:16]}.onnx'
-    made = os.path.getmtime(cached)
+    optimized = onnx_engine.optimized_path(cached)  # ONNX Runtime's, for this CPU
+    assert optimized.startswith(cached[:-len('.onnx')] + '.ort-')
+    made = {path: os.path.getmtime(path) for path in (cached, optimized)}
     infer.run([str(photo)], model=folder, weights=weights, out=str(tmp_path / 'again'),
               progress=False, engine='onnx')
-    assert os.path.getmtime(cached) == made  # exported once
+    assert {path: os.path.getmtime(path) for path in made} == made  # exported and optimized once
     with open(cached, 'wb') as f:
         f.write(b'damaged')
     infer.run([str(photo)], model=folder, weights=weights, out=str(tmp_path / 'third'),
               progress=False, engine='onnx')
-    assert os.path.getsize(cached) > 1000  # exported again
+    assert onnx_engine.read_export(cached)['export_format'] == onnx_engine.EXPORT_FORMAT  # exported again
+    # a byte changed in each weights' file; the optimized graph cut short
+    for damaged in (f'{cached}.data', f'{optimized}.data', optimized):
+        with open(damaged, 'r+b') as f:
+            if damaged == optimized:
+                f.truncate(os.path.getsize(damaged) // 2)
+            else:
+                f.seek(os.path.getsize(damaged) // 2)
+                byte = f.read(1)
+                f.seek(-1, os.SEEK_CUR)
+                f.write(bytes([byte[0] ^ 1]))
+        snapshots._sha256_of.cache_clear()  # as a later command finds it: hashed afresh
+        with pytest.raises(onnx_engine.ExportError):
+            onnx_engine.read_export(damaged[:-len('.data')] if damaged.endswith('.data') else damaged)
+        out = tmp_path / f'after-{os.path.basename(damaged)}'
+        infer.run([str(photo)], model=folder, weights=weights, out=str(out), progress=False, engine='onnx')
+        np.testing.assert_array_equal(np.asarray(Image.open(out / 'photo.png')), labels['caffe'])
+        onnx_engine.read_export(cached), onnx_engine.read_export(optimized)  # made again, whole
     with pytest.raises(SystemExit):
         infer.main([str(photo), '--model', folder, '--weights', weights, '--engine', 'onnx', '--gpu', '0'])
     # a CPU-only Caffe refuses any --gpu first; a CUDA one refuses it for this engine
     expected = ('--engine onnx runs on the CPU: not with --gpu' if caffe_setup.cuda_available()
                 else 'this Caffe is built for the CPU only')
     assert expected in capsys.readouterr().err
+    for engine in ('caffe', 'onnx'):  # refused, not ignored: no figure read as another precision's
+        with pytest.raises(SystemExit):
+            infer.main([str(photo), '--model', folder, '--weights', weights, '--engine', engine,
+                        '--precision', 'bf16'])
+        assert (f'--precision bf16 is an option of --engine openvino; --engine {engine} computes in f32 only'
+                in capsys.readouterr().err)
+
+
+def test_segmenter_runs_openvino_from_python(tiny_model):
+    folder, weights = tiny_model
+    rgb = np.random.default_rng(5).integers(0, 256, (61, 47, 3), dtype=np.uint8)
+    reference = infer.Segmenter(folder, weights).predict(rgb)
+    segmenter = infer.Segmenter(folder, weights, engine='openvino', precision='f32')
+    assert segmenter.describe()['precision'] == 'f32' and segmenter.describe()['engine'] == 'openvino'
+    np.testing.assert_array_equal(segmenter.predict(rgb).labels, reference.labels)
+    assert isinstance(segmenter.memory_model, infer.OpenvinoMemoryModel)
+    with pytest.raises(ValueError, match='precision bf16: the onnx engine computes in f32 only'):
+        infer.Segmenter(folder, weights, engine='onnx', precision='bf16')
 
 
 def test_onnx_memory_model_grows_with_the_image(tiny_model):
@@ -195,19 +238,43 @@ def test_onnx_memory_model_grows_with_the_image(tiny_model):
     assert memory.held(400, 300) == 0  # nothing stays reserved between photos
 
 
+def test_openvino_memory_model_keeps_the_last_size(tiny_model):
+    folder, weights = tiny_model
+    model = nets.load(folder)
+    _, onnx_memory = infer.load_engine(model, weights, 'onnx')
+    _, memory = infer.load_engine(model, weights, 'openvino', precision='f32')
+    small, large = (memory.needed((h, w), (h, w)) for h, w in ((100, 100), (400, 300)))
+    assert 0 < small < large
+    # a VGG16 trunk (narrowed): OpenVINO's measured share, below ONNX Runtime's
+    assert model.trunk == 'vgg16' and memory.fraction == infer.OpenvinoMemoryModel.BLOB_FRACTION['vgg16']
+    assert memory.fraction < onnx_memory.fraction
+    held = memory.held_after(0.0, 400, 300)
+    assert 0 < held < memory.fraction * memory.blob_bytes(400, 300)
+    assert memory.held_after(held, 100, 100) == memory.held(100, 100) < held  # the last size's, not the largest
+    caffe_memory = infer.load_engine(model, weights, 'caffe')[1]
+    assert caffe_memory.held_after(caffe_memory.held(400, 300), 100, 100) == caffe_memory.held(400, 300)
+
+
 def test_score_engines_give_the_same_numbers(tiny_model, tiny_val_images):
     folder, weights = tiny_model
-    reports = {engine: score.evaluate(folder, weights, split='val', progress=False, engine=engine)
-               for engine in ENGINE_NAMES}
-    caffe_head, onnx_head = (reports[e]['heads']['score'] for e in ENGINE_NAMES)
-    assert reports['onnx']['images'] == reports['caffe']['images'] == len(tiny_val_images)
+    runs = EXACT_RUNS + ((BF16_RUN,) if 'bf16' in openvino_engine.supported_precisions() else ())
+    reports = {run: score.evaluate(folder, weights, split='val', progress=False, engine=run[0],
+                                   precision=run[1]) for run in runs}
+    caffe_head = reports['caffe', None]['heads']['score']
     assert caffe_head['hist'].sum() > 0
-    np.testing.assert_array_equal(onnx_head['hist'], caffe_head['hist'])
-    for key, _ in score.METRICS:
-        assert onnx_head[key] == caffe_head[key]
-    # the loss computed from the engine's scores as Caffe's SoftmaxWithLoss does
     assert not math.isnan(caffe_head['loss'])
-    assert onnx_head['loss'] == pytest.approx(caffe_head['loss'], rel=1e-4)
+    for run, report in reports.items():
+        head = report['heads']['score']
+        assert report['images'] == len(tiny_val_images)
+        assert report['engine']['engine'] == run[0] and report['engine'].get('precision') == run[1]
+        if run == BF16_RUN:  # the share of pixels labelled alike: the confusion matrices' diagonal bounds it
+            assert abs(head['mean_iu'] - caffe_head['mean_iu']) <= 1 - BF16_AGREEMENT[0] + 0.01
+            continue
+        np.testing.assert_array_equal(head['hist'], caffe_head['hist'])
+        for key, _ in score.METRICS:
+            assert head[key] == caffe_head[key]
+        # the loss computed from the engine's scores as Caffe's SoftmaxWithLoss does
+        assert head['loss'] == pytest.approx(caffe_head['loss'], rel=1e-4)
 
 
 def every_layer_kind(tmp_path):

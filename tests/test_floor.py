@@ -596,14 +596,20 @@ def test_signals_at_random_moments(world, command, signum, times, when):
 
 # ---------------------------------------------------------------- trusted only once checked
 
-def test_an_onnx_cache_from_other_weights_is_made_again(world):
+# (engine, its options) of the engines that run the export; OpenVINO at f32,
+# whose labels are Caffe's
+EXPORTED_ENGINES = {'onnx': [], 'openvino': ['--precision', 'f32']}
+
+
+@pytest.mark.parametrize('engine', EXPORTED_ENGINES)
+def test_an_onnx_cache_from_other_weights_is_made_again(world, engine):
     """A file under the cache's name recording other weights (or another
     deploy net, mean, format) is not used: exported again, labels as Caffe's."""
     import hashlib
     import json
 
     import onnx_engine
-    c = Case(world, 'onnx-cache')
+    c = Case(world, f'onnx-cache-{engine}')
     weights = shutil.copy(c.weights, c.root / 'a.caffemodel')
     other = c.root / 'b.caffemodel'
     net = caffe.Net(str(c.model / 'deploy.prototxt'), caffe.TEST, weights=str(weights))
@@ -614,14 +620,54 @@ def test_an_onnx_cache_from_other_weights_is_made_again(world):
     onnx_engine.export(str(c.model / 'deploy.prototxt'), str(other), cache,
                        onnx_engine.model_metadata(str(c.model)))  # planted: the other weights'
     labels = {}
-    for engine in ('caffe', 'onnx'):
-        out = run(c, infer_argv(c, out=c.root / engine, json=c.root / f'{engine}.json',
-                                weights=weights) + ['--engine', engine])
+    for run_engine, options in (('caffe', []), (engine, EXPORTED_ENGINES[engine])):
+        out = run(c, infer_argv(c, out=c.root / run_engine, json=c.root / f'{run_engine}.json',
+                                weights=weights) + ['--engine', run_engine] + options)
         assert out.returncode == 0, out.stderr
-        labels[engine] = np.asarray(Image.open(c.root / engine / 'photo.png'))
-    np.testing.assert_array_equal(labels['onnx'], labels['caffe'])
-    assert onnx_engine.OnnxNet(cache).metadata['caffemodel_sha256'] == digest
-    assert json.loads(onnx_engine.OnnxNet(cache).metadata['classes'])['score'] == list(CLASSES)
+        labels[run_engine] = np.asarray(Image.open(c.root / run_engine / 'photo.png'))
+    np.testing.assert_array_equal(labels[engine], labels['caffe'])
+    assert onnx_engine.read_export(cache)['caffemodel_sha256'] == digest
+    assert json.loads(onnx_engine.read_export(cache)['classes'])['score'] == list(CLASSES)
+
+
+@pytest.mark.parametrize('command', ['infer.py', 'score.py'])
+def test_a_damaged_or_linked_export_weights_file_with_openvino(world, command):
+    """The export's weights file (.onnx.data) with a byte changed: the cache
+    is not used but made again (the labels Caffe's); a link planted there:
+    one line naming it, its target untouched."""
+    import hashlib
+
+    import onnx_engine
+    c = Case(world, f'ov-data-{command}')
+    weights = shutil.copy(c.weights, c.root / 'a.caffemodel')
+    argv = {'infer.py': infer_argv, 'score.py': score_argv}[command]
+    first = run(c, argv(c, weights=weights) + ['--engine', 'openvino', '--precision', 'f32'])
+    assert first.returncode == 0, first.stderr
+    cache = onnx_engine.cache_path(str(weights), hashlib.sha256(open(weights, 'rb').read()).hexdigest())
+    data = onnx_engine.data_path(cache)
+    with open(data, 'r+b') as f:
+        f.seek(os.path.getsize(data) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(onnx_engine.ExportError):
+        onnx_engine.read_export(cache)
+    again = run(c, argv(c, weights=weights, out=c.root / 'again', json=c.root / 'again.json')
+                + ['--engine', 'openvino', '--precision', 'f32'])
+    assert again.returncode == 0, again.stderr
+    onnx_engine.read_export(cache)  # made again, whole
+    if command == 'infer.py':
+        np.testing.assert_array_equal(np.asarray(Image.open(c.root / 'again' / 'photo.png')),
+                                      np.asarray(Image.open(c.out / 'photo.png')))
+    assert 'engine openvino (f32, cpu)' in again.stdout
+    os.remove(data)
+    os.symlink(c.victim, data)
+    before = c.inputs()
+    out = run(c, argv(c, weights=weights, out=c.root / 'third', json=c.root / 'third.json')
+              + ['--engine', 'openvino'])
+    line = one_line(out, [data], context=f'linked .onnx.data x {command}')
+    assert line.startswith(f'{command}: error: ') and 'symbolic link' in line
+    assert c.unchanged(before) and c.victim.read_text() == 'precious\n'
 
 
 @pytest.mark.parametrize('command', ['infer.py', 'export.py'])

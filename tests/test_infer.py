@@ -235,7 +235,7 @@ def test_folders_mirror_the_tree_skip_unreadable_files_and_fail_at_the_end(tiny_
     (photos / 'notes.txt').write_text('not an image, not looked at')
     loads = []
     real_load_engine = infer.load_engine
-    monkeypatch.setattr(infer, 'load_engine', lambda *a: loads.append(a) or real_load_engine(*a))
+    monkeypatch.setattr(infer, 'load_engine', lambda *a, **k: loads.append(a) or real_load_engine(*a, **k))
     out = tmp_path / 'out'
     with pytest.raises(SystemExit) as err:
         infer.main([str(photos), '--recursive', '--model', folder, '--weights', weights, '--out', str(out),

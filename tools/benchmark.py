@@ -1,9 +1,9 @@
 """Speed and memory of the FCN nets, with this project's Caffe, with stock
-Caffe and with ONNX Runtime: prints figures, asserts nothing.
+Caffe, with ONNX Runtime and with OpenVINO: prints figures, asserts nothing.
 
     python tools/benchmark.py [--models voc-fcn8s ...] [--sizes 500x500 1000x750 ...]
         [--train-sizes 500x500] [--iters 2] [--gpu N] [--stock DIR | --no-stock]
-        [--no-onnx] [--json out.json]
+        [--no-onnx] [--no-openvino] [--json out.json]
 
 For each model and input size (WIDTHxHEIGHT, or N for N x N):
 - forward: the deploy net's forward pass (what infer.py runs per image): the
@@ -31,10 +31,20 @@ measurement whose estimated memory exceeds what the system has available is
 skipped, not run into the out-of-memory killer.
 
 ONNX Runtime (build 'onnxrt', forward only, CPU): the deploy net exported by
-onnx_engine (caffe_onnx.py) once per model, then run as infer.py --engine onnx
-runs it (onnx_engine.OnnxNet), each size in a process of its own: first and
-steady forward, and peak RSS (which includes creating the session from the
-file). A size whose Caffe measurement was skipped for memory is skipped too.
+onnx_engine (caffe_onnx.py, checked against Caffe) once per model and
+optimized by ONNX Runtime for this CPU (onnx_engine.optimize), then run as
+the onnx engine runs it (onnx_engine.OnnxNet), each size in a process of its
+own: first and steady forward, and peak RSS (which includes creating the
+session from the file). OpenVINO (builds 'ov-bf16' and 'ov-f32': its
+default precision on this CPU, and f32 where that differs): the same file
+compiled as the openvino engine compiles it (openvino_engine.OpenvinoNet).
+The first-run costs are stated apart: the export and ONNX Runtime's
+optimized model (once per weights, and CPU: cached beside them) and each
+engine's 'load s', creating the session or compiling the model (in every
+process that runs the net). A
+size whose Caffe measurement was skipped for memory is skipped too. The
+load average is printed before and after: compare figures within one run
+on a quiet machine.
 """
 import argparse
 import glob
@@ -207,28 +217,45 @@ def measure(model_name, size, mode, iters):
 
 def export_onnx(model_name, out):
     """Runs in its own process (--worker --mode export): the model's deploy
-    net, with the weights Caffe's fillers give it, exported to `out`
-    (unchecked: speed does not depend on the weights)."""
+    net, with the weights Caffe's fillers give it (speed does not depend on
+    their values), exported to `out` and checked, then ONNX Runtime's
+    optimized model of it made (onnx_engine.optimize, at optimized_path),
+    as the engines' caches are made: their times are first-run costs."""
     import caffe
     import nets
     import onnx_engine
+    t = time.perf_counter()
     deploy = locations.deploy_prototxt(nets.load(model_name).folder)
-    onnx_engine.export_net(onnx_engine.read_deploy(deploy), caffe.Net(deploy, caffe.TEST), out,
-                           check=False, where=deploy)
-    return dict(onnx_mib=os.path.getsize(out) / MIB)
+    onnx_engine.export_net(onnx_engine.read_deploy(deploy), caffe.Net(deploy, caffe.TEST), out, where=deploy)
+    export_ms = 1000 * (time.perf_counter() - t)
+    t = time.perf_counter()
+    onnx_engine.optimize(out, onnx_engine.optimized_path(out))
+    return dict(onnx_mib=(os.path.getsize(out) + os.path.getsize(onnx_engine.data_path(out))) / MIB,
+                export_ms=export_ms, optimize_ms=1000 * (time.perf_counter() - t),
+                optimized=onnx_engine.optimized_path(out))
 
 
-def measure_onnx(path, size, iters):
-    """Runs in its own process (--worker --mode onnx): the figures of the
-    exported model `path` in ONNX Runtime at size (width, height)."""
+def measure_exported(path, size, iters, engine, precision=None):
+    """Runs in its own process (--worker --mode onnx or openvino): the
+    figures of the exported model `path` in ONNX Runtime (`path` its
+    optimized model, as the onnx engine runs it) or OpenVINO (at
+    `precision`) at size (width, height). Each imports its engine's module
+    only, as a command that runs it does."""
     import numpy as np
 
-    import onnx_engine
     t = time.perf_counter()
-    net = onnx_engine.OnnxNet(path)
-    result = dict(load_ms=1000 * (time.perf_counter() - t), onnxruntime=onnx_engine.ort.__version__)
-    inputs = {i.name: np.zeros((1, i.shape[1], size[1], size[0]), np.float32)
-              for i in net.session.get_inputs()}
+    if engine == 'onnx':
+        import onnx_engine  # deferred: a measuring process loads its engine's module only
+        net = onnx_engine.OnnxNet(path, optimized=True)
+        result = dict(onnxruntime=onnx_engine.onnxruntime().__version__)
+        channels = {i.name: i.shape[1] for i in net.session.get_inputs()}
+    else:
+        import openvino_engine  # deferred: a measuring process loads its engine's module only
+        net = openvino_engine.OpenvinoNet(path, precision)
+        result = dict(openvino=openvino_engine.ov.__version__, precision=net.precision)
+        channels = {i.get_any_name(): i.get_partial_shape()[1].get_length() for i in net.compiled.inputs}
+    result['load_ms'] = 1000 * (time.perf_counter() - t)
+    inputs = {name: np.zeros((1, c, size[1], size[0]), np.float32) for name, c in channels.items()}
     t = time.perf_counter()
     net.run(inputs)
     result['first_ms'] = 1000 * (time.perf_counter() - t)
@@ -259,7 +286,8 @@ def worker(argv):
     parser.add_argument('--mode')
     parser.add_argument('--iters', type=int)
     parser.add_argument('--gpu', type=int)
-    parser.add_argument('--onnx', help='the exported model (modes export and onnx)')
+    parser.add_argument('--onnx', help='the exported model (modes export, onnx and openvino)')
+    parser.add_argument('--precision', help='OpenVINO\'s precision (mode openvino)')
     parser.add_argument('--allow-module', action='append', default=[])
     args = parser.parse_args(argv)
     if args.mode == 'check':
@@ -270,8 +298,8 @@ def worker(argv):
             return 1
     elif args.mode == 'export':
         result = export_onnx(args.model, args.onnx)
-    elif args.mode == 'onnx':
-        result = measure_onnx(args.onnx, args.size, args.iters)
+    elif args.mode in ('onnx', 'openvino'):
+        result = measure_exported(args.onnx, args.size, args.iters, args.mode, args.precision)
     else:
         caffe_setup.use_device(args.gpu)
         result = measure(args.model, args.size, args.mode, args.iters)
@@ -338,16 +366,18 @@ def build_env(dist):
     return env
 
 
-def run_worker(build, dist, model, size, mode, iters, gpu, onnx=None, allow=()):
+def run_worker(build, dist, model, size, mode, iters, gpu, onnx=None, precision=None, allow=()):
     """One measurement in a new process; the result dict, or its failure.
     With `onnx` (a path), mode 'export' writes the model's export there and
-    mode 'onnx' measures it."""
+    modes 'onnx' and 'openvino' (at `precision`) measure it."""
     command = [sys.executable, os.path.abspath(__file__), '--worker', '--model', model,
                '--size', size_name(size), '--mode', mode, '--iters', str(iters)]
     if gpu is not None:
         command += ['--gpu', str(gpu)]
     if onnx:
         command += ['--onnx', onnx]
+    if precision:
+        command += ['--precision', precision]
     for module in allow:
         command += ['--allow-module', module]
     proc = subprocess.run(command, capture_output=True, text=True, env=build_env(dist))
@@ -363,7 +393,7 @@ def run_worker(build, dist, model, size, mode, iters, gpu, onnx=None, allow=()):
     return dict(base, failed=f'exit status {proc.returncode}: {reason.strip()[:200]}')
 
 
-HEADER = (f"{'model':<14}{'size':>11}{'mode':>9}{'build':>9}{'first s':>9}{'steady s':>10}"
+HEADER = (f"{'model':<14}{'size':>11}{'mode':>9}{'build':>9}{'load s':>8}{'first s':>9}{'steady s':>10}"
           f"{'best s':>8}{'peak RSS GiB':>14}{'workspace MiB':>15}{'blobs MiB':>11}")
 
 
@@ -373,26 +403,57 @@ def format_row(r):
         return head + '   ' + ('failed: ' + r['failed'] if 'failed' in r else 'skipped: ' + r['skipped'])
     caffe_only = ''.join(f'{r[key]:>{width}.0f}' if key in r else f'{"-":>{width}}'
                          for key, width in (('workspace_mib', 15), ('blobs_mib', 11)))
-    return head + (f"{r['first_ms'] / 1000:>9.2f}{r['mean_ms'] / 1000:>10.2f}{r['best_ms'] / 1000:>8.2f}"
+    load = f"{r['load_ms'] / 1000:>8.2f}" if 'load_ms' in r else f'{"-":>8}'
+    return head + load + (f"{r['first_ms'] / 1000:>9.2f}{r['mean_ms'] / 1000:>10.2f}{r['best_ms'] / 1000:>8.2f}"
                    f"{r['peak_rss_mib'] / 1024:>14.2f}") + caffe_only
 
 
-def onnx_row(model, size, iters, caffe_result, exported, tmp):
-    """The ONNX Runtime measurement of a model at a size: exported once per
-    model (into `exported`, {model: path or failure}), skipped where
-    Caffe's measurement was (memory)."""
-    base = dict(model=os.path.basename(os.path.normpath(model)), size=size_name(size), mode='forward',
-                build='onnxrt')
-    if 'skipped' in caffe_result:
-        return dict(base, skipped=caffe_result['skipped'])
-    if model not in exported:
-        path = os.path.join(tmp, f'{len(exported)}.onnx')
-        done = run_worker('onnxrt', None, model, size, 'export', iters, None, onnx=path)
-        exported[model] = done.get('failed') or path
-    if not os.path.isfile(exported[model]):
-        return dict(base, failed=f'export: {exported[model]}')
-    return dict(run_worker('onnxrt', None, model, size, 'onnx', iters, None, onnx=exported[model]),
-                mode='forward')
+def exported_rows(model, size, iters, caffe_result, exported, tmp, engines):
+    """The measurements of a model at a size with the exported model in
+    `engines` ((build, mode, precision) rows), one by one: exported once per
+    model (into `exported`, {model: the export worker's result, with
+    'path'}), skipped where Caffe's measurement was (memory)."""
+    done = []
+    for build, mode, precision in engines:
+        base = dict(model=os.path.basename(os.path.normpath(model)), size=size_name(size), mode='forward',
+                    build=build)
+        if 'skipped' in caffe_result:
+            yield dict(base, skipped=caffe_result['skipped'])
+            continue
+        if model not in exported:
+            path = os.path.join(tmp, f'{len(exported)}.onnx')
+            exported[model] = dict(run_worker('export', None, model, size, 'export', iters, None, onnx=path),
+                                   path=path)
+            if 'export_ms' in exported[model]:
+                print(f"{base['model']}: exported and checked in {exported[model]['export_ms'] / 1000:.2f} s "
+                      f"({exported[model]['onnx_mib']:.0f} MiB; once per weights, cached beside them); "
+                      f"optimized by ONNX Runtime and checked in {exported[model]['optimize_ms'] / 1000:.2f} s "
+                      '(once per weights and CPU)', flush=True)
+        if 'failed' in exported[model]:
+            yield dict(base, failed=f"export: {exported[model]['failed']}")
+            continue
+        if precision and any(r.get('precision') == precision for r in done):
+            continue  # the default precision was this one
+        path = exported[model]['optimized' if mode == 'onnx' else 'path']
+        row = dict(run_worker(build, None, model, size, mode, iters, None, onnx=path, precision=precision),
+                   mode='forward')
+        if mode == 'openvino' and 'precision' in row:
+            row['build'] = f"ov-{row['precision']}"
+        done.append(row)
+        yield row
+
+
+def exported_engines(onnx, openvino):
+    """(build, worker mode, precision) of the exported model's rows: ONNX
+    Runtime, OpenVINO at its default precision on this CPU (None: the
+    worker's openvino_engine picks it, and the row is named after it) and
+    at f32 (where the default is not f32)."""
+    return ([('onnxrt', 'onnx', None)] if onnx else []) + \
+        ([('ov', 'openvino', None), ('ov-f32', 'openvino', 'f32')] if openvino else [])
+
+
+def load_average():
+    return ' '.join(f'{v:.2f}' for v in os.getloadavg())
 
 
 def main(argv=None):
@@ -416,6 +477,8 @@ def main(argv=None):
     stock.add_argument('--no-stock', action='store_true', help='measure the installed Caffe only')
     parser.add_argument('--no-onnx', action='store_true',
                         help='measure no ONNX Runtime rows (forward, beside each Caffe forward)')
+    parser.add_argument('--no-openvino', action='store_true',
+                        help='measure no OpenVINO rows (forward, beside each Caffe forward)')
     parser.add_argument('--json', help='also write the figures here')
     parser.add_argument('--allow-module', action='append', default=[], metavar='MODULE',
                         help="let a deploy prototxt's Python layers import MODULE")
@@ -446,7 +509,10 @@ def measure_all(args):
               f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}") if args.gpu is None else f'GPU {args.gpu}'
     jobs = [(m, s, 'forward') for m in args.models for s in args.sizes] + \
            [(m, s, 'train') for m in args.models for s in args.train_sizes]
+    engines = exported_engines(not args.no_onnx, not args.no_openvino) if args.gpu is None else []
     results = []
+    before = load_average()
+    print(f'load average before: {before}', flush=True)
     print(HEADER, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         exported = {}
@@ -454,16 +520,23 @@ def measure_all(args):
             for build, dist in builds:
                 results.append(run_worker(build, dist, model, size, mode, args.iters, args.gpu))
                 print(format_row(results[-1]), flush=True)
-            if mode == 'forward' and not args.no_onnx and args.gpu is None:
-                results.append(onnx_row(model, size, args.iters, results[-len(builds)], exported, tmp))
-                print(format_row(results[-1]), flush=True)
+            if mode == 'forward' and engines:
+                for row in exported_rows(model, size, args.iters, results[-len(builds)], exported, tmp, engines):
+                    results.append(row)
+                    print(format_row(row), flush=True)
+    after = load_average()
     print(f'\n{device}; steady: mean (best) of {args.iters} runs after the first; '
-          'each row in a process of its own')
+          f'each row in a process of its own; load s: creating the net, session or compiled model')
+    print(f'load average before: {before}, after: {after}')
     for build, dist in builds[1:]:
         print(f'stock Caffe: {dist}')
     if args.json:
-        outputs.write_atomically(args.json, json.dumps(dict(device=device, iters=args.iters,
-                                                            builds=dict(builds), results=results),
+        exports = {os.path.basename(os.path.normpath(m)): {k: v for k, v in e.items()
+                                                           if k not in ('path', 'optimized')}
+                   for m, e in exported.items()}
+        outputs.write_atomically(args.json, json.dumps(dict(device=device, iters=args.iters, builds=dict(builds),
+                                                            load_average=[before, after], exports=exports,
+                                                            results=results),
                                                        indent=1), 'the --json figures')
     return results
 
