@@ -291,6 +291,14 @@ def test_progress_off_a_terminal_prints_lines_and_a_closing_line(tmp_path):
 
 # --- the commands' --ray and --skip-done ---------------------------------------
 
+def write_photos(folder, count, size, seed):
+    """`count` random RGB photos p00.png, p01.png, ... of `size` (h, w) in `folder`."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for k in range(count):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f'p{k:02d}.png')
+
+
 def command(script, *args):
     """Run infer.py or score.py in a process of its own (this one is the
     test cluster's driver already): (exit status, stdout, stderr)."""
@@ -301,11 +309,7 @@ def command(script, *args):
 
 def test_infer_ray_interrupted_then_skip_done_completes_the_set(ray_local, tiny_model, tmp_path):
     folder, weights = tiny_model
-    rng = np.random.default_rng(5)
-    (tmp_path / 'in').mkdir()
-    for k in range(16):
-        Image.fromarray(rng.integers(0, 256, (160, 240, 3), dtype=np.uint8)).save(
-            tmp_path / 'in' / f'p{k:02d}.png')
+    write_photos(tmp_path / 'in', 16, (160, 240), seed=5)
     one, spread, out = tmp_path / 'one.json', tmp_path / 'ray.json', tmp_path / 'out'
     infer.main([str(tmp_path / 'in'), '--model', folder, '--weights', weights,
                 '--out', str(tmp_path / 'one'), '--json', str(one)])
@@ -379,11 +383,7 @@ def test_infer_ray_local_loses_nothing_when_a_worker_is_killed(tiny_model, tmp_p
     """The command on a cluster it starts: a worker SIGKILLed mid-run, the
     run still ends with every photo done once, as one process does it."""
     folder, weights = tiny_model
-    rng = np.random.default_rng(7)
-    (tmp_path / 'in').mkdir()
-    for k in range(24):
-        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(
-            tmp_path / 'in' / f'p{k:02d}.png')
+    write_photos(tmp_path / 'in', 24, (240, 320), seed=7)
     infer.main([str(tmp_path / 'in'), '--model', folder, '--weights', weights,
                 '--out', str(tmp_path / 'one')])
     out = tmp_path / 'out'
