@@ -46,13 +46,18 @@ import time
 from collections import deque
 from typing import NamedTuple
 
+# Ray's processes print a stack trace on SIGTERM (absl's failure signal
+# handler): the command's one line says what happened. Read as ray loads.
+os.environ.setdefault('RAY_DISABLE_FAILURE_SIGNAL_HANDLER', '1')
+
 # `import ray` takes about 0.3 s here: at the top, with the rest (infer.py
 # and score.py load it whether or not --ray is given).
-import ray
-import ray.exceptions
+import ray  # noqa: E402
+import ray._private.utils  # noqa: E402
+import ray.exceptions  # noqa: E402
 
-from common import cli, outputs
-from common.progress import Progress
+from common import cli, outputs  # noqa: E402
+from common.progress import Progress  # noqa: E402
 
 LOCAL, AUTO = 'local', 'auto'
 IN_FLIGHT = 2        # calls queued per worker: its next item waits there while one runs
@@ -116,7 +121,11 @@ def connected(address, num_cpus=None):
     handlers = {s: signal.getsignal(s) for s in cli.STOP_SIGNALS}
     try:
         try:
-            ray.init(**options)
+            # A signal while Ray starts its processes waits until they are
+            # all up (then raised, and shutdown() below ends them): cut
+            # short, ray.init leaves some running with no one to stop them.
+            with cli.signals_deferred(), _command_keeps_sigterm():
+                ray.init(**options)
         except (ConnectionError, RuntimeError, ValueError) as e:
             what = ('no Ray cluster runs here (start one with `ray start --head`, or set RAY_ADDRESS)'
                     if address == AUTO else str(e).splitlines()[0])
@@ -133,6 +142,21 @@ def connected(address, num_cpus=None):
             ray.shutdown()
         if session_dir:
             shutil.rmtree(session_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _command_keeps_sigterm():
+    """Within: ray.init leaves the command's SIGTERM handler in place. Its
+    first step puts in one of its own (sys.exit), which would cut the start
+    short with Ray's processes running and no one to stop them; through
+    the function it calls for that (ray._private.utils.set_sigterm_handler,
+    the one place it does so), set aside while ray.init runs."""
+    setter = ray._private.utils.set_sigterm_handler
+    ray._private.utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray._private.utils.set_sigterm_handler = setter
 
 
 def _reachable(address, option):

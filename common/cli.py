@@ -299,7 +299,17 @@ def run(prog, work, interrupted=None):
         with stop_on_signals() as received:  # a signal as it ends is caught below too
             try:
                 return work()
-            except (KeyboardInterrupt, SystemExit):
+            except KeyboardInterrupt as e:
+                if received and not isinstance(e, Interrupted):
+                    # The signal's Interrupted turned into a plain
+                    # KeyboardInterrupt by a library that caught it (Ray's
+                    # waits do): still the signal that came, with what the
+                    # work set on it (done, total).
+                    signalled = Interrupted(received[0])
+                    signalled.__dict__.update(e.__dict__)
+                    raise signalled from None
+                raise
+            except SystemExit:
                 raise
             except Exception:
                 if received:  # what the signal caused (an import it cut: an ImportError)
