@@ -768,7 +768,7 @@ def test_a_signal_stops_a_ray_run_in_one_line(world, command, signum, times, whe
     name = signal.Signals(signum).name
     assert proc.returncode == 128 + signum, (f'seed {SEED}', proc.returncode, err)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f'{command}: interrupted ({name}): '), (SEED, err)
+    assert len(lines) == 1 and lines[0].startswith(f'{command}: interrupted ({name})'), (SEED, err)
     if when == 'work':
         assert ' of ' in lines[0] and 'no partial file' in lines[0], lines[0]
         assert len(started) >= 3, started  # gcs, raylet, workers
