@@ -2,6 +2,7 @@
 module imports caffe, and the fixtures the test modules share. Plain helper
 functions live in helpers.py (pytest puts tests/ on the path)."""
 import os
+import signal
 import subprocess
 import types
 
@@ -11,6 +12,14 @@ import pytest
 from common import caffe_setup
 
 caffe_setup.quiet_caffe_log([])
+
+# The suite sends real SIGINTs to the commands it starts. Run in the
+# background of a script or under nohup, the suite inherits SIGINT ignored,
+# and so would every command it starts (an ignored signal stays ignored
+# across exec, and the commands rightly keep it so): a handler here is reset
+# to the default in each child instead.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import caffe  # noqa: E402
 
