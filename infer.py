@@ -256,8 +256,7 @@ def upsample_labels(probs, size, scores_file=None):
     best = np.full(size, -np.inf, np.float32)
     label = np.zeros(size, np.uint8)
     for c, p in enumerate(probs):
-        if p.shape != size:
-            p = np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR))
+        p = upsample_class(p, size)
         better = p > best  # strict: the first of equal classes wins, as argmax
         label[better] = c
         np.maximum(best, p, out=best)
@@ -266,14 +265,20 @@ def upsample_labels(probs, size, scores_file=None):
     return label
 
 
+def upsample_class(p, size):
+    """One class's h x w float32 probabilities at size (H, W), bilinear: the
+    one resampling of upsample_labels and upsample_probabilities."""
+    if p.shape == tuple(size):
+        return p
+    return np.asarray(Image.fromarray(p).resize(size[::-1], Image.Resampling.BILINEAR))
+
+
 def upsample_probabilities(probs, size):
     """C x H x W float32 probabilities of C x h x w ones, upsampled (bilinear,
     as upsample_labels) to size (H, W)."""
-    height, width = size
-    full = np.empty((len(probs), height, width), np.float32)
+    full = np.empty((len(probs), *size), np.float32)
     for c, p in enumerate(probs):
-        full[c] = p if p.shape == size else np.asarray(
-            Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR))
+        full[c] = upsample_class(p, size)
     return full
 
 
@@ -578,8 +583,7 @@ class Segmenter:
                              'classes and mean)')
         check_rgb_model(self.model)
         if not weights:
-            weights = loading.default_weights(self.model.folder)
-            print(f'{self.model.name}: weights {weights} (its default)')
+            weights = loading.default_weights(self.model.folder, self.model.name)
         self.weights = weights
         # how it was loaded: a cluster's workers load it the same way (segment_on_cluster)
         self.engine_name, self.engine_options = engine, engine_options

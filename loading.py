@@ -10,7 +10,7 @@ or imports whatever module a prototxt names.
                                    inputs written before they are read, and
                                    Python layers of allowed modules only
     deploy(folder, allow)          a model folder's deploy net, all of the above
-    default_weights(model, option) the weights a model has, with advice that
+    default_weights(folder, name)  the weights a model has, announced as name's, with advice that
                                    fits the command (weightfiles.resolve)
 
 Every failure is a LoadError: one line naming the file (and line) at fault.
@@ -124,12 +124,16 @@ def deploy(folder, allow=()):
 
 def default_weights(model_folder, name=None):
     """The weights a command runs without --weights: the published
-    caffemodel if fetched, else the latest snapshot (weightfiles.resolve).
-    A LoadError says how to get weights, with advice for a command that
-    takes --weights (not --resume)."""
+    caffemodel if fetched, else the latest snapshot (weightfiles.resolve),
+    announced on stdout as `name: weights W (its default)` where a `name`
+    is given. A LoadError says how to get weights, with advice for a
+    command that takes --weights (not --resume)."""
     try:  # not announced on stderr, which holds only a failure's one line
-        return weightfiles.resolve(model_folder, prefer='published', announce=False)
+        weights = weightfiles.resolve(model_folder, prefer='published', announce=False)
     except weightfiles.WeightsError as e:
         raise LoadError(f'{e} (or pass --weights)') from None
     except SnapshotError as e:
         raise LoadError(f'{getattr(e, "problem", None) or e}; pass --weights FILE (a caffemodel)') from None
+    if name:
+        print(f'{name}: weights {weights} (its default)')
+    return weights

@@ -24,7 +24,6 @@ strides' upper bounds go to table.md / results.json, with curves.png
 (training curves), figure4.png (a val image, its ground truth, the
 32s/16s/8s predictions) and infer/ (infer.py on that image).
 """
-import argparse
 import contextlib
 import ctypes
 import json
@@ -683,12 +682,14 @@ def write_report(out, results, schedule, elapsed, data_seed, mean, bounds, cpu_s
 
 # --------------------------------------------------------------- command
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(prog='minirepro.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', default=os.path.join('out', 'minirepro'), help='output folder')
-    parser.add_argument('--seed', type=int, default=0, help='first training seed')
-    parser.add_argument('--seeds', type=int, default=3, help='how many training seeds (seed, seed+1, ...)')
-    parser.add_argument('--data-seed', type=int, default=0, help='seed of the synthetic data set')
-    parser.add_argument('--jobs', type=int,
+    parser.add_argument('--seed', type=cli.number(int, minimum=0), default=0, help='first training seed')
+    parser.add_argument('--seeds', type=cli.number(int, minimum=1), default=3,
+                        help='how many training seeds (seed, seed+1, ...)')
+    parser.add_argument('--data-seed', type=cli.number(int, minimum=0), default=0,
+                        help='seed of the synthetic data set')
+    parser.add_argument('--jobs', type=cli.number(int, minimum=1),
                         help='seeds trained at once, one process each (default: all)')
     parser.add_argument('--quick', action='store_true',
                         help='a few iterations on a few images (tests the plumbing only)')
@@ -727,6 +728,7 @@ def main(argv=None):
 def reproduce(args):
     """The mini-reproduction for parsed arguments; returns (summary,
     checks, findings)."""
+    outputs.writable_dir(args.out, '--out')  # before any work, as every command's outputs
     # Each line as it comes, in order with the workers' (a piped log too).
     if hasattr(sys.stdout, 'reconfigure'):  # a real stream (not a test's capture)
         sys.stdout.reconfigure(line_buffering=True)

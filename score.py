@@ -722,9 +722,7 @@ def run(args):
         scores = upper_bounds(args.model, args.upper_bound, args.split, args.limit, writes=writes,
                               allow_modules=args.allow_module)
     else:
-        weights = args.weights or loading.default_weights(locations.model_folder(args.model))
-        if not args.weights:
-            print(f'{args.model}: weights {weights} (its default)')
+        weights = args.weights or loading.default_weights(locations.model_folder(args.model), args.model)
         scores = evaluate(args.model, weights, args.split, args.save_dir, args.limit,
                           on_image=collector, writes=writes, engine=args.engine, gpu=args.gpu,
                           allow_modules=args.allow_module, report_dir=args.report,

@@ -20,7 +20,6 @@ Crops (the stand-in for ILSVRC) are CROP_SIZE x CROP_SIZE cut-outs of
 scenes of their own, each labelled with the class at its centre: see crops().
 Every example has its own random stream (seed, split, index).
 """
-import argparse
 import colorsys
 import os
 
@@ -29,7 +28,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 import nets
-from common import cli, datasets
+from common import cli, datasets, outputs
 
 CLASSES = ('background', 'disc', 'triangle', 'ring', 'cross')
 CROP_SIZE = 224           # the VGG16 classifier's input (fc6 sees a 7x7 pool5)
@@ -339,15 +338,19 @@ def write(folder, seed=0, train=300, val=60, crops_train=1000, crops_val=100):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(prog='synthetic.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('out', help='folder to write voc/ and crops/ into')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--train', type=int, default=300, help='training scenes')
-    parser.add_argument('--val', type=int, default=60, help='validation scenes')
-    parser.add_argument('--crops', type=int, default=1000, help='training crops (val: a tenth)')
+    parser.add_argument('--seed', type=cli.number(int, minimum=0), default=0)
+    parser.add_argument('--train', type=cli.number(int, minimum=1), default=300, help='training scenes')
+    parser.add_argument('--val', type=cli.number(int, minimum=1), default=60, help='validation scenes')
+    parser.add_argument('--crops', type=cli.number(int, minimum=10), default=1000,
+                        help='training crops (val: a tenth)')
     args = parser.parse_args(argv)
-    _, _, mean = cli.run('synthetic.py', lambda: write(args.out, args.seed, args.train, args.val,
-                                                       args.crops, args.crops // 10),
+
+    def work():
+        outputs.writable_dir(args.out, 'the output folder')  # before any work
+        return write(args.out, args.seed, args.train, args.val, args.crops, args.crops // 10)
+    _, _, mean = cli.run('synthetic.py', work,
                          lambda e: f'{args.out} holds a part of the set; run again to write it whole')
     print(f'wrote {args.out}: voc/ ({args.train} train, {args.val} val scenes, BGR mean {mean}), '
           f'crops/ ({args.crops} train, {args.crops // 10} val)')
